@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# TensorFlow flavour: cpu (default, runs anywhere) or gpu (NVIDIA CUDA wheels): make run TF=gpu
+TF ?= cpu
+STAMP := $(VENV)/.installed-$(TF)
+CORES ?= all
+
+.PHONY: venv run test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[$(TF),test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the whole pipeline on config/config.yaml (the embedded synthetic default)
+run: venv
+	$(BIN)/snakemake --cores $(CORES)
+
+## test: the test suite (unit tests, workflow runs on tiny data, the real sample when ../shared is present)
+test: venv
+	$(BIN)/pytest
+
+## lint: snakemake --lint and snakefmt
+lint: venv
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow
+
+format: venv
+	$(BIN)/snakefmt workflow
+
+clean:
+	rm -rf results logs benchmarks .snakemake

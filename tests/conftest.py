@@ -1,0 +1,70 @@
+"""Shared fixtures: small synthetic catalogs, the real GZ DECaLS sample, and a Snakemake runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = REPO.parent / "shared" / "data" / "gz_decals_rings_sample"
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The 104 real DECaLS galaxies beside the checkout, or skip."""
+    if not (SHARED_SAMPLE / "catalog.csv").is_file():
+        pytest.skip(f"real sample not found at {SHARED_SAMPLE} (../shared is absent in this checkout)")
+    return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    """60 synthetic galaxies at 64 px (4 deliberately broken, ~10% unlabelled): folder with catalog.csv and images/."""
+    from zoobot_core.synthetic import SyntheticConfig, make_synthetic_catalog
+
+    out = tmp_path_factory.mktemp("tiny_synthetic")
+    make_synthetic_catalog(out, SyntheticConfig(n_galaxies=60, image_size=64, seed=7))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_synthetic, tmp_path_factory) -> Path:
+    """Shards of the tiny synthetic catalog at 32 px, through validate -> resize -> gather -> write_shards."""
+    from zoobot_core import catalog, images, shards
+    from zoobot_core.schemas import get_tree
+
+    tree = get_tree("gz_decals_dr5")
+    out = tmp_path_factory.mktemp("tiny_pipeline")
+    validated, quarantine = catalog.validate_catalog(
+        tiny_synthetic / "catalog.csv", catalog.CatalogConfig(label_cols=tuple(tree.label_cols), chunk_size=25, max_quarantine_fraction=0.2)
+    )
+    chunk_dirs = []
+    for chunk in sorted(validated["chunk"].unique()):
+        images.resize_chunk(validated, chunk, out / f"chunk_{chunk}", images.ResizeConfig(size=32))
+        chunk_dirs.append(out / f"chunk_{chunk}")
+    ready, _ = images.gather_resized(validated, quarantine, chunk_dirs, 0.2)
+    shards.write_shards(ready, out / "shards", shards.ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2))
+    return out / "shards"
+
+
+def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the workflow with this checkout's Snakefile in `workdir`; fail the test with its log on error."""
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "workflow" / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(configfile),
+        "--cores", "2",
+        *extra,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if result.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        pytest.fail(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}\n{logs}")
+    return result

@@ -1,0 +1,120 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zoobot_core.catalog import CatalogConfig, CatalogError, accounting, validate_catalog
+
+LABELS = ("a_yes", "a_no")
+
+
+def _image(path, mode="RGB", size=(20, 20)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color=128 if mode in ("L", "I;16") else (10, 20, 30)).save(path)
+
+
+@pytest.fixture
+def catalog_dir(tmp_path):
+    for i in range(8):
+        _image(tmp_path / "img" / f"g{i}.png")
+    (tmp_path / "img" / "empty.png").write_bytes(b"")
+    (tmp_path.parent / "outside.png").write_bytes(b"x")
+    return tmp_path
+
+
+def _write(tmp_path, rows, name="cat.csv"):
+    df = pd.DataFrame(rows)
+    path = tmp_path / name
+    df.to_parquet(path) if name.endswith(".parquet") else df.to_csv(path, index=False)
+    return path
+
+
+def _cfg(**kw):
+    return CatalogConfig(label_cols=LABELS, max_quarantine_fraction=1.0, **kw)
+
+
+def test_every_row_is_either_validated_or_quarantined_with_its_reason(catalog_dir):
+    rows = [
+        {"id_str": "ok1", "file_loc": "img/g0.png", "a_yes": 3, "a_no": 1},
+        {"id_str": "ok_unlabelled", "file_loc": "img/g1.png", "a_yes": None, "a_no": None},
+        {"id_str": "", "file_loc": "img/g2.png", "a_yes": 1, "a_no": 1},
+        {"id_str": "dup", "file_loc": "img/g3.png", "a_yes": 1, "a_no": 1},
+        {"id_str": "dup", "file_loc": "img/g4.png", "a_yes": 1, "a_no": 1},
+        {"id_str": "nopath", "file_loc": None, "a_yes": 1, "a_no": 1},
+        {"id_str": "gone", "file_loc": "img/missing.png", "a_yes": 1, "a_no": 1},
+        {"id_str": "empty", "file_loc": "img/empty.png", "a_yes": 1, "a_no": 1},
+        {"id_str": "escape", "file_loc": "../outside.png", "a_yes": 1, "a_no": 1},
+        {"id_str": "partial", "file_loc": "img/g5.png", "a_yes": 2, "a_no": None},
+        {"id_str": "negative", "file_loc": "img/g6.png", "a_yes": -1, "a_no": 2},
+        {"id_str": "fraction", "file_loc": "img/g7.png", "a_yes": 1.5, "a_no": 2},
+        {"id_str": "text", "file_loc": "img/g7.png", "a_yes": "many", "a_no": 2},
+    ]
+    validated, quarantine = validate_catalog(_write(catalog_dir, rows), _cfg())
+    assert list(validated["id_str"]) == ["ok1", "ok_unlabelled"]
+    assert validated.set_index("id_str")["labelled"].to_dict() == {"ok1": True, "ok_unlabelled": False}
+    reasons = dict(zip(quarantine["row"], quarantine["reason"]))
+    assert reasons == {
+        2: "missing_id", 3: "duplicate_id", 4: "duplicate_id", 5: "missing_path", 6: "missing_file",
+        7: "empty_file", 8: "path_outside_root", 9: "partial_labels", 10: "invalid_votes", 11: "invalid_votes", 12: "invalid_votes",
+    }
+    assert quarantine["message"].str.len().gt(10).all()
+    assert len(validated) + len(quarantine) == len(rows)
+
+
+def test_user_column_names_parquet_and_extra_columns_are_kept(catalog_dir):
+    rows = [{"iauname": f"J{i}", "png": f"img/g{i}.png", "a_yes": i, "a_no": 1, "redshift": 0.1 * i} for i in range(3)]
+    validated, quarantine = validate_catalog(_write(catalog_dir, rows, "cat.parquet"), _cfg(id_column="iauname", file_column="png"))
+    assert list(validated["id_str"]) == ["J0", "J1", "J2"]
+    assert validated["redshift"].tolist() == pytest.approx([0.0, 0.1, 0.2])
+    assert all(p.startswith(str(catalog_dir)) for p in validated["file_loc"])
+    assert quarantine.empty
+
+
+def test_image_root_overrides_the_catalog_folder(catalog_dir, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    path = _write(elsewhere, [{"id_str": "x", "file_loc": "g0.png", "a_yes": 1, "a_no": 0}])
+    validated, _ = validate_catalog(path, _cfg(image_root=str(catalog_dir / "img")))
+    assert validated.loc[0, "file_loc"] == str((catalog_dir / "img" / "g0.png").resolve())
+
+
+def test_missing_label_columns_name_the_columns_and_the_fix(catalog_dir):
+    path = _write(catalog_dir, [{"id_str": "x", "file_loc": "img/g0.png", "a_yes": 1}])
+    with pytest.raises(CatalogError, match=r"a_no.*question_suffix"):
+        validate_catalog(path, _cfg())
+
+
+def test_empty_catalog_is_an_error(catalog_dir):
+    path = catalog_dir / "empty.csv"
+    path.write_text("id_str,file_loc,a_yes,a_no\n")
+    with pytest.raises(CatalogError, match="no rows"):
+        validate_catalog(path, _cfg())
+
+
+def test_too_many_quarantined_rows_fail_with_the_reasons(catalog_dir):
+    rows = [{"id_str": f"g{i}", "file_loc": f"img/missing{i}.png", "a_yes": 1, "a_no": 1} for i in range(3)]
+    rows.append({"id_str": "ok", "file_loc": "img/g0.png", "a_yes": 1, "a_no": 1})
+    with pytest.raises(CatalogError, match=r"3 of 4 rows.*max_quarantine_fraction.*missing_file"):
+        validate_catalog(_write(catalog_dir, rows), CatalogConfig(label_cols=LABELS, max_quarantine_fraction=0.05))
+
+
+def test_unlabelled_rows_can_be_refused(catalog_dir):
+    rows = [{"id_str": "u", "file_loc": "img/g0.png", "a_yes": None, "a_no": None}, {"id_str": "l", "file_loc": "img/g1.png", "a_yes": 1, "a_no": 0}]
+    validated, quarantine = validate_catalog(_write(catalog_dir, rows), _cfg(allow_unlabelled=False))
+    assert list(validated["id_str"]) == ["l"]
+    assert list(quarantine["reason"]) == ["missing_labels"]
+
+
+def test_chunks_follow_sorted_ids_not_row_order(catalog_dir):
+    rows = [{"id_str": f"g{i}", "file_loc": f"img/g{i}.png", "a_yes": 1, "a_no": 1} for i in range(8)]
+    a, _ = validate_catalog(_write(catalog_dir, rows), _cfg(chunk_size=3))
+    b, _ = validate_catalog(_write(catalog_dir, rows[::-1], "rev.csv"), _cfg(chunk_size=3))
+    pd.testing.assert_frame_equal(a.drop(columns="row"), b.drop(columns="row"))
+    assert a["chunk"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_accounting_refuses_lost_rows():
+    ready = pd.DataFrame({"labelled": [True, False]})
+    quarantine = pd.DataFrame({"reason": ["missing_file"]})
+    assert accounting(3, ready, quarantine)["quarantined_by_reason"] == {"missing_file": 1}
+    with pytest.raises(RuntimeError, match="accounting"):
+        accounting(4, ready, quarantine)

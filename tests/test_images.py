@@ -1,0 +1,85 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zoobot_core.images import RESIZED, ResizeConfig, gather_resized, load_rgb, resize_chunk, safe_filename
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (40, 40), 200),
+        lambda: Image.new("RGBA", (40, 40), (200, 100, 50, 10)),
+        lambda: Image.fromarray(np.full((40, 40), 40000, dtype=np.uint16)),
+        lambda: Image.new("P", (40, 40)),
+    ],
+    ids=["greyscale", "rgba", "16bit", "palette"],
+)
+def test_any_image_mode_becomes_8bit_rgb_of_the_target_size(tmp_path, make):
+    path = tmp_path / "img.png"
+    make().save(path)
+    out = load_rgb(path, 16)
+    assert out.mode == "RGB" and out.size == (16, 16)
+
+
+def test_16bit_images_keep_their_contrast(tmp_path):
+    array = np.zeros((32, 32), dtype=np.uint16)
+    array[8:24, 8:24] = 60000
+    Image.fromarray(array).save(tmp_path / "deep.png")
+    out = np.asarray(load_rgb(tmp_path / "deep.png", 32))
+    assert out[16, 16, 0] == 255 and out[0, 0, 0] == 0
+
+
+def test_jpeg_input_is_read(tmp_path):
+    Image.new("RGB", (100, 100), (200, 10, 10)).save(tmp_path / "g.jpg", quality=95)
+    out = np.asarray(load_rgb(tmp_path / "g.jpg", 25))
+    assert out.shape == (25, 25, 3) and out[12, 12, 0] > 180
+
+
+def test_safe_filename_never_collides_and_keeps_plain_ids():
+    assert safe_filename("J012055.92-003713.9") == "J012055.92-003713.9"
+    assert safe_filename("a/b") != safe_filename("a_b")
+    assert "/" not in safe_filename("../../etc/passwd")
+    assert not safe_filename(".hidden").startswith(".")
+
+
+def test_resize_chunk_quarantines_unreadable_images_and_gather_accounts_for_all(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(good)
+    (tmp_path / "text.png").write_text("not an image")
+    truncated = tmp_path / "trunc.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    validated = pd.DataFrame({
+        "row": [0, 1, 2], "id_str": ["g", "t", "x"], "file_loc": [str(good), str(tmp_path / "text.png"), str(truncated)],
+        "labelled": [True, True, False], "chunk": [0, 0, 0],
+    })
+    index = resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=24, file_format="jpg"))
+    assert index.set_index("id_str")["reason"].fillna("ok").to_dict() == {"g": "ok", "t": "unreadable_image", "x": "unreadable_image"}
+    with Image.open(index.loc[0, RESIZED]) as img:
+        assert img.format == "JPEG" and img.size == (24, 24)
+    earlier = pd.DataFrame([{"row": 3, "id_str": "m", "file_loc": "nowhere.png", "stage": "validate", "reason": "missing_file", "message": "gone"}])
+    ready, quarantine = gather_resized(validated, earlier, [tmp_path / "chunk_0"], max_quarantine_fraction=1.0)
+    assert list(ready["id_str"]) == ["g"]
+    assert quarantine[["row", "stage", "reason"]].values.tolist() == [[1, "resize", "unreadable_image"], [2, "resize", "unreadable_image"], [3, "validate", "missing_file"]]
+
+
+def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
+    import zoobot_core.images as images
+
+    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
+    validated = pd.DataFrame({"id_str": ["a", "b"], "file_loc": [str(tmp_path / "a.png")] * 2, "chunk": [0, 0]})
+    calls = []
+
+    def exploding_load(path, size):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # an interruption mid-chunk
+        return Image.new("RGB", (size, size))
+
+    monkeypatch.setattr(images, "load_rgb", exploding_load)
+    with pytest.raises(KeyboardInterrupt):
+        resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
+    assert not (tmp_path / "chunk_0").exists()
+    assert not list(tmp_path.glob(".chunk_0*"))

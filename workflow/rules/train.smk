@@ -1,0 +1,30 @@
+rule train_model:
+    input:
+        shards="results/{run}/shards",
+    output:
+        model="results/{run}/model/model.keras",
+        model_config="results/{run}/model/model_config.json",
+        history=report(
+            "results/{run}/model/history.csv",
+            caption="../report/history.rst",
+            category="Training",
+        ),
+    params:
+        tree=config["catalog"]["tree"],
+        question_suffix=config["catalog"]["question_suffix"],
+        train=config["train"],
+        seed=config["seed"],
+        state_dir=lambda wildcards: f"results/{wildcards.run}/train_state",
+    log:
+        "logs/{run}/train_model.log",
+    benchmark:
+        "benchmarks/{run}/train_model.tsv"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=config["train"]["gpus"],
+    conda:
+        "../envs/zoobot.yaml"
+    script:
+        "../scripts/train_model.py"

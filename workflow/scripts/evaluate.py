@@ -1,0 +1,14 @@
+"""Rule evaluate: test-set metrics vs a constant predictor."""
+
+from zoobot_core.evaluate import evaluate_files
+from zoobot_core.io import setup_logging
+from zoobot_core.schemas import get_tree
+
+setup_logging(snakemake.log[0])
+evaluate_files(
+    snakemake.input.predictions,
+    snakemake.input.shards,
+    get_tree(snakemake.params.tree, snakemake.params.question_suffix),
+    snakemake.output.metrics,
+    snakemake.output.per_question,
+)

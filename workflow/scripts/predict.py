@@ -1,0 +1,16 @@
+"""Rule predict: MC-dropout predictions and representations of one split."""
+
+from pathlib import Path
+
+from zoobot_core.io import setup_logging
+from zoobot_core.predict import PredictConfig, predict_files
+
+setup_logging(snakemake.log[0])
+predict_files(
+    Path(snakemake.input.model).parent,
+    snakemake.input.shards,
+    snakemake.wildcards.split,
+    snakemake.output.predictions,
+    snakemake.output.representations,
+    PredictConfig(**snakemake.params),
+)

@@ -1,0 +1,18 @@
+"""Rule train_model: train on the shards, keep the best epoch."""
+
+from pathlib import Path
+
+from zoobot_core.io import setup_logging
+from zoobot_core.schemas import get_tree
+from zoobot_core.train import TrainConfig, train_from_shards
+
+setup_logging(snakemake.log[0])
+settings = {k: v for k, v in snakemake.params.train.items() if k != "gpus"}
+train_from_shards(
+    snakemake.input.shards,
+    Path(snakemake.output.model).parent,
+    get_tree(snakemake.params.tree, snakemake.params.question_suffix),
+    TrainConfig(seed=snakemake.params.seed, **settings),
+    state_dir=snakemake.params.state_dir,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,195 @@
+"""Catalog validation: every input row ends up either in the validated table or in quarantine with a reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zoobot_core.io import atomic_path, atomic_write_table, read_table
+
+log = logging.getLogger(__name__)
+
+ID, FILE, LABELLED, CHUNK = "id_str", "file_loc", "labelled", "chunk"
+QUARANTINE_COLUMNS = ["row", ID, FILE, "stage", "reason", "message"]
+
+# reason code -> what the user should do about it
+REASONS = {
+    "missing_id": "give every row a non-empty id",
+    "duplicate_id": "ids must be unique; every row sharing an id is quarantined, keep one",
+    "missing_path": "give every row an image path",
+    "path_outside_root": "image paths must lie under the image root; fix the path or image_root",
+    "missing_file": "the image file does not exist; fix the path or image_root",
+    "empty_file": "the image file is empty (0 bytes); re-download it",
+    "unreadable_image": "the file could not be decoded as an image; re-download or re-export it",
+    "missing_labels": "this row has no labels and allow_unlabelled is false",
+    "partial_labels": "some but not all label columns are empty; fill them or blank them all (unlabelled)",
+    "invalid_votes": "vote counts must be non-negative integers",
+}
+
+
+class CatalogError(ValueError):
+    """The catalog as a whole cannot be used (missing columns, empty, too many bad rows)."""
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """How to read a user's catalog: which columns are the id, the image path and the labels."""
+
+    id_column: str = ID
+    file_column: str = FILE
+    label_cols: tuple[str, ...] = ()
+    label_kind: str = "votes"  # 'votes': non-negative integer counts; 'values': any finite number
+    image_root: str | None = None  # relative paths resolve here; default: the catalog's folder
+    allow_unlabelled: bool = True
+    max_quarantine_fraction: float = 0.05
+    chunk_size: int = 500
+
+
+def _quarantine_rows(df: pd.DataFrame, mask: pd.Series, reason: str, message: str) -> pd.DataFrame:
+    rows = df.loc[mask, ["row", ID, FILE]].copy()
+    rows["stage"] = "validate"
+    rows["reason"] = reason
+    rows["message"] = message
+    return rows
+
+
+def _resolve_path(path: str, root: Path) -> Path:
+    p = Path(path)
+    return (p if p.is_absolute() else root / p).resolve()
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def validate_catalog(
+    catalog_path: Path | str, config: CatalogConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read and check a catalog; return (validated rows, quarantined rows with reason and message).
+
+    Validated rows get our column names (id_str, file_loc as an absolute path), a `labelled`
+    flag and a `chunk` number (id-sorted, `chunk_size` rows each) for chunked image jobs.
+    User columns other than the id/path are kept unchanged.
+    """
+    catalog_path = Path(catalog_path)
+    raw = read_table(catalog_path)
+    if len(raw) == 0:
+        raise CatalogError(f"Catalog {catalog_path} has no rows; point catalog.path at a catalog with galaxies in it")
+    needed = [config.id_column, config.file_column, *config.label_cols]
+    missing = [c for c in needed if c not in raw.columns]
+    if missing:
+        raise CatalogError(
+            f"Catalog {catalog_path} lacks column(s) {missing}. It has {list(raw.columns)}. "
+            "Map your column names in the config (catalog.id_column / file_column / label_columns) "
+            "or choose the decision tree and question_suffix your vote columns use."
+        )
+    root = Path(config.image_root).resolve() if config.image_root else catalog_path.parent.resolve()
+    df = raw.rename(columns={config.id_column: ID, config.file_column: FILE})
+    df.insert(0, "row", np.arange(len(df)))
+    df[ID] = df[ID].astype("string").str.strip()
+    df[FILE] = df[FILE].astype("string").str.strip()
+    quarantined: list[pd.DataFrame] = []
+    ok = pd.Series(True, index=df.index)
+
+    def reject(mask: pd.Series, reason: str, message: str) -> None:
+        nonlocal ok
+        mask = mask & ok
+        if mask.any():
+            quarantined.append(_quarantine_rows(df, mask, reason, message))
+            ok = ok & ~mask
+
+    reject(df[ID].isna() | (df[ID] == ""), "missing_id", f"empty {config.id_column!r}; {REASONS['missing_id']}")
+    reject(df[ID].duplicated(keep=False) & df[ID].notna(), "duplicate_id", f"{config.id_column!r} repeated; {REASONS['duplicate_id']}")
+    reject(df[FILE].isna() | (df[FILE] == ""), "missing_path", f"empty {config.file_column!r}; {REASONS['missing_path']}")
+
+    resolved = df[FILE].where(ok).map(lambda p: _resolve_path(p, root) if isinstance(p, str) else None)
+    reject(resolved.map(lambda p: p is not None and not _is_under(p, root)), "path_outside_root",
+           f"path escapes image root {root}; {REASONS['path_outside_root']}")
+    reject(resolved.map(lambda p: p is not None and not p.is_file()), "missing_file", REASONS["missing_file"])
+    reject(resolved.map(lambda p: p is not None and p.is_file() and p.stat().st_size == 0), "empty_file", REASONS["empty_file"])
+    df[FILE] = resolved.map(lambda p: str(p) if p is not None else None).astype("string")
+
+    labels = df[list(config.label_cols)].apply(pd.to_numeric, errors="coerce") if config.label_cols else pd.DataFrame(index=df.index)
+    if config.label_cols:
+        non_numeric = raw[list(config.label_cols)].notna() & labels.isna()
+        n_missing = labels.isna().sum(axis=1)
+        none_given = (n_missing == len(config.label_cols)) & ~non_numeric.any(axis=1)
+        reject(non_numeric.any(axis=1), "invalid_votes", "label value is not a number; " + REASONS["invalid_votes"])
+        reject((n_missing > 0) & ~none_given, "partial_labels", REASONS["partial_labels"])
+        if not config.allow_unlabelled:
+            reject(none_given, "missing_labels", REASONS["missing_labels"])
+        if config.label_kind == "votes":
+            values = labels.to_numpy(dtype=float, na_value=np.nan)
+            bad = np.isfinite(values) & ((values < 0) | (values != np.round(values)))
+            bad |= np.isinf(values)
+            reject(pd.Series(bad.any(axis=1), index=df.index), "invalid_votes", REASONS["invalid_votes"])
+        else:
+            reject(pd.Series(np.isinf(labels.to_numpy(dtype=float, na_value=np.nan)).any(axis=1), index=df.index),
+                   "invalid_votes", "label value is infinite")
+        df[list(config.label_cols)] = labels
+        df[LABELLED] = ~none_given
+    else:
+        df[LABELLED] = False
+
+    validated = df[ok].sort_values(ID).reset_index(drop=True)
+    validated[CHUNK] = np.arange(len(validated)) // config.chunk_size
+    quarantine = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    quarantine = quarantine.astype({"row": "int64"}).sort_values("row").reset_index(drop=True)
+    log.info("Catalog %s: %d rows in = %d ok + %d quarantined", catalog_path, len(df), len(validated), len(quarantine))
+    for reason, n in quarantine["reason"].value_counts().items():
+        log.warning("  quarantined %d row(s): %s", n, reason)
+    check_quarantine_fraction(len(df), quarantine, config.max_quarantine_fraction, catalog_path)
+    return validated, quarantine
+
+
+def check_quarantine_fraction(n_in: int, quarantine: pd.DataFrame, max_fraction: float, source: Path | str) -> None:
+    """Refuse to go on with a catalog whose quarantined fraction exceeds `max_fraction`."""
+    fraction = len(quarantine) / max(n_in, 1)
+    if fraction > max_fraction:
+        reasons = quarantine["reason"].value_counts().to_dict()
+        raise CatalogError(
+            f"{len(quarantine)} of {n_in} rows of {source} ({fraction:.1%}) are quarantined, above the "
+            f"limit of {max_fraction:.1%} (catalog.max_quarantine_fraction). Reasons: {reasons}. "
+            "Fix the catalog (see the quarantine table for each row) or raise the limit."
+        )
+
+
+def write_validation(validated: pd.DataFrame, quarantine: pd.DataFrame, validated_path: Path | str, quarantine_path: Path | str) -> None:
+    """Write both tables atomically as Parquet."""
+    atomic_write_table(validated, validated_path)
+    atomic_write_table(quarantine, quarantine_path)
+
+
+def accounting(n_in: int, ready: pd.DataFrame, quarantine: pd.DataFrame) -> dict:
+    """Counts for the report: in = ok + quarantined, by reason, and labelled vs unlabelled."""
+    if n_in != len(ready) + len(quarantine):
+        raise RuntimeError(f"Row accounting broken: {n_in} in != {len(ready)} ok + {len(quarantine)} quarantined")
+    return {
+        "n_in": int(n_in),
+        "n_ok": int(len(ready)),
+        "n_quarantined": int(len(quarantine)),
+        "n_labelled": int(ready[LABELLED].sum()),
+        "n_unlabelled": int((~ready[LABELLED]).sum()),
+        "quarantined_by_reason": {str(k): int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
+    }
+
+
+def write_json(data: dict, path: Path | str) -> None:
+    """Write a JSON file atomically, keys sorted (stable across reruns)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def validate_catalog_file(catalog_path: Path | str, validated_path: Path | str, quarantine_path: Path | str, config: CatalogConfig) -> None:
+    """The validate_catalog rule: validate a catalog file and write both tables."""
+    validated, quarantine = validate_catalog(catalog_path, config)
+    write_validation(validated, quarantine, validated_path, quarantine_path)

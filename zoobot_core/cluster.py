@@ -1,0 +1,101 @@
+"""Cluster representations (PCA then KMeans) and show each cluster's most typical galaxies."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from zoobot_core.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """PCA dimensions, number of clusters, and montage size."""
+
+    n_components: int = 10
+    n_clusters: int = 8
+    seed: int = 42
+    examples_per_cluster: int = 8
+
+
+def feature_matrix(representations: pd.DataFrame) -> np.ndarray:
+    """The feat_* columns as a float32 matrix."""
+    cols = [c for c in representations.columns if c.startswith("feat_")]
+    if not cols:
+        raise ValueError("Representation table has no feat_* columns; pass the output of predict")
+    return representations[cols].to_numpy(np.float32)
+
+
+def cluster_representations(representations: pd.DataFrame, config: ClusterConfig) -> pd.DataFrame:
+    """Table of id_str, cluster, distance to its centre, and PCA coordinates (pca_00...)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    features = feature_matrix(representations)
+    n = len(features)
+    if n < config.n_clusters:
+        raise ValueError(f"Cannot make {config.n_clusters} clusters from {n} galaxies; lower cluster.n_clusters")
+    n_components = min(config.n_components, n, features.shape[1])
+    scaled = StandardScaler().fit_transform(features)
+    pca = PCA(n_components=n_components, random_state=config.seed)
+    reduced = pca.fit_transform(scaled)
+    kmeans = KMeans(n_clusters=config.n_clusters, n_init=10, random_state=config.seed).fit(reduced)
+    distances = np.linalg.norm(reduced - kmeans.cluster_centers_[kmeans.labels_], axis=1)
+    table = pd.DataFrame({"id_str": representations["id_str"].to_numpy(), "cluster": kmeans.labels_.astype(np.int32), "distance": distances.astype(np.float32)})
+    for i in range(n_components):
+        table[f"pca_{i:02d}"] = reduced[:, i].astype(np.float32)
+    log.info("PCA kept %.1f%% of the variance in %d components; cluster sizes %s",
+             100 * pca.explained_variance_ratio_.sum(), n_components, np.bincount(kmeans.labels_).tolist())
+    return table
+
+
+def typical_members(clusters: pd.DataFrame, n: int) -> dict[int, list[str]]:
+    """The n ids closest to each cluster's centre."""
+    return {int(c): group.nsmallest(n, "distance")["id_str"].tolist() for c, group in clusters.groupby("cluster")}
+
+
+def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path | str, examples_per_cluster: int) -> None:
+    """One row per cluster of its most typical galaxies, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    members = typical_members(clusters, examples_per_cluster)
+    sizes = clusters["cluster"].value_counts()
+    fig, axes = plt.subplots(len(members), examples_per_cluster, figsize=(1.3 * examples_per_cluster, 1.4 * len(members)), squeeze=False)
+    for row, (cluster, ids) in enumerate(sorted(members.items())):
+        for col in range(examples_per_cluster):
+            ax = axes[row, col]
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col < len(ids):
+                ax.imshow(np.asarray(Image.open(image_paths[ids[col]]).convert("RGB")))
+            if col == 0:
+                ax.set_ylabel(f"cluster {cluster}\n(n={sizes[cluster]})", fontsize=8)
+    fig.suptitle("Most typical galaxies of each cluster (closest to its centre)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def cluster_files(representation_paths: list[str], ready_path: Path | str, clusters_path: Path | str, montage_path: Path | str, config: ClusterConfig) -> pd.DataFrame:
+    """The cluster rule: cluster every given split's representations, write the table and the montage."""
+    from zoobot_core.io import atomic_write_table
+
+    representations = pd.concat([pd.read_parquet(p) for p in representation_paths], ignore_index=True)
+    clusters = cluster_representations(representations, config)
+    ready = pd.read_parquet(ready_path, columns=["id_str", "resized_loc"])
+    atomic_write_table(clusters, clusters_path)
+    plot_montage(clusters, dict(zip(ready["id_str"], ready["resized_loc"])), montage_path, config.examples_per_cluster)
+    return clusters

@@ -1,0 +1,1 @@
+"""Zoobot's `data_utils` namespace: `image_datasets`, `tfrecord_datasets` and `shards`."""

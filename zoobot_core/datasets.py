@@ -1,0 +1,98 @@
+"""tf.data input pipelines: from image files (get_image_dataset) and from TFRecord shards (get_dataset).
+
+Both yield batches of dicts with 'matrix' (float32 image, 0-255, HWC) and 'id_str', plus labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _decode(encoded: tf.Tensor, size: int | None, channels: int = 3) -> tf.Tensor:
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    if size is not None:
+        image = tf.cond(
+            tf.reduce_all(tf.shape(image)[:2] == size),
+            lambda: tf.cast(image, tf.float32),
+            lambda: tf.image.resize(tf.cast(image, tf.float32), (size, size), method="lanczos3", antialias=True),
+        )
+        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (size, size, channels))
+    else:
+        image = tf.cast(image, tf.float32)
+    return image
+
+
+def get_image_dataset(
+    image_paths: Sequence[str],
+    file_format: str = "png",
+    requested_img_size: int | None = None,
+    batch_size: int = 64,
+    labels: Sequence | np.ndarray | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batched dataset of {'matrix', 'id_str' (the path), ['label']} read straight from png/jpg files.
+
+    Images are resized on load when their size differs from `requested_img_size`.
+    """
+    if file_format not in ("png", "jpg", "jpeg"):
+        raise ValueError(f"file_format must be 'png' or 'jpg', got {file_format!r}")
+    paths = [str(p) for p in image_paths]
+    if not paths:
+        raise ValueError("get_image_dataset got no image paths")
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} images: give one label (row) per image")
+    tensors = {"id_str": paths}
+    if labels is not None:
+        tensors["label"] = np.asarray(labels, dtype=np.float32)
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+
+    def load(item: dict) -> dict:
+        item = dict(item)
+        item["matrix"] = _decode(tf.io.read_file(item["id_str"]), requested_img_size)
+        return item
+
+    return ds.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def get_dataset(
+    tfrecord_locs: Sequence[str],
+    label_cols: Sequence[str] = (),
+    batch_size: int = 64,
+    shuffle: bool = False,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    requested_img_size: int | None = None,
+    seed: int = 0,
+    shuffle_buffer: int = 2048,
+) -> tf.data.Dataset:
+    """Batched dataset of {'matrix', 'id_str', <label col>...} from TFRecord shards.
+
+    Shards are read in parallel (interleaved) and decoded in parallel; order is deterministic
+    for a fixed seed.
+    """
+    files = [str(p) for p in tfrecord_locs]
+    if not files:
+        raise ValueError("get_dataset got no TFRecord files; check the shard directory and split")
+    features = {"id_str": tf.io.FixedLenFeature([], tf.string), "matrix": tf.io.FixedLenFeature([], tf.string)}
+    features.update({col: tf.io.FixedLenFeature([], tf.float32) for col in label_cols})
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def parse(record: tf.Tensor) -> dict:
+        item = tf.io.parse_single_example(record, features)
+        item["matrix"] = _decode(item["matrix"], requested_img_size)
+        return item
+
+    return ds.map(parse, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

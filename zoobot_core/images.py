@@ -1,0 +1,136 @@
+"""Decode, convert and resize galaxy images in chunks; unreadable images are quarantined, not lost."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from zoobot_core.catalog import FILE, ID, LABELLED, QUARANTINE_COLUMNS, check_quarantine_fraction
+from zoobot_core.io import atomic_dir, atomic_write_table
+
+log = logging.getLogger(__name__)
+
+RESIZED = "resized_loc"
+INDEX_NAME = "index.parquet"
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    """Output size and format of the resized images."""
+
+    size: int = 64
+    file_format: str = "png"  # png (lossless) or jpg
+    jpeg_quality: int = 95
+
+
+def safe_filename(id_str: str) -> str:
+    """A filename for a galaxy id; ids with unsafe characters get a hash suffix so names never collide."""
+    cleaned = _SAFE.sub("_", id_str)
+    if cleaned == id_str and not id_str.startswith("."):
+        return id_str
+    return f"{cleaned.lstrip('.')}_{hashlib.sha1(id_str.encode()).hexdigest()[:10]}"
+
+
+def load_rgb(path: Path | str, size: int) -> Image.Image:
+    """Open an image, convert it to 8-bit RGB and resize it to size x size (LANCZOS).
+
+    Greyscale is replicated to RGB, alpha is dropped, 16-bit and float images are scaled to 8 bits.
+    JPEGs are decoded at reduced size (draft) when much larger than the target.
+    """
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            array = np.asarray(img, dtype=np.float64)
+            top = array.max() if array.max() > 0 else 1.0
+            img = Image.fromarray((array / top * 255).astype(np.uint8))
+        rgb = img.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return rgb
+
+
+def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, config: ResizeConfig) -> pd.DataFrame:
+    """Resize one chunk's images into out_dir (atomically, as a whole) and write its index table.
+
+    The index has one row per galaxy of the chunk: id_str, resized_loc (or None) and, for
+    failures, the quarantine reason and message.
+    """
+    out_dir = Path(out_dir)
+    rows = validated[validated["chunk"] == chunk]
+    if rows.empty:
+        raise ValueError(f"Chunk {chunk} has no galaxies in the validated catalog; rerun validate_catalog")
+    records = []
+    with atomic_dir(out_dir) as tmp:
+        for id_str, file_loc in tqdm(zip(rows[ID], rows[FILE]), total=len(rows), desc=f"resizing chunk {chunk}", mininterval=10):
+            name = f"{safe_filename(id_str)}.{config.file_format}"
+            try:
+                image = load_rgb(file_loc, config.size)
+                save_kwargs = {"quality": config.jpeg_quality} if config.file_format == "jpg" else {}
+                image.save(tmp / name, format="JPEG" if config.file_format == "jpg" else "PNG", **save_kwargs)
+                records.append({ID: id_str, RESIZED: str(out_dir / name), "reason": None, "message": None})
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                log.warning("Cannot read image of %s at %s: %s", id_str, file_loc, err)
+                records.append({ID: id_str, RESIZED: None, "reason": "unreadable_image", "message": f"{type(err).__name__}: {err}"})
+        index = pd.DataFrame(records, columns=[ID, RESIZED, "reason", "message"])
+        atomic_write_table(index, tmp / INDEX_NAME)
+    n_bad = index[RESIZED].isna().sum()
+    log.info("Chunk %d: %d resized to %d px, %d unreadable", chunk, len(index) - n_bad, config.size, n_bad)
+    return index
+
+
+def gather_resized(
+    validated: pd.DataFrame, validation_quarantine: pd.DataFrame, chunk_dirs: list[Path | str], max_quarantine_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Join the chunks' indexes onto the validated catalog; return (ready catalog, full quarantine table)."""
+    index = pd.concat([pd.read_parquet(Path(d) / INDEX_NAME) for d in chunk_dirs], ignore_index=True)
+    missing = set(validated[ID]) - set(index[ID])
+    if missing:
+        raise RuntimeError(f"{len(missing)} validated galaxies (e.g. {sorted(missing)[:3]}) are in no resized chunk; rerun resize_images")
+    merged = validated.merge(index, on=ID, how="left", validate="one_to_one")
+    failed = merged[merged[RESIZED].isna()]
+    image_quarantine = failed[["row", ID, FILE]].assign(stage="resize", reason=failed["reason"], message=failed["message"])
+    ready = merged[merged[RESIZED].notna()].drop(columns=["reason", "message"]).reset_index(drop=True)
+    parts = [q for q in (validation_quarantine, image_quarantine) if len(q)]
+    quarantine = pd.concat(parts, ignore_index=True)[QUARANTINE_COLUMNS] if parts else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    quarantine = quarantine.sort_values("row").reset_index(drop=True)
+    n_in = len(validated) + len(validation_quarantine)
+    check_quarantine_fraction(n_in, quarantine, max_quarantine_fraction, "the catalog")
+    log.info("Ready: %d galaxies (%d labelled); quarantined in all: %d", len(ready), ready[LABELLED].sum(), len(quarantine))
+    return ready, quarantine
+
+
+def resize_chunk_file(validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig) -> None:
+    """The resize_images rule: resize one chunk of the validated catalog."""
+    resize_chunk(pd.read_parquet(validated_path), chunk, out_dir, config)
+
+
+def gather_files(
+    validated_path: Path | str,
+    validation_quarantine_path: Path | str,
+    chunk_dirs: list[str],
+    ready_path: Path | str,
+    quarantine_path: Path | str,
+    accounting_path: Path | str,
+    max_quarantine_fraction: float,
+) -> dict:
+    """The gather_images rule: write the ready catalog, the full quarantine table and the row accounting."""
+    from zoobot_core.catalog import accounting, write_json
+
+    validated = pd.read_parquet(validated_path)
+    validation_quarantine = pd.read_parquet(validation_quarantine_path)
+    ready, quarantine = gather_resized(validated, validation_quarantine, chunk_dirs, max_quarantine_fraction)
+    counts = accounting(len(validated) + len(validation_quarantine), ready, quarantine)
+    atomic_write_table(ready, ready_path)
+    atomic_write_table(quarantine, quarantine_path)
+    write_json(counts, accounting_path)
+    return counts

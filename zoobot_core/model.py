@@ -1,0 +1,95 @@
+"""Zoobot's model: augmentation layers, EfficientNetB0 base, dropout, and a Dirichlet-concentration head.
+
+Written with keras layers and keras.ops only, so it runs on the TensorFlow or JAX backend.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+BASE_NAME = "efficientnetb0"
+DROPOUT_NAME = "top_dropout"
+HEAD_NAME = "concentrations"
+
+
+@keras.saving.register_keras_serializable(package="zoobot_core")
+def dirichlet_concentration(x):
+    """Zoobot's head activation: sigmoid(x) * 100 + 1, so every concentration lies in (1, 101)."""
+    return ops.sigmoid(x) * 100.0 + 1.0
+
+
+@keras.saving.register_keras_serializable(package="zoobot_core")
+class CropAndResize(layers.Layer):
+    """Random crop when training, centre crop otherwise (same scale either way), then resize."""
+
+    def __init__(self, crop_size: int, output_size: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.crop_size, self.output_size, self.seed = int(crop_size), int(output_size), seed
+        self.random_crop = layers.RandomCrop(self.crop_size, self.crop_size, seed=seed)
+        self.centre_crop = layers.CenterCrop(self.crop_size, self.crop_size)
+        self.resize = layers.Resizing(self.output_size, self.output_size, interpolation="bilinear")
+
+    def build(self, input_shape) -> None:
+        self.random_crop.build(input_shape)
+        self.centre_crop.build(input_shape)
+        self.resize.build((input_shape[0], self.crop_size, self.crop_size, input_shape[-1]))
+        super().build(input_shape)
+
+    def call(self, images, training=None):
+        images = self.random_crop(images, training=True) if training else self.centre_crop(images)
+        if self.crop_size != self.output_size:
+            images = self.resize(images)
+        return images
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_size, self.output_size, input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "crop_size": self.crop_size, "output_size": self.output_size, "seed": self.seed}
+
+
+def get_augmentation_layers(crop_size: int, resize_size: int, seed: int | None = None) -> list[layers.Layer]:
+    """Zoobot's augmentations: random rotation (any angle, reflect fill), flips, random crop, resize."""
+    return [
+        layers.RandomRotation(0.5, fill_mode="reflect", seed=seed, name="random_rotation"),
+        layers.RandomFlip("horizontal_and_vertical", seed=None if seed is None else seed + 1, name="random_flip"),
+        CropAndResize(crop_size, resize_size, seed=None if seed is None else seed + 2, name="crop_and_resize"),
+    ]
+
+
+def get_model(
+    output_dim: int,
+    input_size: int,
+    crop_size: int | None = None,
+    resize_size: int | None = None,
+    channels: int = 1,
+    dropout_rate: float = 0.2,
+    head_activation=dirichlet_concentration,
+    seed: int | None = 0,
+) -> keras.Model:
+    """EfficientNetB0 (random init) behind augmentation layers, with dropout and a new Dense head.
+
+    Inputs are images in [0, 1] of shape (input_size, input_size, channels). The output has
+    `output_dim` units: Dirichlet concentrations by default (one per answer).
+    """
+    crop_size = crop_size or int(round(input_size * 0.75))
+    resize_size = resize_size or crop_size
+    inputs = keras.Input((input_size, input_size, channels), name="image")
+    x = inputs
+    for layer in get_augmentation_layers(crop_size, resize_size, seed):
+        x = layer(x)
+    # keras' EfficientNet divides by 255 internally (it expects ImageNet-style 0-255 input)
+    x = layers.Rescaling(255.0, name="to_efficientnet_range")(x)
+    base = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(resize_size, resize_size, channels), pooling="avg"
+    )
+    x = base(x)
+    x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT_NAME)(x)
+    outputs = layers.Dense(output_dim, activation=head_activation, name=HEAD_NAME)(x)
+    return keras.Model(inputs, outputs, name="zoobot")
+
+
+def representation_model(model: keras.Model) -> keras.Model:
+    """The model up to the base's pooled features (the representation), sharing weights."""
+    return keras.Model(model.inputs, model.get_layer(DROPOUT_NAME).input, name="zoobot_representation")

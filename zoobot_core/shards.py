@@ -1,0 +1,207 @@
+"""Deterministic TFRecord shards: split by a hash of (seed, id), fixed order, no timestamps, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from zoobot_core.catalog import FILE, ID, LABELLED
+from zoobot_core.images import RESIZED, load_rgb
+from zoobot_core.io import atomic_dir, atomic_write_table
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+UNLABELLED = "unlabelled"
+MANIFEST = "manifest.parquet"
+METADATA = "shards.json"
+
+
+def hash_fraction(id_str: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, id) alone: the basis of every split and shard order."""
+    digest = hashlib.sha256(f"{seed}:{id_str}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(ids: pd.Series, seed: int, train_fraction: float, val_fraction: float) -> pd.Series:
+    """'train' / 'val' / 'test' per id, by hash: adding or reordering rows never moves another galaxy."""
+    if not 0 < train_fraction < 1 or val_fraction < 0 or train_fraction + val_fraction > 1:
+        raise ValueError(f"Split fractions must satisfy 0 < train < 1 and train + val <= 1; got train={train_fraction}, val={val_fraction}")
+    u = ids.map(lambda i: hash_fraction(i, seed))
+    return pd.Series(np.where(u < train_fraction, "train", np.where(u < train_fraction + val_fraction, "val", "test")), index=ids.index)
+
+
+def _example(id_str: str, encoded: bytes, labels: dict[str, float]):
+    import tensorflow as tf
+
+    feature = {
+        "id_str": tf.train.Feature(bytes_list=tf.train.BytesList(value=[id_str.encode()])),
+        "matrix": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+    }
+    for col, value in labels.items():
+        feature[col] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """How shards are cut: split fractions, seed, galaxies per shard, and the image size they hold."""
+
+    size: int
+    label_cols: tuple[str, ...] = ()
+    shard_size: int = 4096
+    seed: int = 42
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    channels: int = 3
+
+
+def write_shards(
+    catalog: pd.DataFrame, shard_dir: Path | str, settings: ShardSettings, encoded_bytes=None
+) -> pd.DataFrame:
+    """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
+
+    Labelled galaxies go to train/val/test by hash, unlabelled ones to 'unlabelled'. Within a
+    split, galaxies are ordered by their hash (a seeded, rerun-stable shuffle). Images are stored
+    as the encoded bytes of `resized_loc` (PNG/JPEG), or of `encoded_bytes(row)` when given.
+    The whole directory appears at once when writing succeeds.
+    """
+    import tensorflow as tf
+
+    shard_dir = Path(shard_dir)
+    df = catalog.copy()
+    labelled = df[LABELLED] if LABELLED in df else pd.Series(bool(settings.label_cols), index=df.index)
+    df["split"] = UNLABELLED
+    if labelled.any():
+        df.loc[labelled, "split"] = assign_splits(df.loc[labelled, ID], settings.seed, settings.train_fraction, settings.val_fraction)
+    df["_order"] = df[ID].map(lambda i: hash_fraction(i, settings.seed + 1))
+    df = df.sort_values(["split", "_order", ID]).reset_index(drop=True)
+    read = encoded_bytes or (lambda row: Path(row[RESIZED]).read_bytes())
+    manifest_parts = []
+    with atomic_dir(shard_dir) as tmp:
+        for split in (*SPLITS, UNLABELLED):
+            rows = df[df["split"] == split]
+            (tmp / split).mkdir()
+            for shard_index, start in enumerate(range(0, len(rows), settings.shard_size)):
+                part = rows.iloc[start : start + settings.shard_size]
+                name = f"{split}/{split}_{shard_index:05d}.tfrecord"
+                with tf.io.TFRecordWriter(str(tmp / name)) as writer:
+                    for _, row in tqdm(part.iterrows(), total=len(part), desc=name, mininterval=10):
+                        labels = {c: float(row[c]) for c in settings.label_cols} if split != UNLABELLED else {}
+                        writer.write(_example(row[ID], read(row), labels).SerializeToString())
+                manifest_parts.append(part[[ID, "split"]].assign(shard=name, index_in_shard=np.arange(len(part)), shard_sha256=_sha256(tmp / name)))
+        manifest = pd.concat(manifest_parts, ignore_index=True) if manifest_parts else pd.DataFrame(columns=[ID, "split", "shard", "index_in_shard", "shard_sha256"])
+        atomic_write_table(manifest, tmp / MANIFEST)
+        for split in (*SPLITS, UNLABELLED):
+            keep = [c for c in df.columns if c not in ("_order",)]
+            atomic_write_table(df.loc[df["split"] == split, keep].reset_index(drop=True), tmp / f"{split}_catalog.parquet")
+        metadata = {
+            "size": settings.size,
+            "channels": settings.channels,
+            "label_cols": list(settings.label_cols),
+            "seed": settings.seed,
+            "train_fraction": settings.train_fraction,
+            "val_fraction": settings.val_fraction,
+            "shard_size": settings.shard_size,
+            "counts": {s: int((df["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
+        }
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    log.info("Wrote shards to %s: %s", shard_dir, metadata["counts"])
+    return manifest
+
+
+def read_metadata(shard_dir: Path | str) -> dict:
+    """The shards.json written beside the shards."""
+    return json.loads((Path(shard_dir) / METADATA).read_text())
+
+
+def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
+    """Sorted shard files of one split."""
+    return sorted(str(p) for p in (Path(shard_dir) / split).glob("*.tfrecord"))
+
+
+def _png_bytes(path: str, size: int) -> bytes:
+    buffer = io.BytesIO()
+    load_rgb(path, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class ShardConfig:
+    """Zoobot's ShardConfig: write train / eval (val) / test and unlabelled shards from catalogs of image files."""
+
+    shard_dir: str
+    size: int = 300
+    shard_size: int = 4096
+    seed: int = 42
+    columns_to_save: list[str] = field(default_factory=list)
+
+    @property
+    def train_dir(self) -> str:
+        return str(Path(self.shard_dir) / "train")
+
+    @property
+    def eval_dir(self) -> str:
+        return str(Path(self.shard_dir) / "val")
+
+    @property
+    def val_dir(self) -> str:
+        return self.eval_dir
+
+    @property
+    def test_dir(self) -> str:
+        return str(Path(self.shard_dir) / "test")
+
+    @property
+    def unlabelled_dir(self) -> str:
+        return str(Path(self.shard_dir) / UNLABELLED)
+
+    def prepare_shards(
+        self,
+        labelled_catalog: pd.DataFrame,
+        unlabelled_catalog: pd.DataFrame | None = None,
+        train_test_fraction: float = 0.8,
+        columns_to_save: list[str] | None = None,
+        val_fraction: float | None = None,
+    ) -> pd.DataFrame:
+        """Resize each catalog's `file_loc` images to `size` and write shards; the rest of the labelled
+        galaxies beyond `train_test_fraction` are split evenly into val (eval) and test unless `val_fraction` is given."""
+        columns = list(columns_to_save if columns_to_save is not None else self.columns_to_save)
+        self.columns_to_save = columns
+        missing = [c for c in (ID, FILE, *columns) if c not in labelled_catalog.columns]
+        if missing:
+            raise KeyError(f"labelled_catalog lacks column(s) {missing}; it needs id_str, file_loc and every column in columns_to_save")
+        parts = [labelled_catalog.assign(**{LABELLED: True})]
+        if unlabelled_catalog is not None and len(unlabelled_catalog):
+            parts.append(unlabelled_catalog.assign(**{LABELLED: False}))
+        catalog = pd.concat(parts, ignore_index=True)
+        settings = ShardSettings(
+            size=self.size,
+            label_cols=tuple(columns),
+            shard_size=self.shard_size,
+            seed=self.seed,
+            train_fraction=train_test_fraction,
+            val_fraction=(1 - train_test_fraction) / 2 if val_fraction is None else val_fraction,
+        )
+        return write_shards(catalog, self.shard_dir, settings, encoded_bytes=lambda row: _png_bytes(row[FILE], self.size))
+
+
+def write_shards_file(ready_path: Path | str, shard_dir: Path | str, settings: ShardSettings) -> pd.DataFrame:
+    """The write_shards rule: shard the ready catalog's resized images."""
+    return write_shards(pd.read_parquet(ready_path), shard_dir, settings)

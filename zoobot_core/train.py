@@ -1,0 +1,153 @@
+"""Train the Zoobot model from TFRecord shards on Galaxy Zoo vote counts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from zoobot_core import shards as shard_io
+from zoobot_core.io import atomic_path
+from zoobot_core.schemas import DecisionTree
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+MODEL_CONFIG = "model_config.json"
+HISTORY = "history.csv"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (Zoobot defaults where they fit a small CPU run)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 3
+    seed: int = 42
+    crop_fraction: float = 0.75
+    resize_size: int | None = None  # None: the crop size
+    greyscale: bool = True
+    dropout_rate: float = 0.2
+    deterministic: bool = True  # deterministic TF ops (CPU): same seed, same weights
+
+
+def _configure_tensorflow(seed: int, deterministic: bool, threads: int | None) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+
+
+def _prepare_state_dir(state_dir: Path, fingerprint: dict) -> bool:
+    """Keep state_dir for resuming only if it was left by a run of the same shards and settings; True if resuming."""
+    stamp = state_dir / "fingerprint.json"
+    resumable = (state_dir / "backup").exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint
+    if not resumable:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        state_dir.mkdir(parents=True)
+        stamp.write_text(json.dumps(fingerprint, sort_keys=True))
+    return resumable
+
+
+def preprocessing_config(label_cols: list[str], size: int, greyscale: bool):
+    """The PreprocessingConfig used for training and, from the saved model config, for prediction."""
+    from zoobot_core.preprocess import PreprocessingConfig
+
+    return PreprocessingConfig(label_cols=list(label_cols), input_size=size, make_greyscale=greyscale)
+
+
+def train_from_shards(
+    shard_dir: Path | str,
+    out_dir: Path | str,
+    tree: DecisionTree,
+    config: TrainConfig,
+    state_dir: Path | str | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """Train on the train shards, early-stop on the val shards; write model.keras (best epoch), its config and history.csv.
+
+    `state_dir` keeps per-epoch backups so a killed job resumes from its last finished epoch.
+    """
+    import keras
+
+    from zoobot_core.datasets import get_dataset
+    from zoobot_core.losses import DirichletMultinomialLoss
+    from zoobot_core.model import get_model
+    from zoobot_core.preprocess import preprocess_dataset
+
+    out_dir, shard_dir = Path(out_dir), Path(shard_dir)
+    state_dir = Path(state_dir) if state_dir else out_dir / "train_state"
+    metadata = shard_io.read_metadata(shard_dir)
+    label_cols = metadata["label_cols"]
+    if label_cols != tree.label_cols:
+        raise ValueError(f"Shards in {shard_dir} hold labels {label_cols[:3]}..., not the {tree.name} tree's vote columns; rewrite the shards")
+    counts = metadata["counts"]
+    if counts["train"] == 0 or counts["val"] == 0:
+        raise ValueError(f"Need labelled galaxies in both train and val shards to train; have {counts}. Use a larger catalog.")
+    manifest = pd.read_parquet(shard_dir / shard_io.MANIFEST, columns=["shard_sha256"])
+    fingerprint = {"train_config": asdict(config), "shards": sorted(manifest["shard_sha256"].unique())}
+    if _prepare_state_dir(state_dir, fingerprint):
+        log.info("Resuming from the last finished epoch saved in %s", state_dir)
+    _configure_tensorflow(config.seed, config.deterministic, threads)
+    size = metadata["size"]
+    pre = preprocessing_config(label_cols, size, config.greyscale)
+
+    def dataset(split: str, shuffle: bool):
+        raw = get_dataset(shard_io.shard_paths(shard_dir, split), label_cols, config.batch_size, shuffle=shuffle, requested_img_size=size, seed=config.seed)
+        return preprocess_dataset(raw, pre)
+
+    crop = int(round(size * config.crop_fraction))
+    model = get_model(len(label_cols), size, crop, config.resize_size or crop, pre.channels, config.dropout_rate, seed=config.seed)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=DirichletMultinomialLoss(tree.question_index_groups), jit_compile=False)
+    best_path = state_dir / "best.keras"
+    history_path = state_dir / HISTORY
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=False),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    log.info("Training on %d galaxies (%d val), %d px -> crop %d, %d epochs max", counts["train"], counts["val"], size, crop, config.epochs)
+    model.fit(dataset("train", True), validation_data=dataset("val", False), epochs=config.epochs, callbacks=callbacks, verbose=2)
+    history = pd.read_csv(history_path).drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / HISTORY) as tmp:
+        history.to_csv(tmp, index=False)
+    model_config = {
+        "tree": tree.name,
+        "question_suffix": tree.suffix,
+        "label_cols": label_cols,
+        "input_size": size,
+        "greyscale": config.greyscale,
+        "best_epoch": int(history.loc[history["val_loss"].idxmin(), "epoch"]),
+        "train_config": asdict(config),
+    }
+    with atomic_path(out_dir / MODEL_CONFIG) as tmp:
+        tmp.write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n")
+    with atomic_path(out_dir / MODEL_FILE) as tmp:
+        shutil.copyfile(best_path, tmp)
+    log.info("Best epoch %d (val_loss %.3f); model at %s", model_config["best_epoch"], history["val_loss"].min(), out_dir / MODEL_FILE)
+    return history
+
+
+def load_model(model_dir: Path | str):
+    """Load model.keras and its model_config.json from a training output folder."""
+    import keras
+
+    import zoobot_core.losses  # noqa: F401  (registers custom objects)
+    import zoobot_core.model  # noqa: F401
+
+    model_dir = Path(model_dir)
+    return keras.models.load_model(model_dir / MODEL_FILE), json.loads((model_dir / MODEL_CONFIG).read_text())
