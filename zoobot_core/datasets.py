@@ -76,15 +76,16 @@ def get_dataset(
 ) -> tf.data.Dataset:
     """Batched dataset of {'matrix', 'id_str', <label col>...} from TFRecord shards.
 
-    Shards are read in parallel (interleaved) and decoded in parallel; order is deterministic
-    for a fixed seed.
+    Records are decoded in parallel; shuffled reading interleaves the shard files. Order is
+    deterministic: manifest order unshuffled, a fixed permutation per seed shuffled.
     """
     files = [str(p) for p in tfrecord_locs]
     if not files:
         raise ValueError("get_dataset got no TFRecord files; check the shard directory and split")
     features = {"id_str": tf.io.FixedLenFeature([], tf.string), "matrix": tf.io.FixedLenFeature([], tf.string)}
     features.update({col: tf.io.FixedLenFeature([], tf.float32) for col in label_cols})
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8))
+    # unshuffled: files one after another, so records come in manifest order; shuffled: interleave files
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) if shuffle else None)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

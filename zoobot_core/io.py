@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,3 +73,8 @@ def setup_logging(log_file: Path | str | None = None, level: int = logging.INFO)
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+
+    def log_uncaught(kind, value, traceback) -> None:
+        logging.getLogger("zoobot_core").critical("Failed: %s", value, exc_info=(kind, value, traceback))
+
+    sys.excepthook = log_uncaught

@@ -11,6 +11,7 @@ from keras import layers, ops
 BASE_NAME = "efficientnetb0"
 DROPOUT_NAME = "top_dropout"
 HEAD_NAME = "concentrations"
+MIN_SIZE = 32  # keras.applications.EfficientNetB0's smallest input
 
 
 @keras.saving.register_keras_serializable(package="zoobot_core")
@@ -75,6 +76,11 @@ def get_model(
     """
     crop_size = crop_size or int(round(input_size * 0.75))
     resize_size = resize_size or crop_size
+    if resize_size < MIN_SIZE:
+        raise ValueError(
+            f"EfficientNetB0 needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to "
+            f"{crop_size} and resized to {resize_size}. Set train.resize_size >= {MIN_SIZE} or use larger images.size."
+        )
     inputs = keras.Input((input_size, input_size, channels), name="image")
     x = inputs
     for layer in get_augmentation_layers(crop_size, resize_size, seed):

@@ -1,0 +1,84 @@
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zoobot_core.datasets import get_dataset
+from zoobot_core.images import RESIZED
+from zoobot_core.schemas import get_tree
+from zoobot_core.shards import MANIFEST, ShardSettings, assign_splits, read_metadata, shard_paths, write_shards
+
+
+def test_split_depends_on_id_and_seed_only():
+    ids = pd.Series([f"gal{i}" for i in range(2000)])
+    a = assign_splits(ids, seed=1, train_fraction=0.8, val_fraction=0.1)
+    b = assign_splits(ids[::-1].reset_index(drop=True), seed=1, train_fraction=0.8, val_fraction=0.1)
+    assert dict(zip(ids, a)) == dict(zip(ids[::-1], b))
+    assert a.value_counts(normalize=True)["train"] == pytest.approx(0.8, abs=0.03)
+    assert a.value_counts(normalize=True)["test"] == pytest.approx(0.1, abs=0.02)
+    c = assign_splits(ids, seed=2, train_fraction=0.8, val_fraction=0.1)
+    assert (a != c).mean() > 0.2
+    more = assign_splits(pd.Series([*ids, "newcomer"]), seed=1, train_fraction=0.8, val_fraction=0.1)
+    assert (more.iloc[:-1].to_numpy() == a.to_numpy()).all()  # adding a galaxy moves no other
+
+
+def test_bad_fractions_are_refused():
+    with pytest.raises(ValueError, match="train"):
+        assign_splits(pd.Series(["a"]), 0, 0.9, 0.2)
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_catalog_gives_byte_identical_shards(tiny_shards, tmp_path):
+    ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
+    tree = get_tree("gz_decals_dr5")
+    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2)
+    write_shards(ready.sample(frac=1, random_state=3), tmp_path / "again", settings)
+    originals = sorted(p.relative_to(tiny_shards) for p in tiny_shards.rglob("*.tfrecord"))
+    assert originals == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.tfrecord"))
+    for rel in originals:
+        assert _sha(tiny_shards / rel) == _sha(tmp_path / "again" / rel)
+    assert (tiny_shards / "shards.json").read_bytes() == (tmp_path / "again" / "shards.json").read_bytes()
+
+
+def test_manifest_lists_every_galaxy_once_with_its_shard_checksum(tiny_shards):
+    manifest = pd.read_parquet(tiny_shards / MANIFEST)
+    counts = read_metadata(tiny_shards)["counts"]
+    assert manifest["id_str"].is_unique
+    assert manifest["split"].value_counts().to_dict() == {k: v for k, v in counts.items() if v}
+    assert counts["unlabelled"] > 0 and counts["train"] > counts["val"] > 0
+    for shard, group in manifest.groupby("shard"):
+        assert len(group) <= 16
+        assert group["shard_sha256"].nunique() == 1
+        assert group["shard_sha256"].iloc[0] == _sha(tiny_shards / shard)
+        assert group["index_in_shard"].tolist() == list(range(len(group)))
+
+
+def test_reading_shards_returns_the_images_and_labels_written(tiny_shards):
+    tree = get_tree("gz_decals_dr5")
+    catalog = pd.read_parquet(tiny_shards / "train_catalog.parquet").set_index("id_str")
+    ds = get_dataset(shard_paths(tiny_shards, "train"), tree.label_cols, batch_size=8, shuffle=False, requested_img_size=32)
+    seen = []
+    for batch in ds:
+        for i, id_bytes in enumerate(batch["id_str"].numpy()):
+            id_str = id_bytes.decode()
+            seen.append(id_str)
+            expected = np.asarray(Image.open(catalog.loc[id_str, RESIZED]).convert("RGB"), dtype=np.float32)
+            np.testing.assert_array_equal(batch["matrix"][i].numpy(), expected)
+            assert batch[tree.label_cols[0]][i].numpy() == catalog.loc[id_str, tree.label_cols[0]]
+    manifest = pd.read_parquet(tiny_shards / MANIFEST)
+    assert seen == manifest.loc[manifest["split"] == "train", "id_str"].tolist()
+
+
+def test_shuffled_reading_is_repeatable_for_a_seed(tiny_shards):
+    def order(seed):
+        ds = get_dataset(shard_paths(tiny_shards, "train"), [], batch_size=4, shuffle=True, seed=seed, requested_img_size=32)
+        return [i.decode() for batch in ds for i in batch["id_str"].numpy()]
+
+    assert order(5) == order(5)
+    assert order(5) != order(6)
+    assert sorted(order(5)) == sorted(order(6))

@@ -1,0 +1,141 @@
+"""The whole Snakemake workflow on tiny data: every output's row count and schema."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, run_snakemake
+from zoobot_core.schemas import get_tree
+
+pytestmark = pytest.mark.workflow
+TREE = get_tree("gz_decals_dr5")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    run_snakemake(workdir, REPO / "tests/configs/tiny.yaml")
+    return workdir / "results/tiny"
+
+
+def test_catalog_accounting_adds_up(tiny_run):
+    counts = json.loads((tiny_run / "catalog/accounting.json").read_text())
+    assert counts["n_in"] == 60 == counts["n_ok"] + counts["n_quarantined"]
+    assert counts["quarantined_by_reason"] == {"empty_file": 1, "missing_file": 1}
+    quarantine = pd.read_parquet(tiny_run / "catalog/quarantine.parquet")
+    assert list(quarantine.columns) == ["row", "id_str", "file_loc", "stage", "reason", "message"]
+    ready = pd.read_parquet(tiny_run / "catalog/ready.parquet")
+    assert len(ready) == counts["n_ok"] == 58 and ready["id_str"].is_unique
+    assert counts["n_labelled"] + counts["n_unlabelled"] == 58 and counts["n_unlabelled"] > 0
+    assert set(ready["chunk"]) == {0, 1, 2}
+    with Image.open(tiny_run.parent.parent / ready["resized_loc"].iloc[0]) as img:  # relative to the run's directory
+        assert img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_shards_cover_every_ready_galaxy_once(tiny_run):
+    manifest = pd.read_parquet(tiny_run / "shards/manifest.parquet")
+    ready = pd.read_parquet(tiny_run / "catalog/ready.parquet")
+    assert sorted(manifest["id_str"]) == sorted(ready["id_str"])
+    assert set(manifest.loc[manifest["split"] == "unlabelled", "id_str"]) == set(ready.loc[~ready["labelled"], "id_str"])
+    assert {"train", "val", "test"} <= set(manifest["split"])
+
+
+def test_model_and_history(tiny_run):
+    history = pd.read_csv(tiny_run / "model/history.csv")
+    assert list(history.columns) == ["epoch", "loss", "val_loss"] and len(history) == 1
+    assert np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
+    config = json.loads((tiny_run / "model/model_config.json").read_text())
+    assert config["label_cols"] == TREE.label_cols and config["input_size"] == 32
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test", "unlabelled"])
+def test_predictions_and_representations_per_split(tiny_run, split):
+    manifest = pd.read_parquet(tiny_run / "shards/manifest.parquet")
+    ids = manifest.loc[manifest["split"] == split, "id_str"].tolist()
+    predictions = pd.read_parquet(tiny_run / f"predictions/{split}.parquet")
+    assert predictions["id_str"].tolist() == ids
+    expected = ["id_str"] + [f"{c}_{k}" for c in TREE.label_cols for k in ("concentration", "fraction", "fraction_std")]
+    assert list(predictions.columns) == expected
+    concentrations = predictions[[f"{c}_concentration" for c in TREE.label_cols]].to_numpy()
+    assert ((concentrations > 1) & (concentrations < 101)).all()
+    for question in TREE.questions:
+        fractions = predictions[[f"{TREE.column(question.name, a)}_fraction" for a in question.answers]].sum(axis=1)
+        np.testing.assert_allclose(fractions, 1.0, rtol=1e-5)
+    representations = pd.read_parquet(tiny_run / f"representations/{split}.parquet")
+    assert representations["id_str"].tolist() == ids
+    assert representations.shape == (len(ids), 1281)
+    assert representations.drop(columns="id_str").dtypes.eq(np.float32).all()
+
+
+def test_evaluation_and_clusters(tiny_run):
+    metrics = json.loads((tiny_run / "evaluation/metrics.json").read_text())
+    assert set(metrics["vote_fraction_mae"]) == {"model", "constant", "ratio"}
+    per_question = pd.read_csv(tiny_run / "evaluation/per_question.csv")
+    assert per_question["question"].tolist() == TREE.question_names
+    clusters = pd.read_parquet(tiny_run / "clusters/clusters.parquet")
+    assert len(clusters) == 58 and set(clusters["cluster"]) == {0, 1, 2}
+    assert [c for c in clusters.columns if c.startswith("pca_")] == [f"pca_{i:02d}" for i in range(4)]
+    with Image.open(tiny_run / "clusters/montage.png") as img:
+        assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 300
+
+
+def test_every_rule_logged_and_a_rerun_has_nothing_to_do(tiny_run):
+    workdir = tiny_run.parent.parent
+    logs = {p.name for p in (workdir / "logs/tiny").rglob("*.log")}
+    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "write_shards.log", "train_model.log", "evaluate.log", "cluster.log"} <= logs
+    dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_own_catalog_with_other_column_names_jpg_and_parquet(tiny_synthetic, tmp_path):
+    """A user's catalog: their column names, jpg images under an image root, vote columns spelled -dr5."""
+    images = tmp_path / "cutouts"
+    images.mkdir()
+    catalog = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:-4]  # its 4 broken rows are tested elsewhere
+    paths = []
+    for id_str, rel in zip(catalog["id_str"], catalog["file_loc"]):
+        Image.open(tiny_synthetic / rel).convert("RGB").save(images / f"{id_str}.jpg", quality=92)
+        paths.append(f"{id_str}.jpg")
+    suffixed = get_tree("gz_decals_dr5", "-dr5")
+    user = catalog.rename(columns=dict(zip(TREE.label_cols, suffixed.label_cols)) | {"id_str": "iauname"})
+    user["jpg_path"] = paths
+    user = user.drop(columns=["file_loc"])
+    user.to_parquet(tmp_path / "my_catalog.parquet")
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["run_name"] = "mine"
+    config["synthetic"]["enabled"] = False
+    config["catalog"] = {
+        "path": str(tmp_path / "my_catalog.parquet"), "id_column": "iauname", "file_column": "jpg_path",
+        "image_root": str(images), "tree": "gz_decals_dr5", "question_suffix": "-dr5",
+        "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
+    }
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
+    run_snakemake(tmp_path / "work", tmp_path / "mine.yaml")
+    out = tmp_path / "work/results/mine"
+    counts = json.loads((out / "catalog/accounting.json").read_text())
+    assert counts["n_in"] == counts["n_ok"] == len(user) and counts["n_quarantined"] == 0
+    ready = pd.read_parquet(out / "catalog/ready.parquet")
+    assert set(ready["id_str"]) <= set(user["iauname"]) and "-dr5" in " ".join(ready.columns)
+    predictions = pd.read_parquet(out / "predictions/test.parquet")
+    assert f"{suffixed.label_cols[0]}_fraction" in predictions.columns
+    assert len(pd.read_parquet(out / "clusters/clusters.parquet")) == counts["n_ok"]
+
+
+def test_config_errors_are_reported_before_running(tmp_path):
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["images"]["size"] = "big"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"), "-n"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "'big'" in output and "['images']['size']" in output
