@@ -42,37 +42,44 @@ def evaluate_predictions(predictions: pd.DataFrame, test_catalog: pd.DataFrame, 
         train_mask = train_totals[:, q] >= 1
         constant = train_fractions[train_mask, first : last + 1].mean(axis=0) if train_mask.any() else np.full(last - first + 1, 1 / (last - first + 1))
         obs, pred = observed[mask, first : last + 1], predicted[mask, first : last + 1]
+        votes = totals[mask, q]
         winner = obs.argmax(axis=1)
+        model_err, constant_err = np.abs(pred - obs).mean(axis=1), np.abs(constant[None, :] - obs).mean(axis=1)
         rows.append({
             "question": question.name,
             "n_galaxies": int(mask.sum()),
-            "model_mae": float(np.abs(pred - obs).mean()) if mask.any() else np.nan,
-            "constant_mae": float(np.abs(constant[None, :] - obs).mean()) if mask.any() else np.nan,
+            "n_votes": int(votes.sum()),
+            "model_mae": float(model_err.mean()) if mask.any() else np.nan,
+            "constant_mae": float(constant_err.mean()) if mask.any() else np.nan,
+            "model_mae_vote_weighted": float(np.average(model_err, weights=votes)) if mask.any() else np.nan,
+            "constant_mae_vote_weighted": float(np.average(constant_err, weights=votes)) if mask.any() else np.nan,
             "model_accuracy": float((pred.argmax(axis=1) == winner).mean()) if mask.any() else np.nan,
             "constant_accuracy": float((constant.argmax() == winner).mean()) if mask.any() else np.nan,
         })
     table = pd.DataFrame(rows)
-    log.info("Test vote-fraction MAE (galaxy-weighted over questions): model %.4f vs constant %.4f",
-             *weighted_mae(table))
+    headline = summary(table)
+    log.info("Test vote-fraction MAE, vote-weighted: model %.4f vs constant %.4f; per galaxy and question: model %.4f vs constant %.4f",
+             headline["vote_fraction_mae_vote_weighted"]["model"], headline["vote_fraction_mae_vote_weighted"]["constant"],
+             headline["vote_fraction_mae"]["model"], headline["vote_fraction_mae"]["constant"])
     return table
 
 
-def weighted_mae(metrics: pd.DataFrame) -> tuple[float, float]:
-    """Model and constant MAE averaged over questions, weighted by how many galaxies answered each."""
-    valid = metrics[metrics["n_galaxies"] > 0]
-    w = valid["n_galaxies"].to_numpy(float)
-    return float(np.average(valid["model_mae"], weights=w)), float(np.average(valid["constant_mae"], weights=w))
+def _pooled(metrics: pd.DataFrame, column: str, weight: str) -> float:
+    valid = metrics[metrics[weight] > 0]
+    return float(np.average(valid[column], weights=valid[weight]))
 
 
 def summary(metrics: pd.DataFrame) -> dict:
-    """Headline numbers for metrics.json."""
-    model_mae, constant_mae = weighted_mae(metrics)
+    """Headline numbers for metrics.json: MAE pooled over every (galaxy, question) pair, plain and
+    weighted by the pair's number of votes, and the first question's accuracy."""
     first = metrics.iloc[0]
-    return {
-        "vote_fraction_mae": {"model": model_mae, "constant": constant_mae, "ratio": model_mae / constant_mae},
-        f"{first['question']}_accuracy": {"model": float(first["model_accuracy"]), "constant": float(first["constant_accuracy"])},
-        "n_test": int(first["n_galaxies"]),
-    }
+    out = {}
+    for key, suffix, weight in (("vote_fraction_mae", "", "n_galaxies"), ("vote_fraction_mae_vote_weighted", "_vote_weighted", "n_votes")):
+        model, constant = _pooled(metrics, f"model_mae{suffix}", weight), _pooled(metrics, f"constant_mae{suffix}", weight)
+        out[key] = {"model": model, "constant": constant, "ratio": model / constant if constant > 0 else None}
+    out[f"{first['question']}_accuracy"] = {"model": float(first["model_accuracy"]), "constant": float(first["constant_accuracy"])}
+    out["n_test"] = int(first["n_galaxies"])
+    return out
 
 
 def evaluate_files(predictions_path, shard_dir, tree: DecisionTree, metrics_path, per_question_path) -> dict:

@@ -68,11 +68,14 @@ def get_model(
     dropout_rate: float = 0.2,
     head_activation=dirichlet_concentration,
     seed: int | None = 0,
+    batchnorm_momentum: float | None = None,
 ) -> keras.Model:
     """EfficientNetB0 (random init) behind augmentation layers, with dropout and a new Dense head.
 
     Inputs are images in [0, 1] of shape (input_size, input_size, channels). The output has
     `output_dim` units: Dirichlet concentrations by default (one per answer).
+    `batchnorm_momentum` overrides keras' 0.99: a lower value lets the moving statistics used
+    at inference catch up within a short (few-hundred-step) training run.
     """
     crop_size = crop_size or int(round(input_size * 0.75))
     resize_size = resize_size or crop_size
@@ -90,6 +93,10 @@ def get_model(
     base = keras.applications.EfficientNetB0(
         include_top=False, weights=None, input_shape=(resize_size, resize_size, channels), pooling="avg"
     )
+    if batchnorm_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = batchnorm_momentum
     x = base(x)
     x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT_NAME)(x)
     outputs = layers.Dense(output_dim, activation=head_activation, name=HEAD_NAME)(x)

@@ -99,7 +99,7 @@ def _galaxy_light(m: Morphology, size: int, rng: np.random.Generator) -> np.ndar
     a = m.answers
     centre = (size / 2 + rng.normal(0, size * 0.015), size / 2 + rng.normal(0, size * 0.015))
     angle = rng.uniform(0, np.pi)
-    r_eff = size * rng.uniform(0.07, 0.12)
+    r_eff = size * rng.uniform(0.10, 0.16)  # cutouts are scaled to the galaxy, as DECaLS ones are
     light = np.zeros((size, size, 3))
     kind = a["smooth-or-featured"]
     if kind == "smooth":

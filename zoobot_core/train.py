@@ -34,6 +34,7 @@ class TrainConfig:
     resize_size: int | None = None  # None: the crop size
     greyscale: bool = True
     dropout_rate: float = 0.2
+    batchnorm_momentum: float = 0.99
     deterministic: bool = True  # deterministic TF ops (CPU): same seed, same weights
 
 
@@ -108,7 +109,10 @@ def train_from_shards(
         return preprocess_dataset(raw, pre)
 
     crop = int(round(size * config.crop_fraction))
-    model = get_model(len(label_cols), size, crop, config.resize_size or crop, pre.channels, config.dropout_rate, seed=config.seed)
+    model = get_model(
+        len(label_cols), size, crop, config.resize_size or crop, pre.channels, config.dropout_rate,
+        seed=config.seed, batchnorm_momentum=config.batchnorm_momentum,
+    )
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=DirichletMultinomialLoss(tree.question_index_groups), jit_compile=False)
     best_path = state_dir / "best.keras"
     history_path = state_dir / HISTORY
@@ -118,9 +122,11 @@ def train_from_shards(
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=False),
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log.info(
+            "epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))),
     ]
     log.info("Training on %d galaxies (%d val), %d px -> crop %d, %d epochs max", counts["train"], counts["val"], size, crop, config.epochs)
-    model.fit(dataset("train", True), validation_data=dataset("val", False), epochs=config.epochs, callbacks=callbacks, verbose=2)
+    model.fit(dataset("train", True), validation_data=dataset("val", False), epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)  # the dataset is already shuffled, seeded
     history = pd.read_csv(history_path).drop_duplicates("epoch", keep="last").reset_index(drop=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / HISTORY) as tmp:

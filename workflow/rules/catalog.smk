@@ -4,6 +4,13 @@ checkpoint validate_catalog:
     output:
         validated="results/{run}/catalog/validated.parquet",
         quarantine="results/{run}/catalog/quarantine_validation.parquet",
+    log:
+        "logs/{run}/validate_catalog.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         id_column=config["catalog"]["id_column"],
         file_column=config["catalog"]["file_column"],
@@ -12,12 +19,5 @@ checkpoint validate_catalog:
         allow_unlabelled=config["catalog"]["allow_unlabelled"],
         max_quarantine_fraction=config["catalog"]["max_quarantine_fraction"],
         chunk_size=config["images"]["chunk_size"],
-    log:
-        "logs/{run}/validate_catalog.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/zoobot.yaml"
     script:
         "../scripts/validate_catalog.py"

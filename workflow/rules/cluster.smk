@@ -12,17 +12,17 @@ rule cluster:
             caption="../report/montage.rst",
             category="Clusters",
         ),
+    log:
+        "logs/{run}/cluster.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         n_components=config["cluster"]["n_components"],
         n_clusters=config["cluster"]["n_clusters"],
         examples_per_cluster=config["cluster"]["examples_per_cluster"],
         seed=config["seed"],
-    log:
-        "logs/{run}/cluster.log",
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/zoobot.yaml"
     script:
         "../scripts/cluster.py"

@@ -2,7 +2,6 @@ import pandas as pd
 
 from zoobot_core.schemas import get_tree
 
-
 RUN = config["run_name"]
 SPLITS = ["train", "val", "test", "unlabelled"]
 
@@ -39,9 +38,7 @@ def resized_chunks(wildcards):
     """One resized-image folder per chunk of the validated catalog (known after validation)."""
     validated = checkpoints.validate_catalog.get(run=wildcards.run).output.validated
     chunks = sorted(pd.read_parquet(validated, columns=["chunk"])["chunk"].unique())
-    return expand(
-        "results/{run}/images/chunk_{chunk}", run=wildcards.run, chunk=chunks
-    )
+    return expand("results/{run}/images/chunk_{chunk}", run=wildcards.run, chunk=chunks)
 
 
 def all_outputs():

@@ -3,18 +3,18 @@ rule resize_images:
         validated="results/{run}/catalog/validated.parquet",
     output:
         directory("results/{run}/images/chunk_{chunk}"),
-    params:
-        size=config["images"]["size"],
-        file_format=config["images"]["format"],
     log:
         "logs/{run}/resize_images/chunk_{chunk}.log",
     benchmark:
         "benchmarks/{run}/resize_images/chunk_{chunk}.tsv"
+    conda:
+        "../envs/zoobot.yaml"
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../envs/zoobot.yaml"
+    params:
+        size=config["images"]["size"],
+        file_format=config["images"]["format"],
     script:
         "../scripts/resize_images.py"
 
@@ -32,14 +32,14 @@ rule gather_images:
             category="Catalog",
         ),
         accounting="results/{run}/catalog/accounting.json",
-    params:
-        max_quarantine_fraction=config["catalog"]["max_quarantine_fraction"],
     log:
         "logs/{run}/gather_images.log",
+    conda:
+        "../envs/zoobot.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/zoobot.yaml"
+    params:
+        max_quarantine_fraction=config["catalog"]["max_quarantine_fraction"],
     script:
         "../scripts/gather_images.py"

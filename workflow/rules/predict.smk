@@ -6,20 +6,20 @@ rule predict:
     output:
         predictions="results/{run}/predictions/{split}.parquet",
         representations="results/{run}/representations/{split}.parquet",
-    params:
-        n_samples=config["predict"]["n_samples"],
-        batch_size=config["predict"]["batch_size"],
-        seed=config["seed"],
     log:
         "logs/{run}/predict/{split}.log",
     benchmark:
         "benchmarks/{run}/predict/{split}.tsv"
+    conda:
+        "../envs/zoobot.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
-    conda:
-        "../envs/zoobot.yaml"
+    params:
+        n_samples=config["predict"]["n_samples"],
+        batch_size=config["predict"]["batch_size"],
+        seed=config["seed"],
     script:
         "../scripts/predict.py"
 
@@ -35,15 +35,15 @@ rule evaluate:
             caption="../report/evaluation.rst",
             category="Evaluation",
         ),
-    params:
-        tree=config["catalog"]["tree"],
-        question_suffix=config["catalog"]["question_suffix"],
     log:
         "logs/{run}/evaluate.log",
+    conda:
+        "../envs/zoobot.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/zoobot.yaml"
+    params:
+        tree=config["catalog"]["tree"],
+        question_suffix=config["catalog"]["question_suffix"],
     script:
         "../scripts/evaluate.py"

@@ -3,6 +3,16 @@ rule write_shards:
         ready="results/{run}/catalog/ready.parquet",
     output:
         directory("results/{run}/shards"),
+    log:
+        "logs/{run}/write_shards.log",
+    benchmark:
+        "benchmarks/{run}/write_shards.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         size=config["images"]["size"],
         label_cols=decision_tree().label_cols,
@@ -10,15 +20,5 @@ rule write_shards:
         train_fraction=config["shards"]["train_fraction"],
         val_fraction=config["shards"]["val_fraction"],
         seed=config["seed"],
-    log:
-        "logs/{run}/write_shards.log",
-    benchmark:
-        "benchmarks/{run}/write_shards.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../envs/zoobot.yaml"
     script:
         "../scripts/write_shards.py"

@@ -2,6 +2,15 @@ rule make_synthetic_catalog:
     output:
         catalog="results/{run}/synthetic/catalog.csv",
         images=directory("results/{run}/synthetic/images"),
+    log:
+        "logs/{run}/make_synthetic_catalog.log",
+    benchmark:
+        "benchmarks/{run}/make_synthetic_catalog.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         n_galaxies=config["synthetic"]["n_galaxies"],
         image_size=config["synthetic"]["image_size"],
@@ -9,14 +18,5 @@ rule make_synthetic_catalog:
         n_broken=config["synthetic"]["n_broken"],
         seed=config["seed"],
         tree=config["catalog"]["tree"],
-    log:
-        "logs/{run}/make_synthetic_catalog.log",
-    benchmark:
-        "benchmarks/{run}/make_synthetic_catalog.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/zoobot.yaml"
     script:
         "../scripts/make_synthetic_catalog.py"

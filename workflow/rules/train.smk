@@ -9,22 +9,22 @@ rule train_model:
             caption="../report/history.rst",
             category="Training",
         ),
+    log:
+        "logs/{run}/train_model.log",
+    benchmark:
+        "benchmarks/{run}/train_model.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=config["train"]["gpus"],
     params:
         tree=config["catalog"]["tree"],
         question_suffix=config["catalog"]["question_suffix"],
         train=config["train"],
         seed=config["seed"],
         state_dir=lambda wildcards: f"results/{wildcards.run}/train_state",
-    log:
-        "logs/{run}/train_model.log",
-    benchmark:
-        "benchmarks/{run}/train_model.tsv"
-    threads: 4
-    resources:
-        mem_mb=16000,
-        runtime=24 * 60,
-        gpu=config["train"]["gpus"],
-    conda:
-        "../envs/zoobot.yaml"
     script:
         "../scripts/train_model.py"

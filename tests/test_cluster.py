@@ -1,0 +1,52 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zoobot_core.cluster import ClusterConfig, cluster_representations, plot_montage, typical_members
+
+
+def _blobs(n_per=30, centres=3, dim=64, seed=0):
+    rng = np.random.default_rng(seed)
+    features = np.concatenate([rng.normal(c * 10.0, 1.0, (n_per, dim)) for c in range(centres)]).astype(np.float32)
+    table = pd.DataFrame(features, columns=[f"feat_{i:02d}" for i in range(dim)])
+    table.insert(0, "id_str", [f"g{i}" for i in range(len(table))])
+    return table, np.repeat(np.arange(centres), n_per)
+
+
+def test_well_separated_groups_are_recovered():
+    table, truth = _blobs()
+    clusters = cluster_representations(table, ClusterConfig(n_components=5, n_clusters=3))
+    assert len(clusters) == 90 and list(clusters["id_str"]) == list(table["id_str"])
+    contingency = pd.crosstab(clusters["cluster"], truth)
+    assert (contingency.max(axis=1) == 30).all()  # every cluster is exactly one group
+    assert [c for c in clusters.columns if c.startswith("pca_")] == [f"pca_{i:02d}" for i in range(5)]
+
+
+def test_clustering_is_repeatable_for_a_seed():
+    table, _ = _blobs(seed=1)
+    a = cluster_representations(table, ClusterConfig(n_clusters=4, seed=3))
+    b = cluster_representations(table, ClusterConfig(n_clusters=4, seed=3))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_too_few_galaxies_is_a_clear_error():
+    table, _ = _blobs(n_per=2, centres=1)
+    with pytest.raises(ValueError, match="n_clusters"):
+        cluster_representations(table, ClusterConfig(n_clusters=5))
+
+
+def test_montage_shows_the_most_typical_members(tmp_path):
+    table, _ = _blobs(n_per=6)
+    clusters = cluster_representations(table, ClusterConfig(n_components=3, n_clusters=3))
+    members = typical_members(clusters, 2)
+    assert all(len(ids) == 2 for ids in members.values())
+    for cid, ids in members.items():
+        assert clusters.set_index("id_str").loc[ids, "distance"].max() <= clusters.loc[clusters["cluster"] == cid, "distance"].nsmallest(2).max()
+    paths = {}
+    for i, id_str in enumerate(table["id_str"]):
+        paths[id_str] = str(tmp_path / f"{id_str}.png")
+        Image.new("RGB", (16, 16), (i * 10 % 255, 0, 0)).save(paths[id_str])
+    plot_montage(clusters, paths, tmp_path / "montage.png", 4)
+    with Image.open(tmp_path / "montage.png") as img:
+        assert img.format == "PNG" and img.size[1] > img.size[0] * 0.5

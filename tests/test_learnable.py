@@ -1,0 +1,42 @@
+"""The default training setup learns: on held-out synthetic galaxies it beats a constant predictor clearly.
+
+Honest by construction: test galaxies are never trained on (hash split), the constant predictor
+is the training set's mean vote fractions, and the training settings are the default config's
+(`config/config.yaml`), only with fewer galaxies and epochs to fit in CI.
+"""
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from zoobot_core import catalog, evaluate, images, predict, shards, train
+from zoobot_core.schemas import get_tree
+from zoobot_core.synthetic import SyntheticConfig, make_synthetic_catalog
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_training_beats_the_constant_predictor(tmp_path):
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    tree = get_tree(config["catalog"]["tree"], config["catalog"]["question_suffix"])
+    size = config["images"]["size"]
+    make_synthetic_catalog(tmp_path / "syn", SyntheticConfig(n_galaxies=900, image_size=size, seed=11, n_broken=0, unlabelled_fraction=0.0))
+    validated, quarantine = catalog.validate_catalog(tmp_path / "syn/catalog.csv", catalog.CatalogConfig(label_cols=tuple(tree.label_cols), chunk_size=1000))
+    images.resize_chunk(validated, 0, tmp_path / "chunk_0", images.ResizeConfig(size=size))
+    ready, _ = images.gather_resized(validated, quarantine, [tmp_path / "chunk_0"], 0.0)
+    shards.write_shards(ready, tmp_path / "shards", shards.ShardSettings(size=size, label_cols=tuple(tree.label_cols), seed=11, train_fraction=0.8, val_fraction=0.1))
+    settings = {k: v for k, v in config["train"].items() if k != "gpus"} | {"epochs": 10, "patience": 10}
+    train.train_from_shards(tmp_path / "shards", tmp_path / "model", tree, train.TrainConfig(seed=11, **settings), threads=2)
+    predictions, _ = predict.predict_shards(tmp_path / "model", tmp_path / "shards", "test", predict.PredictConfig(n_samples=3))
+    metrics = evaluate.evaluate_predictions(
+        predictions, pd.read_parquet(tmp_path / "shards/test_catalog.parquet"), pd.read_parquet(tmp_path / "shards/train_catalog.parquet"), tree
+    ).set_index("question")
+    first = metrics.loc["smooth-or-featured"]
+    assert first["n_galaxies"] >= 60
+    assert first["model_accuracy"] >= first["constant_accuracy"] + 0.2
+    assert first["model_mae"] <= 0.75 * first["constant_mae"]
+    # over every question the model is better too, though at this budget (720 galaxies, 10 CPU
+    # epochs) the deeper questions are close to constant: the margin is in the first question
+    headline = evaluate.summary(metrics.reset_index())
+    assert headline["vote_fraction_mae_vote_weighted"]["ratio"] < 1.0

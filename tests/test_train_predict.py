@@ -1,0 +1,81 @@
+"""Training and prediction on tiny shards: outputs, MC dropout, resume state, base-once equivalence."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoobot_core.datasets import get_dataset
+from zoobot_core.model import HEAD_NAME, representation_model
+from zoobot_core.predict import PredictConfig, predict_shards
+from zoobot_core.preprocess import preprocess_images
+from zoobot_core.schemas import get_tree
+from zoobot_core.shards import read_metadata, shard_paths
+from zoobot_core.train import TrainConfig, load_model, preprocessing_config, train_from_shards
+
+TREE = get_tree("gz_decals_dr5")
+TINY = TrainConfig(epochs=2, batch_size=8, patience=2, resize_size=32, batchnorm_momentum=0.9)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    history = train_from_shards(tiny_shards, out, TREE, TINY, threads=2)
+    return out, history
+
+
+def test_training_writes_model_config_and_history(trained):
+    out, history = trained
+    assert history["epoch"].tolist() == [0, 1]
+    assert pd.read_csv(out / "history.csv").equals(history)
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["best_epoch"] == int(history["val_loss"].idxmin())
+    assert config["label_cols"] == TREE.label_cols and config["greyscale"] is True
+    assert not (out / "train_state" / "backup").exists()  # a finished run leaves nothing to resume
+
+
+def test_training_is_deterministic_on_cpu(tiny_shards, trained, tmp_path):
+    out, history = trained
+    again = train_from_shards(tiny_shards, tmp_path, TREE, TINY, threads=2)
+    np.testing.assert_allclose(again["loss"], history["loss"], rtol=1e-6)
+    a, _ = load_model(out)
+    b, _ = load_model(tmp_path)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_predictions_have_dropout_spread_and_match_the_full_model_without_dropout(tiny_shards, trained):
+    out, _ = trained
+    predictions, representations = predict_shards(out, tiny_shards, "test", PredictConfig(n_samples=4, batch_size=16))
+    n_test = read_metadata(tiny_shards)["counts"]["test"]
+    assert len(predictions) == len(representations) == n_test
+    stds = predictions[[f"{c}_fraction_std" for c in TREE.label_cols]].to_numpy()
+    assert (stds > 0).mean() > 0.9  # dropout samples differ
+
+    # base once + head == the whole model at inference (no dropout, no augmentation)
+    model, config = load_model(out)
+    pre = preprocessing_config(TREE.label_cols, config["input_size"], config["greyscale"])
+    batch = next(iter(get_dataset(shard_paths(tiny_shards, "test"), [], 64, requested_img_size=32)))
+    images = preprocess_images(batch["matrix"], pre)
+    features = representation_model(model).predict_on_batch(images)
+    np.testing.assert_allclose(features, representations.drop(columns="id_str").to_numpy()[: len(features)], rtol=1e-4, atol=1e-5)
+    head_only = keras.ops.convert_to_numpy(model.get_layer(HEAD_NAME)(features))
+    np.testing.assert_allclose(head_only, model.predict_on_batch(images), rtol=1e-4)
+
+
+def test_prediction_is_repeatable_for_a_seed(tiny_shards, trained):
+    out, _ = trained
+    a, _ = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3, seed=1))
+    b, _ = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3, seed=1))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_stale_training_state_is_not_resumed(tiny_shards, tmp_path):
+    state = tmp_path / "state"
+    (state / "backup").mkdir(parents=True)
+    (state / "fingerprint.json").write_text(json.dumps({"not": "this run"}))
+    (state / "history.csv").write_text("epoch,loss,val_loss\n0,1,1\n1,1,1\n2,1,1\n")
+    history = train_from_shards(tiny_shards, tmp_path / "out", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), state_dir=state)
+    assert history["epoch"].tolist() == [0]
