@@ -26,10 +26,11 @@ run: venv
 test: venv
 	$(BIN)/pytest
 
-## lint: snakemake --lint and snakefmt
+## lint: snakemake --lint, snakefmt and ruff
 lint: venv
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check workflow
+	$(BIN)/ruff check zoobot_core tests workflow/scripts
 
 format: venv
 	$(BIN)/snakefmt workflow

@@ -8,8 +8,8 @@ is the training set's mean vote fractions, and the training settings are the def
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
+
 from zoobot_core import catalog, evaluate, images, predict, shards, train
 from zoobot_core.schemas import get_tree
 from zoobot_core.synthetic import SyntheticConfig, make_synthetic_catalog

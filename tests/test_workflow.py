@@ -1,7 +1,6 @@
 """The whole Snakemake workflow on tiny data: every output's row count and schema."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -9,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, run_snakemake
 from PIL import Image
 
-from conftest import REPO, run_snakemake
 from zoobot_core.schemas import get_tree
 
 pytestmark = pytest.mark.workflow
