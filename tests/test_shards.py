@@ -1,4 +1,7 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -8,7 +11,7 @@ from PIL import Image
 from zoobot_core.datasets import get_dataset
 from zoobot_core.images import RESIZED
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import MANIFEST, ShardSettings, assign_splits, read_metadata, shard_paths, write_shards
+from zoobot_core.shards import MANIFEST, assign_splits, read_metadata, shard_paths
 
 
 def test_split_depends_on_id_and_seed_only():
@@ -33,11 +36,21 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_same_catalog_gives_byte_identical_shards(tiny_shards, tmp_path):
+_REWRITE = """
+import sys, pandas as pd
+from zoobot_core.schemas import get_tree
+from zoobot_core.shards import ShardSettings, write_shards
+ready = pd.read_parquet(sys.argv[1])
+settings = ShardSettings(size=32, label_cols=tuple(get_tree("gz_decals_dr5").label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2)
+write_shards(ready, sys.argv[2], settings)
+"""
+
+
+def test_same_catalog_gives_byte_identical_shards_in_another_process(tiny_shards, tmp_path):
     ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
-    tree = get_tree("gz_decals_dr5")
-    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2)
-    write_shards(ready.sample(frac=1, random_state=3), tmp_path / "again", settings)
+    ready.sample(frac=1, random_state=3).to_parquet(tmp_path / "shuffled_rows.parquet")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", _REWRITE, str(tmp_path / "shuffled_rows.parquet"), str(tmp_path / "again")], check=True, env=env, capture_output=True)
     originals = sorted(p.relative_to(tiny_shards) for p in tiny_shards.rglob("*.tfrecord"))
     assert originals == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.tfrecord"))
     for rel in originals:

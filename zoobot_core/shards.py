@@ -104,7 +104,8 @@ def write_shards(
                 with tf.io.TFRecordWriter(str(tmp / name)) as writer:
                     for _, row in tqdm(part.iterrows(), total=len(part), desc=name, mininterval=10):
                         labels = {c: float(row[c]) for c in settings.label_cols} if split != UNLABELLED else {}
-                        writer.write(_example(row[ID], read(row), labels).SerializeToString())
+                        # deterministic: protobuf maps (the features) otherwise serialize in a per-process order
+                        writer.write(_example(row[ID], read(row), labels).SerializeToString(deterministic=True))
                 manifest_parts.append(part[[ID, "split"]].assign(shard=name, index_in_shard=np.arange(len(part)), shard_sha256=_sha256(tmp / name)))
         manifest = pd.concat(manifest_parts, ignore_index=True) if manifest_parts else pd.DataFrame(columns=[ID, "split", "shard", "index_in_shard", "shard_sha256"])
         atomic_write_table(manifest, tmp / MANIFEST)
