@@ -117,3 +117,34 @@ def test_accounting_refuses_lost_rows():
     assert accounting(3, ready, quarantine)["quarantined_by_reason"] == {"missing_file": 1}
     with pytest.raises(RuntimeError, match="accounting"):
         accounting(4, ready, quarantine)
+
+
+def test_an_answer_above_its_question_total_is_quarantined(catalog_dir):
+    rows = [
+        {"id_str": "fine", "file_loc": "img/g0.png", "a_yes": 3, "a_no": 1, "a_total-votes": 4},
+        {"id_str": "too_many", "file_loc": "img/g1.png", "a_yes": 9, "a_no": 1, "a_total-votes": 4},
+    ]
+    validated, quarantine = validate_catalog(_write(catalog_dir, rows), _cfg(question_totals=(("a_total-votes", LABELS),)))
+    assert list(validated["id_str"]) == ["fine"]
+    assert list(quarantine["reason"]) == ["votes_exceed_total"] and "a_total-votes" in quarantine.loc[0, "message"]
+    # a catalog without total columns is not checked against them
+    validated, _ = validate_catalog(_write(catalog_dir, [{k: v for k, v in r.items() if k != "a_total-votes"} for r in rows], "nototal.csv"),
+                                    _cfg(question_totals=(("a_total-votes", LABELS),)))
+    assert len(validated) == 2
+
+
+def test_nan_counts_in_some_columns_are_partial_labels(catalog_dir):
+    path = catalog_dir / "nan.csv"
+    path.write_text("id_str,file_loc,a_yes,a_no\nx,img/g0.png,NaN,3\n")
+    _, quarantine = validate_catalog(path, _cfg())
+    assert list(quarantine["reason"]) == ["partial_labels"]
+
+
+def test_the_real_sample_validates_with_its_own_column_names(real_sample):
+    from zoobot_core.catalog import CatalogConfig
+
+    cfg = CatalogConfig(id_column="iauname", file_column="local_png_loc", label_cols=("ring",), label_kind="values", max_quarantine_fraction=0.0)
+    validated, quarantine = validate_catalog(real_sample / "catalog.csv", cfg)
+    assert len(validated) == 104 and quarantine.empty
+    assert validated["ring"].sum() == pd.read_csv(real_sample / "catalog.csv")["ring"].sum()
+    assert validated["smooth-or-featured_featured-or-disk_fraction"].between(0, 1).all()  # extra columns kept

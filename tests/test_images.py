@@ -83,3 +83,17 @@ def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
         resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
     assert not (tmp_path / "chunk_0").exists()
     assert not list(tmp_path.glob(".chunk_0*"))
+
+
+def test_wrong_extension_is_decoded_by_content(tmp_path):
+    Image.new("RGB", (40, 40), (0, 200, 0)).save(tmp_path / "really_png.jpg", format="PNG")
+    Image.new("RGB", (40, 40), (0, 0, 200)).save(tmp_path / "really_jpeg.png", format="JPEG")
+    assert np.asarray(load_rgb(tmp_path / "really_png.jpg", 8))[4, 4, 1] == 200
+    assert np.asarray(load_rgb(tmp_path / "really_jpeg.png", 8))[4, 4, 2] > 180
+
+
+def test_corrupt_bytes_behind_a_valid_header_are_unreadable(tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).bytes(500))
+    validated = pd.DataFrame({"id_str": ["c"], "file_loc": [str(tmp_path / "corrupt.png")], "chunk": [0]})
+    index = resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
+    assert index.loc[0, "reason"] == "unreadable_image"

@@ -29,6 +29,7 @@ REASONS = {
     "missing_labels": "this row has no labels and allow_unlabelled is false",
     "partial_labels": "some but not all label columns are empty; fill them or blank them all (unlabelled)",
     "invalid_votes": "vote counts must be non-negative integers",
+    "votes_exceed_total": "an answer has more votes than its question's total-votes column; fix the counts",
 }
 
 
@@ -43,11 +44,13 @@ class CatalogConfig:
     id_column: str = ID
     file_column: str = FILE
     label_cols: tuple[str, ...] = ()
-    label_kind: str = "votes"  # 'votes': non-negative integer counts; 'values': any finite number
+    label_kind: str = "votes"  # 'votes': non-negative integer counts; 'values': any finite number (e.g. fractions, 0/1)
     image_root: str | None = None  # relative paths resolve here; default: the catalog's folder
     allow_unlabelled: bool = True
     max_quarantine_fraction: float = 0.05
     chunk_size: int = 500
+    # (total-votes column, its answers' columns) per question; checked where the catalog has the total column
+    question_totals: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _quarantine_rows(df: pd.DataFrame, mask: pd.Series, reason: str, message: str) -> pd.DataFrame:
@@ -135,6 +138,11 @@ def validate_catalog(
         else:
             reject(pd.Series(np.isinf(labels.to_numpy(dtype=float, na_value=np.nan)).any(axis=1), index=df.index),
                    "invalid_votes", "label value is infinite")
+        for total_col, answer_cols in config.question_totals:
+            if total_col in df.columns:
+                totals = pd.to_numeric(df[total_col], errors="coerce")
+                exceeds = labels[list(answer_cols)].gt(totals, axis=0).any(axis=1)
+                reject(exceeds, "votes_exceed_total", f"{REASONS['votes_exceed_total']} ({total_col})")
         df[list(config.label_cols)] = labels
         df[LABELLED] = ~none_given
     else:

@@ -59,6 +59,11 @@ class DecisionTree:
             matrix[first : last + 1, q_index] = 1.0
         return matrix
 
+    @property
+    def question_totals(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(total-votes column, answer columns) per question, as GZ DECaLS catalogs spell them."""
+        return [(f"{q.name}{self.suffix}_total-votes", tuple(self.column(q.name, a) for a in q.answers)) for q in self.questions]
+
     def question(self, name: str) -> Question:
         """Look a question up by name."""
         for q in self.questions:

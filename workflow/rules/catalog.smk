@@ -16,6 +16,7 @@ checkpoint validate_catalog:
         file_column=config["catalog"]["file_column"],
         image_root=image_root,
         label_cols=decision_tree().label_cols,
+        question_totals=decision_tree().question_totals,
         allow_unlabelled=config["catalog"]["allow_unlabelled"],
         max_quarantine_fraction=config["catalog"]["max_quarantine_fraction"],
         chunk_size=config["images"]["chunk_size"],
