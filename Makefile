@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test lint format clean
+.PHONY: venv run test bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: venv
 ## test: the test suite (unit tests, workflow runs on tiny data, the real sample when ../shared is present)
 test: venv
 	$(BIN)/pytest
+
+## bench: performance benchmarks, each printing its baseline beside ours (figures in docs/benchmarks.md)
+bench: venv
+	$(BIN)/python tests/benchmarks/bench_resize.py
 
 ## lint: snakemake --lint, snakefmt and ruff
 lint: venv

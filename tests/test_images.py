@@ -72,7 +72,7 @@ def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
     validated = pd.DataFrame({"id_str": ["a", "b"], "file_loc": [str(tmp_path / "a.png")] * 2, "chunk": [0, 0]})
     calls = []
 
-    def exploding_load(path, size):
+    def exploding_load(path, size, draft_tolerance=1.0):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt  # an interruption mid-chunk
@@ -97,3 +97,26 @@ def test_corrupt_bytes_behind_a_valid_header_are_unreadable(tmp_path):
     validated = pd.DataFrame({"id_str": ["c"], "file_loc": [str(tmp_path / "corrupt.png")], "chunk": [0]})
     index = resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
     assert index.loc[0, "reason"] == "unreadable_image"
+
+
+def test_worker_processes_give_the_same_chunk_as_one_process(tiny_synthetic, tmp_path):
+    catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
+    validated = pd.DataFrame({"id_str": catalog["id_str"], "file_loc": [str(tiny_synthetic / p) for p in catalog["file_loc"]], "chunk": 0})
+    one = resize_chunk(validated, 0, tmp_path / "one", ResizeConfig(size=32), workers=1)
+    two = resize_chunk(validated, 0, tmp_path / "two", ResizeConfig(size=32), workers=2)
+    pd.testing.assert_frame_equal(one.drop(columns=RESIZED), two.drop(columns=RESIZED))
+    assert one["reason"].notna().sum() == 4  # the fixture's 4 broken files (no validation step here)
+    for name in sorted(p.name for p in (tmp_path / "one").glob("*.png")):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_draft_decoding_stays_close_to_full_decoding(tmp_path):
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:424, 0:424]
+    galaxy = 255 * np.exp(-((x - 212) ** 2 + (y - 212) ** 2) / (2 * 40.0**2))
+    rgb = np.clip(np.stack([galaxy] * 3, -1) + rng.normal(0, 4, (424, 424, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "g.jpg", quality=92)
+    full = np.asarray(load_rgb(tmp_path / "g.jpg", 224, draft_tolerance=1.0), float)
+    draft = np.asarray(load_rgb(tmp_path / "g.jpg", 224, draft_tolerance=0.9), float)
+    psnr = 10 * np.log10(255**2 / np.mean((full - draft) ** 2))
+    assert psnr > 35

@@ -23,13 +23,18 @@ INDEX_NAME = "index.parquet"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
+REDUCING_GAP = 2.0  # Pillow: an integer box reduction first while the rest is >= 2x; indistinguishable from plain LANCZOS
+
+
 @dataclass(frozen=True)
 class ResizeConfig:
-    """Output size and format of the resized images."""
+    """Output size and format of the resized images, and the speed/quality knobs (docs/benchmarks.md)."""
 
     size: int = 64
     file_format: str = "png"  # png (lossless) or jpg
     jpeg_quality: int = 95
+    png_compress_level: int = 1  # 0-9: 1 encodes ~2x faster than Pillow's default 6, files ~10-20% larger
+    draft_tolerance: float = 0.9  # JPEGs may be decoded at 1/2, 1/4, 1/8 scale if that is >= tolerance * size
 
 
 def safe_filename(id_str: str) -> str:
@@ -40,27 +45,47 @@ def safe_filename(id_str: str) -> str:
     return f"{cleaned.lstrip('.')}_{hashlib.sha1(id_str.encode()).hexdigest()[:10]}"
 
 
-def load_rgb(path: Path | str, size: int) -> Image.Image:
-    """Open an image, convert it to 8-bit RGB and resize it to size x size (LANCZOS).
+def load_rgb(path: Path | str, size: int, draft_tolerance: float = 1.0) -> Image.Image:
+    """Open an image (format read from its content, not its extension), convert it to 8-bit RGB and
+    resize it to size x size (LANCZOS).
 
     Greyscale is replicated to RGB, alpha is dropped, 16-bit and float images are scaled to 8 bits.
-    JPEGs are decoded at reduced size (draft) when much larger than the target.
+    JPEGs are decoded at reduced scale (draft) down to `draft_tolerance * size`.
     """
     with Image.open(path) as img:
         if img.format == "JPEG":
-            img.draft("RGB", (size, size))
+            least = max(1, int(np.ceil(size * draft_tolerance)))
+            img.draft("RGB", (least, least))
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             array = np.asarray(img, dtype=np.float64)
             top = array.max() if array.max() > 0 else 1.0
             img = Image.fromarray((array / top * 255).astype(np.uint8))
         rgb = img.convert("RGB")
     if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     return rgb
 
 
-def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, config: ResizeConfig) -> pd.DataFrame:
-    """Resize one chunk's images into out_dir (atomically, as a whole) and write its index table.
+def save_image(image: Image.Image, path: Path | str, config: ResizeConfig) -> None:
+    """Encode as the configured format (JPEG quality / PNG compression from the config)."""
+    if config.file_format == "jpg":
+        image.save(path, format="JPEG", quality=config.jpeg_quality)
+    else:
+        image.save(path, format="PNG", compress_level=config.png_compress_level)
+
+
+def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, str | None]:
+    """Resize one image to `target`; (None, None) on success, else (reason, message)."""
+    id_str, file_loc, target, config = task
+    try:
+        save_image(load_rgb(file_loc, config.size, config.draft_tolerance), target, config)
+        return None, None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return "unreadable_image", f"{type(err).__name__}: {err}"
+
+
+def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> pd.DataFrame:
+    """Resize one chunk's images into out_dir (atomically, as a whole) with `workers` processes; write its index.
 
     The index has one row per galaxy of the chunk: id_str, resized_loc (or None) and, for
     failures, the quarantine reason and message.
@@ -69,18 +94,22 @@ def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, confi
     rows = validated[validated["chunk"] == chunk]
     if rows.empty:
         raise ValueError(f"Chunk {chunk} has no galaxies in the validated catalog; rerun validate_catalog")
-    records = []
+    names = [f"{safe_filename(i)}.{config.file_format}" for i in rows[ID]]
     with atomic_dir(out_dir) as tmp:
-        for id_str, file_loc in tqdm(zip(rows[ID], rows[FILE]), total=len(rows), desc=f"resizing chunk {chunk}", mininterval=10):
-            name = f"{safe_filename(id_str)}.{config.file_format}"
-            try:
-                image = load_rgb(file_loc, config.size)
-                save_kwargs = {"quality": config.jpeg_quality} if config.file_format == "jpg" else {}
-                image.save(tmp / name, format="JPEG" if config.file_format == "jpg" else "PNG", **save_kwargs)
-                records.append({ID: id_str, RESIZED: str(out_dir / name), "reason": None, "message": None})
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                log.warning("Cannot read image of %s at %s: %s", id_str, file_loc, err)
-                records.append({ID: id_str, RESIZED: None, "reason": "unreadable_image", "message": f"{type(err).__name__}: {err}"})
+        tasks = [(i, f, str(tmp / n), config) for i, f, n in zip(rows[ID], rows[FILE], names)]
+        progress = {"total": len(tasks), "desc": f"resizing chunk {chunk}", "mininterval": 10}
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                outcomes = list(tqdm(pool.map(_resize_one, tasks, chunksize=max(1, len(tasks) // (8 * workers))), **progress))
+        else:
+            outcomes = [_resize_one(t) for t in tqdm(tasks, **progress)]
+        records = []
+        for (id_str, file_loc, _, _), name, (reason, message) in zip(tasks, names, outcomes):
+            if reason:
+                log.warning("Cannot read image of %s at %s: %s", id_str, file_loc, message)
+            records.append({ID: id_str, RESIZED: None if reason else str(out_dir / name), "reason": reason, "message": message})
         index = pd.DataFrame(records, columns=[ID, RESIZED, "reason", "message"])
         atomic_write_table(index, tmp / INDEX_NAME)
     n_bad = index[RESIZED].isna().sum()
@@ -109,9 +138,9 @@ def gather_resized(
     return ready, quarantine
 
 
-def resize_chunk_file(validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig) -> None:
+def resize_chunk_file(validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> None:
     """The resize_images rule: resize one chunk of the validated catalog."""
-    resize_chunk(pd.read_parquet(validated_path), chunk, out_dir, config)
+    resize_chunk(pd.read_parquet(validated_path), chunk, out_dir, config, workers)
 
 
 def gather_files(

@@ -139,7 +139,7 @@ def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
 
 def _png_bytes(path: str, size: int) -> bytes:
     buffer = io.BytesIO()
-    load_rgb(path, size).save(buffer, format="PNG")
+    load_rgb(path, size).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

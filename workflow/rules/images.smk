@@ -9,12 +9,15 @@ rule resize_images:
         "benchmarks/{run}/resize_images/chunk_{chunk}.tsv"
     conda:
         "../envs/zoobot.yaml"
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=60,
     params:
         size=config["images"]["size"],
         file_format=config["images"]["format"],
+        png_compress_level=config["images"]["png_compress_level"],
+        draft_tolerance=config["images"]["draft_tolerance"],
     script:
         "../scripts/resize_images.py"
 

@@ -1,0 +1,118 @@
+"""Resize benchmark: ours vs a naive Pillow loop vs decoding alone, on 424 px cutouts like DECaLS'.
+
+Run: `make bench` (or `.venv/bin/python tests/benchmarks/bench_resize.py`). Uses the real sample in
+../shared when present, else renders synthetic 424 px galaxies. Prints galaxies/s per core
+(one process; median of --repeats), PSNR of ours against the naive output, and the scaling with
+worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from zoobot_core.images import ResizeConfig, load_rgb, resize_chunk
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/gz_decals_rings_sample/images"
+
+
+def inputs(workdir: Path, n: int) -> dict[str, list[Path]]:
+    """424 px PNGs (the real sample, or synthetic ones) and JPEG (quality 90) copies of them."""
+    pngs = sorted(SAMPLE.glob("*.png"))[:n]
+    if not pngs:
+        from zoobot_core.synthetic import draw_morphology, render_galaxy
+
+        for i in range(n):
+            rng = np.random.default_rng([0, i])
+            Image.fromarray(render_galaxy(draw_morphology(rng), 424, rng)).save(workdir / f"syn{i}.png")
+        pngs = sorted(workdir.glob("syn*.png"))
+    jpgs = []
+    for p in pngs:
+        jpgs.append(workdir / f"{p.stem}.jpg")
+        Image.open(p).convert("RGB").save(jpgs[-1], quality=90)
+    return {"png": pngs, "jpg": jpgs}
+
+
+def rate(fn, files: list[Path], repeats: int) -> float:
+    """Files per second, median over repeats."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for f in files:
+            fn(f)
+        times.append(time.perf_counter() - start)
+    return len(files) / statistics.median(times)
+
+
+def naive(path: Path, size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").resize((size, size), Image.LANCZOS).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ours(path: Path, size: int, config: ResizeConfig) -> bytes:
+    buffer = io.BytesIO()
+    image = load_rgb(path, size, config.draft_tolerance)
+    image.save(buffer, format="JPEG" if config.file_format == "jpg" else "PNG",
+               **({"quality": config.jpeg_quality} if config.file_format == "jpg" else {"compress_level": config.png_compress_level}))
+    return buffer.getvalue()
+
+
+def psnr(a: bytes, b: bytes) -> float:
+    x = np.asarray(Image.open(io.BytesIO(a)).convert("RGB"), float)
+    y = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), float)
+    mse = np.mean((x - y) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=104)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = inputs(Path(tmp), args.n)
+        print(f"{len(files['png'])} cutouts of 424 px ({'real DECaLS sample' if SAMPLE.exists() else 'synthetic'}); galaxies/s on one core, median of {args.repeats}\n")
+        print("| input | -> px | decode only | naive (PNG out) | ours, PNG out | ours, JPEG out | ours PNG / naive | ours PNG / decode | PSNR ours PNG vs naive (dB) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        png_cfg, jpg_cfg = ResizeConfig(file_format="png"), ResizeConfig(file_format="jpg")
+        for fmt in ("jpg", "png"):
+            for size in (128, 224):
+                fs = files[fmt]
+                decode = rate(lambda f: Image.open(f).convert("RGB"), fs, args.repeats)
+                base = rate(lambda f: naive(f, size), fs, args.repeats)
+                ours_png = rate(lambda f: ours(f, size, png_cfg), fs, args.repeats)
+                ours_jpg = rate(lambda f: ours(f, size, jpg_cfg), fs, args.repeats)
+                quality = statistics.median(psnr(ours(f, size, png_cfg), naive(f, size)) for f in fs)
+                print(f"| {fmt} | {size} | {decode:.0f} | {base:.0f} | {ours_png:.0f} | {ours_jpg:.0f} | {ours_png / base:.2f}x | {ours_png / decode:.0%} | {quality:.1f} |")
+        print("\nScaling with worker processes (resize_chunk, 424 -> 128 px PNG in and out, wall clock):\n")
+        print("| workers | galaxies/s | speed-up |")
+        print("|---|---|---|")
+        fs = files["png"] * max(1, 200 // len(files["png"]))
+        validated = pd.DataFrame({"id_str": [f"g{i}" for i in range(len(fs))], "file_loc": [str(f) for f in fs], "chunk": 0})
+        first = None
+        for workers in args.workers:
+            times = []
+            for r in range(args.repeats):
+                start = time.perf_counter()
+                resize_chunk(validated, 0, Path(tmp) / f"out_{workers}_{r}", ResizeConfig(size=128), workers=workers)
+                times.append(time.perf_counter() - start)
+            speed = len(fs) / statistics.median(times)
+            first = first or speed
+            print(f"| {workers} | {speed:.0f} | {speed / first:.2f}x |")
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    main()
