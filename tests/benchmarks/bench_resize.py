@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from zoobot_core.images import ResizeConfig, load_rgb, resize_chunk
+from zoobot_core.images import ResizeConfig, load_rgb, resize_chunk, save_image
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/gz_decals_rings_sample/images"
 
@@ -60,9 +60,7 @@ def naive(path: Path, size: int) -> bytes:
 
 def ours(path: Path, size: int, config: ResizeConfig) -> bytes:
     buffer = io.BytesIO()
-    image = load_rgb(path, size, config.draft_tolerance)
-    image.save(buffer, format="JPEG" if config.file_format == "jpg" else "PNG",
-               **({"quality": config.jpeg_quality} if config.file_format == "jpg" else {"compress_level": config.png_compress_level}))
+    save_image(load_rgb(path, size, config.draft_tolerance), buffer, config)
     return buffer.getvalue()
 
 
@@ -89,9 +87,9 @@ def main() -> None:
             for size in (128, 224):
                 fs = files[fmt]
                 decode = rate(lambda f: Image.open(f).convert("RGB"), fs, args.repeats)
-                base = rate(lambda f: naive(f, size), fs, args.repeats)
-                ours_png = rate(lambda f: ours(f, size, png_cfg), fs, args.repeats)
-                ours_jpg = rate(lambda f: ours(f, size, jpg_cfg), fs, args.repeats)
+                base = rate(lambda f, s=size: naive(f, s), fs, args.repeats)
+                ours_png = rate(lambda f, s=size: ours(f, s, png_cfg), fs, args.repeats)
+                ours_jpg = rate(lambda f, s=size: ours(f, s, jpg_cfg), fs, args.repeats)
                 quality = statistics.median(psnr(ours(f, size, png_cfg), naive(f, size)) for f in fs)
                 print(f"| {fmt} | {size} | {decode:.0f} | {base:.0f} | {ours_png:.0f} | {ours_jpg:.0f} | {ours_png / base:.2f}x | {ours_png / decode:.0%} | {quality:.1f} |")
         print("\nScaling with worker processes (resize_chunk, 424 -> 128 px PNG in and out, wall clock):\n")
