@@ -29,6 +29,7 @@ test: venv
 ## bench: performance benchmarks, each printing its baseline beside ours (figures in docs/benchmarks.md)
 bench: venv
 	$(BIN)/python tests/benchmarks/bench_resize.py
+	$(BIN)/python tests/benchmarks/bench_shards.py
 
 ## lint: snakemake --lint, snakefmt and ruff
 lint: venv
