@@ -138,3 +138,23 @@ def test_config_errors_are_reported_before_running(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "'big'" in output and "['images']['size']" in output
+
+
+def test_after_a_crash_while_resizing_only_the_missing_chunk_is_redone(tiny_run):
+    """A crash during resizing leaves some chunks done and nothing downstream: the rerun resizes only the rest."""
+    workdir = tiny_run.parent.parent
+    lost = [tiny_run / "images/chunk_1", *(tiny_run / "catalog" / n for n in ("ready.parquet", "quarantine.parquet", "accounting.json"))]
+    aside = workdir / "aside"
+    aside.mkdir()
+    for path in lost:
+        path.rename(aside / path.name)
+    try:
+        dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n", "results/tiny/catalog/ready.parquet")
+    finally:
+        for path in lost:
+            (aside / path.name).rename(path)
+    out = dry.stdout + dry.stderr
+    rows = out[out.index("Job stats"):].splitlines()[3:]  # after the title, header and rule lines
+    jobs = dict(line.split() for line in rows[: rows.index("")] if not line.startswith("total"))
+    assert jobs == {"resize_images": "1", "gather_images": "1"}
+    assert "chunk=1" in out and "chunk=0" not in out and "chunk=2" not in out
