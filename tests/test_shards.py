@@ -11,7 +11,7 @@ from PIL import Image
 from zoobot_core.datasets import get_dataset
 from zoobot_core.images import RESIZED
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import MANIFEST, assign_splits, read_metadata, shard_paths
+from zoobot_core.shards import MANIFEST, ShardSettings, assign_splits, read_metadata, shard_paths, write_shards
 
 
 def test_split_depends_on_id_and_seed_only():
@@ -95,3 +95,29 @@ def test_shuffled_reading_is_repeatable_for_a_seed(tiny_shards):
     assert order(5) == order(5)
     assert order(5) != order(6)
     assert sorted(order(5)) == sorted(order(6))
+
+
+def test_raw_pixel_shards_read_back_the_same_images_and_labels(tiny_shards, tmp_path):
+    from zoobot_core.shards import image_encoding
+
+    tree = get_tree("gz_decals_dr5")
+    ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
+    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw")
+    raw_manifest = write_shards(ready, tmp_path / "raw", settings)
+    assert image_encoding(tmp_path / "raw") == "raw" and image_encoding(tiny_shards) == "encoded"
+    assert raw_manifest[["id_str", "split", "shard"]].equals(pd.read_parquet(tiny_shards / MANIFEST)[["id_str", "split", "shard"]])
+    raw_size = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*.tfrecord"))
+    assert raw_size > 16 * 32 * 32 * 3  # pixels, uncompressed
+    encoded = get_dataset(shard_paths(tiny_shards, "train"), tree.label_cols, batch_size=64, requested_img_size=32)
+    raw = get_dataset(shard_paths(tmp_path / "raw", "train"), tree.label_cols, batch_size=64, requested_img_size=32, image_encoding="raw")
+    a, b = next(iter(encoded)), next(iter(raw))
+    np.testing.assert_array_equal(a["matrix"].numpy(), b["matrix"].numpy())
+    np.testing.assert_array_equal(a["id_str"].numpy(), b["id_str"].numpy())
+    np.testing.assert_array_equal(a[tree.label_cols[0]].numpy(), b[tree.label_cols[0]].numpy())
+
+
+def test_raw_shards_need_a_size_and_a_known_encoding(tiny_shards):
+    with pytest.raises(ValueError, match="requested_img_size"):
+        get_dataset(shard_paths(tiny_shards, "train"), [], image_encoding="raw")
+    with pytest.raises(ValueError, match="image_encoding"):
+        get_dataset(shard_paths(tiny_shards, "train"), [], image_encoding="jpeg2000")

@@ -79,3 +79,14 @@ def test_stale_training_state_is_not_resumed(tiny_shards, tmp_path):
     (state / "history.csv").write_text("epoch,loss,val_loss\n0,1,1\n1,1,1\n2,1,1\n")
     history = train_from_shards(tiny_shards, tmp_path / "out", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), state_dir=state)
     assert history["epoch"].tolist() == [0]
+
+
+def test_training_and_prediction_read_raw_pixel_shards(tiny_shards, tmp_path):
+    from zoobot_core.shards import ShardSettings, write_shards
+
+    ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
+    write_shards(ready, tmp_path / "raw", ShardSettings(size=32, label_cols=tuple(TREE.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw"))
+    history = train_from_shards(tmp_path / "raw", tmp_path / "model", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), threads=2)
+    assert np.isfinite(history["loss"]).all()
+    predictions, _ = predict_shards(tmp_path / "model", tmp_path / "raw", "test", PredictConfig(n_samples=2))
+    assert len(predictions) == read_metadata(tmp_path / "raw")["counts"]["test"]

@@ -73,8 +73,12 @@ def get_dataset(
     requested_img_size: int | None = None,
     seed: int = 0,
     shuffle_buffer: int = 2048,
+    image_encoding: str = "encoded",
 ) -> tf.data.Dataset:
     """Batched dataset of {'matrix', 'id_str', <label col>...} from TFRecord shards.
+
+    `image_encoding` is how the shards store images (shards.json says): 'encoded' PNG/JPEG bytes,
+    or 'raw' uint8 pixels, which need `requested_img_size` to be reshaped.
 
     Records are decoded in parallel; shuffled reading interleaves the shard files. Order is
     deterministic: manifest order unshuffled, a fixed permutation per seed shuffled.
@@ -82,6 +86,10 @@ def get_dataset(
     files = [str(p) for p in tfrecord_locs]
     if not files:
         raise ValueError("get_dataset got no TFRecord files; check the shard directory and split")
+    if image_encoding not in ("encoded", "raw"):
+        raise ValueError(f"image_encoding must be 'encoded' or 'raw', got {image_encoding!r}")
+    if image_encoding == "raw" and requested_img_size is None:
+        raise ValueError("Raw-pixel shards need requested_img_size (the size in shards.json) to be reshaped")
     features = {"id_str": tf.io.FixedLenFeature([], tf.string), "matrix": tf.io.FixedLenFeature([], tf.string)}
     features.update({col: tf.io.FixedLenFeature([], tf.float32) for col in label_cols})
     # unshuffled: files one after another, so records come in manifest order; shuffled: interleave files
@@ -93,7 +101,11 @@ def get_dataset(
 
     def parse(record: tf.Tensor) -> dict:
         item = tf.io.parse_single_example(record, features)
-        item["matrix"] = _decode(item["matrix"], requested_img_size)
+        if image_encoding == "raw":
+            pixels = tf.io.decode_raw(item["matrix"], tf.uint8)
+            item["matrix"] = tf.cast(tf.reshape(pixels, (requested_img_size, requested_img_size, 3)), tf.float32)
+        else:
+            item["matrix"] = _decode(item["matrix"], requested_img_size)
         return item
 
     return ds.map(parse, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

@@ -55,7 +55,10 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
     n_expected = shard_io.read_metadata(shard_dir)["counts"][split]
     ids, features, samples = [], [], []
     if paths:
-        dataset = get_dataset(paths, [], config.batch_size, shuffle=False, requested_img_size=model_config["input_size"])
+        dataset = get_dataset(
+            paths, [], config.batch_size, shuffle=False, requested_img_size=model_config["input_size"],
+            image_encoding=shard_io.image_encoding(shard_dir),
+        )
         for batch in tqdm(dataset, total=-(-n_expected // config.batch_size), desc=f"predicting {split}", mininterval=10):
             batch_features = extractor.predict_on_batch(preprocess_images(batch["matrix"], pre))
             ids.extend(i.decode() for i in batch["id_str"].numpy())

@@ -70,6 +70,7 @@ class ShardSettings:
     train_fraction: float = 0.8
     val_fraction: float = 0.1
     channels: int = 3
+    image_encoding: str = "encoded"  # 'encoded': the PNG/JPEG bytes as they are; 'raw': decoded uint8 pixels
 
 
 def write_shards(
@@ -92,7 +93,10 @@ def write_shards(
         df.loc[labelled, "split"] = assign_splits(df.loc[labelled, ID], settings.seed, settings.train_fraction, settings.val_fraction)
     df["_order"] = df[ID].map(lambda i: hash_fraction(i, settings.seed + 1))
     df = df.sort_values(["split", "_order", ID]).reset_index(drop=True)
-    read = encoded_bytes or (lambda row: Path(row[RESIZED]).read_bytes())
+    if settings.image_encoding not in ("encoded", "raw"):
+        raise ValueError(f"image_encoding must be 'encoded' or 'raw', got {settings.image_encoding!r}")
+    read_encoded = encoded_bytes or (lambda row: Path(row[RESIZED]).read_bytes())
+    read = read_encoded if settings.image_encoding == "encoded" else (lambda row: _raw_pixels(read_encoded(row), settings.size))
     manifest_parts = []
     with atomic_dir(shard_dir) as tmp:
         for split in (*SPLITS, UNLABELLED):
@@ -120,6 +124,7 @@ def write_shards(
             "train_fraction": settings.train_fraction,
             "val_fraction": settings.val_fraction,
             "shard_size": settings.shard_size,
+            "image_encoding": settings.image_encoding,
             "counts": {s: int((df["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
         }
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -127,9 +132,25 @@ def write_shards(
     return manifest
 
 
+def _raw_pixels(encoded: bytes, size: int) -> bytes:
+    """Decoded uint8 RGB pixels of an encoded image, checked against the shard size."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encoded)) as img:
+        pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if pixels.shape != (size, size, 3):
+        raise ValueError(f"Image of shape {pixels.shape} cannot go into {size} px raw shards; resize it first")
+    return pixels.tobytes()
+
+
 def read_metadata(shard_dir: Path | str) -> dict:
     """The shards.json written beside the shards."""
     return json.loads((Path(shard_dir) / METADATA).read_text())
+
+
+def image_encoding(shard_dir: Path | str) -> str:
+    """How the shards store images ('encoded' for shards written before the option existed)."""
+    return read_metadata(shard_dir).get("image_encoding", "encoded")
 
 
 def shard_paths(shard_dir: Path | str, split: str) -> list[str]:

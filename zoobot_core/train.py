@@ -46,8 +46,11 @@ def _configure_tensorflow(seed: int, deterministic: bool, threads: int | None) -
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:  # TensorFlow already started in this process (a notebook, an earlier call)
+            log.warning("TensorFlow is already running in this process; keeping its thread pools instead of %d threads", threads)
 
 
 def _prepare_state_dir(state_dir: Path, fingerprint: dict) -> bool:
@@ -105,7 +108,10 @@ def train_from_shards(
     pre = preprocessing_config(label_cols, size, config.greyscale)
 
     def dataset(split: str, shuffle: bool):
-        raw = get_dataset(shard_io.shard_paths(shard_dir, split), label_cols, config.batch_size, shuffle=shuffle, requested_img_size=size, seed=config.seed)
+        raw = get_dataset(
+            shard_io.shard_paths(shard_dir, split), label_cols, config.batch_size, shuffle=shuffle,
+            requested_img_size=size, seed=config.seed, image_encoding=metadata.get("image_encoding", "encoded"),
+        )
         return preprocess_dataset(raw, pre)
 
     crop = int(round(size * config.crop_fraction))

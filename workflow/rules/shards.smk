@@ -17,6 +17,7 @@ rule write_shards:
         size=config["images"]["size"],
         label_cols=decision_tree().label_cols,
         shard_size=config["shards"]["shard_size"],
+        image_encoding=config["shards"]["image_encoding"],
         train_fraction=config["shards"]["train_fraction"],
         val_fraction=config["shards"]["val_fraction"],
         seed=config["seed"],
