@@ -11,7 +11,7 @@ from PIL import Image
 from zoobot_core.datasets import get_dataset
 from zoobot_core.images import RESIZED
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import MANIFEST, ShardSettings, assign_splits, read_metadata, shard_paths, write_shards
+from zoobot_core.shards import MANIFEST, ShardSettings, assign_splits, read_catalog, read_metadata, shard_paths, write_shards
 
 
 def test_split_depends_on_id_and_seed_only():
@@ -47,7 +47,7 @@ write_shards(ready, sys.argv[2], settings)
 
 
 def test_same_catalog_gives_byte_identical_shards_in_another_process(tiny_shards, tmp_path):
-    ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
+    ready = read_catalog(tiny_shards)
     ready.sample(frac=1, random_state=3).to_parquet(tmp_path / "shuffled_rows.parquet")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", _REWRITE, str(tmp_path / "shuffled_rows.parquet"), str(tmp_path / "again")], check=True, env=env, capture_output=True)
@@ -101,7 +101,7 @@ def test_raw_pixel_shards_read_back_the_same_images_and_labels(tiny_shards, tmp_
     from zoobot_core.shards import image_encoding
 
     tree = get_tree("gz_decals_dr5")
-    ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
+    ready = read_catalog(tiny_shards)
     settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw")
     raw_manifest = write_shards(ready, tmp_path / "raw", settings)
     assert image_encoding(tmp_path / "raw") == "raw" and image_encoding(tiny_shards) == "encoded"

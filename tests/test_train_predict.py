@@ -12,7 +12,7 @@ from zoobot_core.model import HEAD_NAME, representation_model
 from zoobot_core.predict import PredictConfig, predict_shards
 from zoobot_core.preprocess import preprocess_images
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import read_metadata, shard_paths
+from zoobot_core.shards import read_catalog, read_metadata, shard_paths
 from zoobot_core.train import TrainConfig, load_model, preprocessing_config, train_from_shards
 
 TREE = get_tree("gz_decals_dr5")
@@ -84,7 +84,7 @@ def test_stale_training_state_is_not_resumed(tiny_shards, tmp_path):
 def test_training_and_prediction_read_raw_pixel_shards(tiny_shards, tmp_path):
     from zoobot_core.shards import ShardSettings, write_shards
 
-    ready = pd.concat([pd.read_parquet(tiny_shards / f"{s}_catalog.parquet") for s in ("train", "val", "test", "unlabelled")])
+    ready = read_catalog(tiny_shards)
     write_shards(ready, tmp_path / "raw", ShardSettings(size=32, label_cols=tuple(TREE.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw"))
     history = train_from_shards(tmp_path / "raw", tmp_path / "model", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), threads=2)
     assert np.isfinite(history["loss"]).all()

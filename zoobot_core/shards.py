@@ -153,6 +153,11 @@ def image_encoding(shard_dir: Path | str) -> str:
     return read_metadata(shard_dir).get("image_encoding", "encoded")
 
 
+def read_catalog(shard_dir: Path | str) -> pd.DataFrame:
+    """Every galaxy in the shards, with its split: the per-split catalogs written beside them, together."""
+    return pd.concat([pd.read_parquet(Path(shard_dir) / f"{s}_catalog.parquet") for s in (*SPLITS, UNLABELLED)], ignore_index=True)
+
+
 def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
     """Sorted shard files of one split."""
     return sorted(str(p) for p in (Path(shard_dir) / split).glob("*.tfrecord"))

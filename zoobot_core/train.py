@@ -110,7 +110,7 @@ def train_from_shards(
     def dataset(split: str, shuffle: bool):
         raw = get_dataset(
             shard_io.shard_paths(shard_dir, split), label_cols, config.batch_size, shuffle=shuffle,
-            requested_img_size=size, seed=config.seed, image_encoding=metadata.get("image_encoding", "encoded"),
+            requested_img_size=size, seed=config.seed, image_encoding=shard_io.image_encoding(shard_dir),
         )
         return preprocess_dataset(raw, pre)
 
