@@ -42,11 +42,11 @@ from zoobot_core.schemas import get_tree
 from zoobot_core.shards import ShardSettings, write_shards
 ready = pd.read_parquet(sys.argv[1])
 settings = ShardSettings(size=32, label_cols=tuple(get_tree("gz_decals_dr5").label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2)
-write_shards(ready, sys.argv[2], settings)
+write_shards(ready, sys.argv[2], settings, workers=2)
 """
 
 
-def test_same_catalog_gives_byte_identical_shards_in_another_process(tiny_shards, tmp_path):
+def test_same_catalog_gives_byte_identical_shards_in_another_process_with_two_workers(tiny_shards, tmp_path):
     ready = read_catalog(tiny_shards)
     ready.sample(frac=1, random_state=3).to_parquet(tmp_path / "shuffled_rows.parquet")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -104,6 +104,9 @@ def test_raw_pixel_shards_read_back_the_same_images_and_labels(tiny_shards, tmp_
     ready = read_catalog(tiny_shards)
     settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw")
     raw_manifest = write_shards(ready, tmp_path / "raw", settings)
+    write_shards(ready, tmp_path / "raw_two_workers", settings, workers=2)  # decoding in two processes
+    for path in (tmp_path / "raw").rglob("*.tfrecord"):
+        assert _sha(path) == _sha(tmp_path / "raw_two_workers" / path.relative_to(tmp_path / "raw"))
     assert image_encoding(tmp_path / "raw") == "raw" and image_encoding(tiny_shards) == "encoded"
     assert raw_manifest[["id_str", "split", "shard"]].equals(pd.read_parquet(tiny_shards / MANIFEST)[["id_str", "split", "shard"]])
     raw_size = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*.tfrecord"))

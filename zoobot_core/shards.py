@@ -6,7 +6,12 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +78,45 @@ class ShardSettings:
     image_encoding: str = "encoded"  # 'encoded': the PNG/JPEG bytes as they are; 'raw': decoded uint8 pixels
 
 
+def _image_bytes(path: str, read_encoded: Callable[[str], bytes], raw_size: int | None) -> bytes:
+    """What a shard stores for one image: its encoded bytes, or its decoded uint8 pixels when raw_size is set."""
+    encoded = read_encoded(path)
+    return encoded if raw_size is None else _raw_pixels(encoded, raw_size)
+
+
+def _write_shard(path: Path, ids: list[str], labels: np.ndarray, label_cols: tuple[str, ...], images: Iterable[bytes]) -> str:
+    """Write one shard file (labels: one row of floats per id, columns label_cols); return its SHA-256."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for id_str, row, image in zip(ids, labels.tolist(), images, strict=True):
+            # deterministic: protobuf maps (the features) otherwise serialize in a per-process order
+            writer.write(_example(id_str, image, dict(zip(label_cols, row))).SerializeToString(deterministic=True))
+    return _sha256(path)
+
+
 def write_shards(
-    catalog: pd.DataFrame, shard_dir: Path | str, settings: ShardSettings, encoded_bytes=None
+    catalog: pd.DataFrame,
+    shard_dir: Path | str,
+    settings: ShardSettings,
+    encoded_bytes: Callable[[str], bytes] | None = None,
+    workers: int = 1,
+    source_col: str = RESIZED,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
     Labelled galaxies go to train/val/test by hash, unlabelled ones to 'unlabelled'. Within a
     split, galaxies are ordered by their hash (a seeded, rerun-stable shuffle). Images are stored
-    as the encoded bytes of `resized_loc` (PNG/JPEG), or of `encoded_bytes(row)` when given.
+    as the encoded bytes of the files in `source_col` (PNG/JPEG), or as `encoded_bytes(path)` when
+    given (a module-level function or functools.partial when workers > 1, so it can go to another
+    process). When there is decoding to do (raw shards, or `encoded_bytes`), `workers` processes
+    do it while this one serializes and writes; plain encoded bytes are copied here, which is faster
+    than passing them between processes. The bytes written do not depend on `workers`.
     The whole directory appears at once when writing succeeds.
     """
-    import tensorflow as tf
-
     shard_dir = Path(shard_dir)
+    if settings.image_encoding not in ("encoded", "raw"):
+        raise ValueError(f"image_encoding must be 'encoded' or 'raw', got {settings.image_encoding!r}")
     df = catalog.copy()
     labelled = df[LABELLED] if LABELLED in df else pd.Series(bool(settings.label_cols), index=df.index)
     df["split"] = UNLABELLED
@@ -93,24 +124,23 @@ def write_shards(
         df.loc[labelled, "split"] = assign_splits(df.loc[labelled, ID], settings.seed, settings.train_fraction, settings.val_fraction)
     df["_order"] = df[ID].map(lambda i: hash_fraction(i, settings.seed + 1))
     df = df.sort_values(["split", "_order", ID]).reset_index(drop=True)
-    if settings.image_encoding not in ("encoded", "raw"):
-        raise ValueError(f"image_encoding must be 'encoded' or 'raw', got {settings.image_encoding!r}")
-    read_encoded = encoded_bytes or (lambda row: Path(row[RESIZED]).read_bytes())
-    read = read_encoded if settings.image_encoding == "encoded" else (lambda row: _raw_pixels(read_encoded(row), settings.size))
+    decoding = settings.image_encoding == "raw" or encoded_bytes is not None
+    load = partial(_image_bytes, read_encoded=encoded_bytes or _read_bytes, raw_size=settings.size if settings.image_encoding == "raw" else None)
     manifest_parts = []
-    with atomic_dir(shard_dir) as tmp:
+    with atomic_dir(shard_dir) as tmp, _image_pool(workers if decoding else 1) as pool:
         for split in (*SPLITS, UNLABELLED):
             rows = df[df["split"] == split]
             (tmp / split).mkdir()
-            for shard_index, start in enumerate(range(0, len(rows), settings.shard_size)):
-                part = rows.iloc[start : start + settings.shard_size]
+            label_cols = tuple(settings.label_cols) if split != UNLABELLED else ()
+            n_shards = -(-len(rows) // settings.shard_size)
+            for shard_index in tqdm(range(n_shards), desc=f"{split} shards", unit="shard", mininterval=10, disable=n_shards < 2):
+                part = rows.iloc[shard_index * settings.shard_size : (shard_index + 1) * settings.shard_size]
                 name = f"{split}/{split}_{shard_index:05d}.tfrecord"
-                with tf.io.TFRecordWriter(str(tmp / name)) as writer:
-                    for _, row in tqdm(part.iterrows(), total=len(part), desc=name, mininterval=10):
-                        labels = {c: float(row[c]) for c in settings.label_cols} if split != UNLABELLED else {}
-                        # deterministic: protobuf maps (the features) otherwise serialize in a per-process order
-                        writer.write(_example(row[ID], read(row), labels).SerializeToString(deterministic=True))
-                manifest_parts.append(part[[ID, "split"]].assign(shard=name, index_in_shard=np.arange(len(part)), shard_sha256=_sha256(tmp / name)))
+                paths = part[source_col].astype(str).tolist()
+                images = pool.map(load, paths, chunksize=32) if pool else map(load, paths)
+                labels = part[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(part), 0))
+                checksum = _write_shard(tmp / name, part[ID].tolist(), labels, label_cols, images)
+                manifest_parts.append(part[[ID, "split"]].assign(shard=name, index_in_shard=np.arange(len(part)), shard_sha256=checksum))
         manifest = pd.concat(manifest_parts, ignore_index=True) if manifest_parts else pd.DataFrame(columns=[ID, "split", "shard", "index_in_shard", "shard_sha256"])
         atomic_write_table(manifest, tmp / MANIFEST)
         for split in (*SPLITS, UNLABELLED):
@@ -130,6 +160,21 @@ def write_shards(
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     log.info("Wrote shards to %s: %s", shard_dir, metadata["counts"])
     return manifest
+
+
+def _read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+@contextmanager
+def _image_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for image reading and decoding (none for workers <= 1)."""
+    if workers <= 1:
+        yield None
+        return
+    # spawn, not fork: the parent may already run TensorFlow's threads, which do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 def _raw_pixels(encoded: bytes, size: int) -> bytes:
@@ -164,6 +209,7 @@ def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
 
 
 def _png_bytes(path: str, size: int) -> bytes:
+    """PNG bytes of an image file resized to size (the seed API's shards)."""
     buffer = io.BytesIO()
     load_rgb(path, size).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
@@ -226,9 +272,9 @@ class ShardConfig:
             train_fraction=train_test_fraction,
             val_fraction=(1 - train_test_fraction) / 2 if val_fraction is None else val_fraction,
         )
-        return write_shards(catalog, self.shard_dir, settings, encoded_bytes=lambda row: _png_bytes(row[FILE], self.size))
+        return write_shards(catalog, self.shard_dir, settings, encoded_bytes=partial(_png_bytes, size=self.size), source_col=FILE)
 
 
-def write_shards_file(ready_path: Path | str, shard_dir: Path | str, settings: ShardSettings) -> pd.DataFrame:
-    """The write_shards rule: shard the ready catalog's resized images."""
-    return write_shards(pd.read_parquet(ready_path), shard_dir, settings)
+def write_shards_file(ready_path: Path | str, shard_dir: Path | str, settings: ShardSettings, workers: int = 1) -> pd.DataFrame:
+    """The write_shards rule: shard the ready catalog's resized images with `workers` processes."""
+    return write_shards(pd.read_parquet(ready_path), shard_dir, settings, workers=workers)

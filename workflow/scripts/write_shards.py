@@ -1,4 +1,4 @@
-"""Rule write_shards: deterministic TFRecord shards of the ready catalog."""
+"""Rule write_shards: deterministic TFRecord shards of the ready catalog, one process per thread."""
 
 from zoobot_core.io import setup_logging
 from zoobot_core.shards import ShardSettings, write_shards_file
@@ -6,4 +6,4 @@ from zoobot_core.shards import ShardSettings, write_shards_file
 setup_logging(snakemake.log[0])
 params = dict(snakemake.params)
 params["label_cols"] = tuple(params["label_cols"])
-write_shards_file(snakemake.input.ready, snakemake.output[0], ShardSettings(**params))
+write_shards_file(snakemake.input.ready, snakemake.output[0], ShardSettings(**params), workers=snakemake.threads)
