@@ -72,7 +72,7 @@ def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
     validated = pd.DataFrame({"id_str": ["a", "b"], "file_loc": [str(tmp_path / "a.png")] * 2, "chunk": [0, 0]})
     calls = []
 
-    def exploding_load(path, size, draft_tolerance=1.0):
+    def exploding_load(path, size, draft_tolerance=1.0, reducing_gap=2.0):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt  # an interruption mid-chunk

@@ -18,6 +18,7 @@ rule resize_images:
         file_format=config["images"]["format"],
         png_compress_level=config["images"]["png_compress_level"],
         draft_tolerance=config["images"]["draft_tolerance"],
+        reducing_gap=config["images"]["reducing_gap"],
     script:
         "../scripts/resize_images.py"
 
