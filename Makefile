@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench lint format clean
+.PHONY: venv run test bench lint format clean slurm-install lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ run: venv
 	$(BIN)/snakemake --cores $(CORES)
 
 ## test: the test suite (unit tests, workflow runs on tiny data, the real sample when ../shared is present)
+# REQUIRE_SLURM=1 turns the SLURM test's "not installed" skip into a failure (CI sets it)
 test: venv
-	$(BIN)/pytest
+	REQUIRE_SLURM=$(REQUIRE_SLURM) $(BIN)/pytest
+
+## slurm-install: Debian's SLURM and munge, for tests/test_slurm.py (root; CI runs it; a plain `make test` never does)
+slurm-install:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
 
 ## bench: performance benchmarks, each printing its baseline beside ours (figures in docs/benchmarks.md)
 bench: venv

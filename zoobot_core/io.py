@@ -78,3 +78,8 @@ def setup_logging(log_file: Path | str | None = None, level: int = logging.INFO)
         logging.getLogger("zoobot_core").critical("Failed: %s", value, exc_info=(kind, value, traceback))
 
     sys.excepthook = log_uncaught
+    if "SLURM_JOB_ID" in os.environ:  # which job and which GPUs, for anyone reading a cluster run's logs
+        logging.getLogger("zoobot_core").info(
+            "SLURM job %s on %s; CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"), os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+        )

@@ -16,6 +16,7 @@ rule predict:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=min(1, config["train"]["gpus"]),
     params:
         n_samples=config["predict"]["n_samples"],
         batch_size=config["predict"]["batch_size"],
