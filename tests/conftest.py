@@ -68,3 +68,27 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 9
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
         pytest.fail(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}\n{logs}")
     return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """results/tiny of the whole workflow run locally on tests/configs/tiny.yaml."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    run_snakemake(workdir, REPO / "tests/configs/tiny.yaml")
+    return workdir / "results/tiny"
+
+
+def assert_same_numbers(run_a: Path, run_b: Path) -> None:
+    """Two runs' shards are byte-identical and their predictions, representations, metrics and clusters equal."""
+    import pandas as pd
+
+    shards_a = sorted(p.relative_to(run_a) for p in (run_a / "shards").rglob("*.tfrecord"))
+    assert shards_a == sorted(p.relative_to(run_b) for p in (run_b / "shards").rglob("*.tfrecord"))
+    for rel in shards_a:
+        assert (run_a / rel).read_bytes() == (run_b / rel).read_bytes(), rel
+    for table in ["catalog/ready.parquet", "shards/manifest.parquet", "clusters/clusters.parquet", "provenance_images.parquet",
+                  *(f"{kind}/{split}.parquet" for kind in ("predictions", "representations") for split in ("train", "val", "test", "unlabelled"))]:
+        a, b = (pd.read_parquet(run / table).drop(columns=["file_loc"], errors="ignore") for run in (run_a, run_b))  # absolute source paths
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=table)
+    assert (run_a / "evaluation/metrics.json").read_text() == (run_b / "evaluation/metrics.json").read_text()
+    assert (run_a / "model/history.csv").read_text() == (run_b / "model/history.csv").read_text()

@@ -11,7 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO, assert_same_numbers, run_snakemake
 from slurm_cluster import local_slurm, missing_requirements
 
 pytestmark = pytest.mark.workflow
@@ -88,6 +88,11 @@ def test_only_gpu_rules_get_a_gpu(slurm_run):
     for cpu_log in [logs / "write_shards.log", *sorted((logs / "resize_images").glob("*.log"))]:
         text = cpu_log.read_text()
         assert "SLURM job" in text and "CUDA_VISIBLE_DEVICES=<unset>" in text, cpu_log
+
+
+def test_the_cluster_run_gives_the_same_numbers_as_the_local_run(slurm_run, tiny_run):
+    workdir, _ = slurm_run
+    assert_same_numbers(tiny_run, workdir / "results/tiny")
 
 
 def test_the_cluster_is_left_empty(slurm_run, slurm_env):

@@ -8,20 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO, assert_same_numbers, run_snakemake
 from PIL import Image
 
 from zoobot_core.schemas import get_tree
 
 pytestmark = pytest.mark.workflow
 TREE = get_tree("gz_decals_dr5")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    run_snakemake(workdir, REPO / "tests/configs/tiny.yaml")
-    return workdir / "results/tiny"
 
 
 def test_catalog_accounting_adds_up(tiny_run):
@@ -158,3 +151,28 @@ def test_after_a_crash_while_resizing_only_the_missing_chunk_is_redone(tiny_run)
     jobs = dict(line.split() for line in rows[: rows.index("")] if not line.startswith("total"))
     assert jobs == {"resize_images": "1", "gather_images": "1"}
     assert "chunk=1" in out and "chunk=0" not in out and "chunk=2" not in out
+
+
+def test_provenance_records_config_versions_and_checksums(tiny_run):
+    import hashlib
+
+    provenance = json.loads((tiny_run / "provenance.json").read_text())
+    assert provenance["config"]["run_name"] == "tiny" and provenance["seed"] == 7
+    assert {"keras", "numpy", "pandas", "snakemake"} <= set(provenance["packages"])
+    assert provenance["project"] is None or len(provenance["project"]["commit"]) == 40
+    manifest = pd.read_parquet(tiny_run / "shards/manifest.parquet")
+    assert provenance["shards"]["files"] == dict(zip(manifest["shard"], manifest["shard_sha256"]))
+    for shard, checksum in provenance["shards"]["files"].items():
+        assert hashlib.sha256((tiny_run / "shards" / shard).read_bytes()).hexdigest() == checksum
+    images = pd.read_parquet(tiny_run / "provenance_images.parquet")
+    assert provenance["inputs"]["n_images"] == len(images) == 58
+    first = images.iloc[0]
+    assert hashlib.sha256((tiny_run.parent.parent / first["file_loc"]).read_bytes()).hexdigest() == first["sha256"]
+
+
+def test_a_second_run_from_scratch_gives_the_same_shards_and_numbers(tiny_run, tmp_path):
+    run_snakemake(tmp_path, REPO / "tests/configs/tiny.yaml")
+    assert_same_numbers(tiny_run, tmp_path / "results/tiny")
+    first, second = (json.loads((run / "provenance.json").read_text()) for run in (tiny_run, tmp_path / "results/tiny"))
+    assert first["shards"]["digest"] == second["shards"]["digest"]
+    assert {k: v for k, v in first["inputs"].items() if k != "catalog"} == {k: v for k, v in second["inputs"].items() if k != "catalog"}

@@ -45,6 +45,7 @@ def all_outputs():
     """Everything a full run produces."""
     return [
         f"results/{RUN}/catalog/accounting.json",
+        f"results/{RUN}/provenance.json",
         f"results/{RUN}/evaluation/metrics.json",
         f"results/{RUN}/clusters/clusters.parquet",
         f"results/{RUN}/clusters/montage.png",

@@ -1,0 +1,22 @@
+rule provenance:
+    input:
+        catalog=catalog_input,
+        validated="results/{run}/catalog/validated.parquet",
+        shards="results/{run}/shards",
+    output:
+        provenance="results/{run}/provenance.json",
+        images="results/{run}/provenance_images.parquet",
+    log:
+        "logs/{run}/provenance.log",
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        config=config,
+        repo=str(Path(workflow.basedir).parent),
+        hash_images=config["provenance"]["hash_images"],
+    script:
+        "../scripts/provenance.py"
