@@ -9,10 +9,16 @@ CORES ?= all
 
 .PHONY: venv run test bench lint format clean slurm-install lock
 
+# LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
+LOCKED ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(TF),test]'
+	if [ "$(LOCKED)" = 1 ]; then \
+		$(BIN)/pip install --quiet -r requirements.lock && $(BIN)/pip install --quiet --no-deps -e .; \
+	else \
+		$(BIN)/pip install --quiet -e '.[$(TF),test]'; \
+	fi
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -26,6 +32,13 @@ run: venv
 # REQUIRE_SLURM=1 turns the SLURM test's "not installed" skip into a failure (CI sets it)
 test: venv
 	REQUIRE_SLURM=$(REQUIRE_SLURM) $(BIN)/pytest
+
+## lock: pin every package of .venv into requirements.lock (install from it: make venv LOCKED=1)
+lock: venv
+	{ echo "# Exact environment of a working .venv (make lock): Python $$($(BIN)/python -c 'import platform; print(platform.python_version())'), $$(uname -sm), TF=$(TF)."; \
+	  echo "# Install: make venv LOCKED=1 (or: pip install -r requirements.lock && pip install --no-deps -e .)"; \
+	  $(BIN)/pip freeze --exclude-editable | LC_ALL=C sort -f; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 
 ## slurm-install: Debian's SLURM and munge, for tests/test_slurm.py (root; CI runs it; a plain `make test` never does)
 slurm-install:
