@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench lint format clean slurm-install lock
+.PHONY: venv run test bench lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -29,9 +29,9 @@ run: venv
 	$(BIN)/snakemake --cores $(CORES)
 
 ## test: the test suite (unit tests, workflow runs on tiny data, the real sample when ../shared is present)
-# REQUIRE_SLURM=1 turns the SLURM test's "not installed" skip into a failure (CI sets it)
+# REQUIRE_SERVICES=1 turns the SLURM and browser tests' "not installed" skips into failures (CI sets it)
 test: venv
-	REQUIRE_SLURM=$(REQUIRE_SLURM) $(BIN)/pytest
+	REQUIRE_SERVICES=$(REQUIRE_SERVICES) $(BIN)/pytest
 
 ## lock: pin every package of .venv into requirements.lock (install from it: make venv LOCKED=1)
 lock: venv
@@ -40,10 +40,10 @@ lock: venv
 	  $(BIN)/pip freeze --exclude-editable | LC_ALL=C sort -f; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock
 
-## slurm-install: Debian's SLURM and munge, for tests/test_slurm.py (root; CI runs it; a plain `make test` never does)
-slurm-install:
+## system-deps: Debian's SLURM + munge (tests/test_slurm.py) and chromium (tests/test_report.py); root; CI runs it, `make test` never does
+system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge chromium
 
 ## bench: performance benchmarks, each printing its baseline beside ours (figures in docs/benchmarks.md)
 bench: venv

@@ -1,6 +1,6 @@
 """A real one-node SLURM cluster on localhost for the tests: munged + slurmctld + slurmd, one fake GPU.
 
-Needs root and Debian's slurm-wlm and munge (`make slurm-install`). Everything the cluster writes
+Needs root and Debian's slurm-wlm and munge (`make system-deps`). Everything the cluster writes
 (config, state, spool, logs, pid files) lives in one temporary folder; the daemons started here are
 stopped by their pids on exit, and daemons that were already running are left alone.
 """
@@ -33,7 +33,7 @@ def missing_requirements() -> str | None:
         return "a local SLURM cluster needs root (slurmd runs jobs as their users)"
     absent = [name for name in (*DAEMONS, "sbatch", "squeue", "sinfo") if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()]
     if absent:
-        return f"SLURM is not installed ({', '.join(absent)} missing): run `make slurm-install` (Debian, root)"
+        return f"SLURM is not installed ({', '.join(absent)} missing): run `make system-deps` (Debian, root)"
     if not Path("/etc/munge/munge.key").exists():
         return "munge has no key (/etc/munge/munge.key): reinstall munge"
     existing = [p for p in (SYSTEM_CONF / "slurm.conf", SYSTEM_CONF / "gres.conf") if p.exists()]

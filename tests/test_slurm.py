@@ -1,7 +1,7 @@
 """The SLURM profile against a real one-node SLURM on localhost (tests/slurm_cluster.py).
 
-Skips with the reason when SLURM is not installed or this is not root; with REQUIRE_SLURM=1
-(as CI sets it, after `make slurm-install`) the skip becomes a failure.
+Skips with the reason when SLURM is not installed or this is not root; with REQUIRE_SERVICES=1
+(as CI sets it, after `make system-deps`) the skip becomes a failure.
 """
 
 import json
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.workflow
 def slurm_env(tmp_path_factory):
     reason = missing_requirements()
     if reason:
-        if os.environ.get("REQUIRE_SLURM") == "1":
-            pytest.fail(f"REQUIRE_SLURM=1 but {reason}")
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"REQUIRE_SERVICES=1 but {reason}")
         pytest.skip(reason)
     with local_slurm(tmp_path_factory.mktemp("slurm")) as env:
         yield env

@@ -10,7 +10,7 @@ rule cluster:
         montage=report(
             "results/{run}/clusters/montage.png",
             caption="../report/montage.rst",
-            category="Clusters",
+            category="6. Clusters",
         ),
     log:
         "logs/{run}/cluster.log",

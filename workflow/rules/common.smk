@@ -46,6 +46,7 @@ def all_outputs():
     return [
         f"results/{RUN}/catalog/accounting.json",
         f"results/{RUN}/provenance.json",
+        f"results/{RUN}/report/prediction_examples.png",
         f"results/{RUN}/evaluation/metrics.json",
         f"results/{RUN}/clusters/clusters.parquet",
         f"results/{RUN}/clusters/montage.png",

@@ -30,11 +30,7 @@ rule gather_images:
         chunks=resized_chunks,
     output:
         ready="results/{run}/catalog/ready.parquet",
-        quarantine=report(
-            "results/{run}/catalog/quarantine.parquet",
-            caption="../report/quarantine.rst",
-            category="Catalog",
-        ),
+        quarantine="results/{run}/catalog/quarantine.parquet",
         accounting="results/{run}/catalog/accounting.json",
     log:
         "logs/{run}/gather_images.log",

@@ -34,7 +34,7 @@ rule evaluate:
         per_question=report(
             "results/{run}/evaluation/per_question.csv",
             caption="../report/evaluation.rst",
-            category="Evaluation",
+            category="4. Evaluation",
         ),
     log:
         "logs/{run}/evaluate.log",

@@ -7,7 +7,7 @@ rule train_model:
         history=report(
             "results/{run}/model/history.csv",
             caption="../report/history.rst",
-            category="Training",
+            category="3. Training",
         ),
     log:
         "logs/{run}/train_model.log",

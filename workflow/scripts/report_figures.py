@@ -1,0 +1,13 @@
+"""Rule report_figures: the PNG figures of the run's HTML report."""
+
+from zoobot_core.figures import report_figures
+from zoobot_core.io import setup_logging
+from zoobot_core.schemas import get_tree
+
+setup_logging(snakemake.log[0])
+i = snakemake.input
+report_figures(
+    i.accounting, i.quarantine, i.ready, i.history, i.per_question, i.predictions, i.shards,
+    get_tree(snakemake.params.tree, snakemake.params.question_suffix),
+    dict(snakemake.output.items()),
+)

@@ -1,0 +1,152 @@
+"""Figures for the run's HTML report: catalog accounting, resizing, training curves, metrics, predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from zoobot_core.evaluate import vote_fractions
+from zoobot_core.io import atomic_path
+from zoobot_core.schemas import DecisionTree
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path | str) -> None:
+    plt = _pyplot()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_accounting(accounting: dict, path: Path | str) -> None:
+    """Bars: rows in, ready (labelled / unlabelled), and quarantined by reason."""
+    plt = _pyplot()
+    labels = ["rows in", "ready: labelled", "ready: unlabelled", *(f"quarantined: {r}" for r in accounting["quarantined_by_reason"])]
+    values = [accounting["n_in"], accounting["n_labelled"], accounting["n_unlabelled"], *accounting["quarantined_by_reason"].values()]
+    colours = ["#555555", "#2a7ab0", "#7fb3d5", *["#c0392b"] * len(accounting["quarantined_by_reason"])]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    bars = ax.barh(labels[::-1], values[::-1], color=colours[::-1])
+    ax.bar_label(bars, padding=3, fontsize=8)
+    ax.set_xscale("log")  # a handful of quarantined rows stay visible beside hundreds of thousands
+    ax.set_xlabel("catalog rows (log scale)")
+    ax.set_title(f"Catalog: {accounting['n_in']} in = {accounting['n_ok']} ready + {accounting['n_quarantined']} quarantined", fontsize=10)
+    _save(fig, path)
+
+
+def plot_resize_examples(ready: pd.DataFrame, path: Path | str, n: int = 6) -> None:
+    """Original images above, the resized ones the model sees below (the first n ready galaxies by id)."""
+    plt = _pyplot()
+    rows = ready.sort_values("id_str").head(n)
+    fig, axes = plt.subplots(2, len(rows), figsize=(1.8 * len(rows), 4.8), squeeze=False)
+    for col, (_, row) in enumerate(rows.iterrows()):
+        for r, key in enumerate(("file_loc", "resized_loc")):
+            with Image.open(row[key]) as img:
+                axes[r, col].imshow(np.asarray(img.convert("RGB")))
+                size = img.size
+            axes[r, col].set_xticks([]), axes[r, col].set_yticks([])
+            axes[r, col].set_title(f"{row['id_str']}\noriginal, {size[0]} px" if r == 0 else f"resized, {size[0]} px", fontsize=7)
+    fig.suptitle("Before and after resizing", fontsize=10)
+    _save(fig, path)
+
+
+def plot_history(history: pd.DataFrame, path: Path | str) -> None:
+    """Train and validation loss per epoch, the kept (best) epoch marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(history["epoch"], history["loss"], "o-", label="train")
+    ax.plot(history["epoch"], history["val_loss"], "o-", label="validation")
+    best = history.loc[history["val_loss"].idxmin()]
+    ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"kept: epoch {int(best['epoch'])}")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("Dirichlet-Multinomial loss")
+    ax.legend(fontsize=8)
+    ax.set_title("Training curves", fontsize=10)
+    _save(fig, path)
+
+
+def plot_per_question(per_question: pd.DataFrame, path: Path | str) -> None:
+    """Per question: vote-fraction MAE of the model beside the constant predictor's."""
+    plt = _pyplot()
+    y = np.arange(len(per_question))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(y) + 1.4))
+    ax.barh(y - 0.2, per_question["model_mae"], height=0.4, label="model", color="#2a7ab0")
+    ax.barh(y + 0.2, per_question["constant_mae"], height=0.4, label="constant (train mean)", color="#bbbbbb")
+    ax.set_yticks(y, per_question["question"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean absolute error of vote fractions (test split; lower is better)")
+    ax.legend(fontsize=8)
+    ax.set_title("Per-question error, model vs constant predictor", fontsize=10)
+    _save(fig, path)
+
+
+def plot_prediction_examples(
+    predictions: pd.DataFrame, test_catalog: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, n: int = 6
+) -> None:
+    """Test galaxies with the first question's predicted vote fractions (± MC-dropout spread) beside the volunteers'."""
+    plt = _pyplot()
+    question = tree.questions[0]
+    cols = [tree.column(question.name, a) for a in question.answers]
+    merged = predictions.merge(test_catalog[["id_str", *tree.label_cols]], on="id_str").sort_values("id_str").head(n)
+    observed, _ = vote_fractions(merged[tree.label_cols].to_numpy(dtype=float), tree)
+    first, last = tree.question_index_groups[0]
+    fig, axes = plt.subplots(2, len(merged), figsize=(2.2 * len(merged), 4.6), squeeze=False)
+    x = np.arange(len(cols))
+    for i, (_, row) in enumerate(merged.iterrows()):
+        with Image.open(image_paths[row["id_str"]]) as img:
+            axes[0, i].imshow(np.asarray(img.convert("RGB")))
+        axes[0, i].set_xticks([]), axes[0, i].set_yticks([])
+        axes[0, i].set_title(row["id_str"], fontsize=7)
+        ax = axes[1, i]
+        ax.bar(x - 0.2, [row[f"{c}_fraction"] for c in cols], width=0.4, yerr=[row[f"{c}_fraction_std"] for c in cols], capsize=2, label="model ± spread", color="#2a7ab0")
+        ax.bar(x + 0.2, observed[i, first : last + 1], width=0.4, label="volunteers", color="#e67e22")
+        ax.set_xticks(x, list(question.answers), rotation=60, fontsize=6, ha="right")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="y", labelsize=6)
+    axes[1, 0].set_ylabel(f"{question.name}\nvote fraction", fontsize=7)
+    axes[1, -1].legend(fontsize=6)
+    fig.suptitle("Test galaxies: predicted vote fractions (MC-dropout mean ± std) vs volunteers", fontsize=10)
+    _save(fig, path)
+
+
+def report_figures(
+    accounting_path: Path | str,
+    quarantine_path: Path | str,
+    ready_path: Path | str,
+    history_path: Path | str,
+    per_question_path: Path | str,
+    predictions_path: Path | str,
+    shard_dir: Path | str,
+    tree: DecisionTree,
+    out: dict[str, Path | str],
+) -> None:
+    """The report_figures rule: every figure of the report, written to out['accounting'], ['resize'],
+    ['history'], ['per_question'], ['predictions'], and the quarantine table as CSV to out['quarantine']."""
+    ready = pd.read_parquet(ready_path)
+    with atomic_path(out["quarantine"]) as tmp:
+        pd.read_parquet(quarantine_path).to_csv(tmp, index=False)
+    plot_accounting(json.loads(Path(accounting_path).read_text()), out["accounting"])
+    plot_resize_examples(ready, out["resize"])
+    plot_history(pd.read_csv(history_path), out["history"])
+    plot_per_question(pd.read_csv(per_question_path), out["per_question"])
+    plot_prediction_examples(
+        pd.read_parquet(predictions_path), pd.read_parquet(Path(shard_dir) / "test_catalog.parquet"),
+        dict(zip(ready["id_str"], ready["resized_loc"])), tree, out["predictions"],
+    )
+    log.info("Report figures written: %s", ", ".join(str(p) for p in out.values()))
