@@ -8,6 +8,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from zoobot_core import shards as shard_io
@@ -62,6 +63,47 @@ def _prepare_state_dir(state_dir: Path, fingerprint: dict) -> bool:
         state_dir.mkdir(parents=True)
         stamp.write_text(json.dumps(fingerprint, sort_keys=True))
     return resumable
+
+
+def _finished_epochs(history_path: Path) -> pd.DataFrame:
+    """Epochs a killed run already finished (its history), or an empty table."""
+    if not history_path.exists() or history_path.stat().st_size == 0:
+        return pd.DataFrame(columns=["epoch", "loss", "val_loss"])
+    return pd.read_csv(history_path).drop_duplicates("epoch", keep="last")
+
+
+def _best_checkpoint(path: Path, best: float):
+    """Save the model whenever val_loss improves on `best`, atomically (a kill mid-save leaves the previous best)."""
+    import keras
+
+    class AtomicBestCheckpoint(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best = best
+
+        def on_epoch_end(self, epoch, logs=None):
+            current = (logs or {}).get("val_loss")
+            if current is not None and current < self.best:
+                self.best = current
+                with atomic_path(path, suffix=".keras") as tmp:
+                    self.model.save(tmp)
+
+    return AtomicBestCheckpoint()
+
+
+def _early_stopping(patience: int, previous: pd.DataFrame):
+    """EarlyStopping on val_loss that, after a resume, remembers the best epoch and the patience already used."""
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if len(previous):
+                best = previous.loc[previous["val_loss"].idxmin()]
+                self.best, self.best_epoch = float(best["val_loss"]), int(best["epoch"])
+                self.wait = int(previous["epoch"].max()) - self.best_epoch
+
+    return ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False)
 
 
 def preprocessing_config(label_cols: list[str], size: int, greyscale: bool):
@@ -122,14 +164,18 @@ def train_from_shards(
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=DirichletMultinomialLoss(tree.question_index_groups), jit_compile=False)
     best_path = state_dir / "best.keras"
     history_path = state_dir / HISTORY
+    previous = _finished_epochs(history_path)
+    # the epoch's record (history, best model) is written before its backup: a kill in between
+    # repeats that epoch on resume rather than losing it
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_loss", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=False),
-        keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TerminateOnNaN(),
+        _best_checkpoint(best_path, float(previous["val_loss"].min()) if len(previous) else np.inf),
+        _early_stopping(config.patience, previous),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log.info(
             "epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))),
+        # double_checkpoint: a backup torn by a kill mid-write falls back to the one before it
+        keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True),
     ]
     log.info("Training on %d galaxies (%d val), %d px -> crop %d, %d epochs max", counts["train"], counts["val"], size, crop, config.epochs)
     model.fit(dataset("train", True), validation_data=dataset("val", False), epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)  # the dataset is already shuffled, seeded

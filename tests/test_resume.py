@@ -1,0 +1,63 @@
+"""A training job killed with SIGKILL (as a preempted SLURM job is) resumes from its last finished epoch."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+_TRAIN = """
+import sys
+from zoobot_core.io import setup_logging
+from zoobot_core.schemas import get_tree
+from zoobot_core.train import TrainConfig, train_from_shards
+setup_logging(sys.argv[3])
+config = TrainConfig(epochs=int(sys.argv[4]), batch_size=8, patience=10, greyscale=True, seed=3, resize_size=32)
+train_from_shards(sys.argv[1], sys.argv[2], get_tree("gz_decals_dr5"), config, state_dir=sys.argv[2] + "_state", threads=1)
+"""
+
+
+def _train(shards: Path, out: Path, log: Path, epochs: int) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-c", _TRAIN, str(shards), str(out), str(log), str(epochs)], env=env)
+
+
+def _epochs_logged(history: Path) -> int:
+    try:
+        return len(pd.read_csv(history))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+def test_killed_training_resumes_from_its_last_finished_epoch(tiny_shards, tmp_path):
+    out, history = tmp_path / "model", tmp_path / "model_state" / "history.csv"
+    job = _train(tiny_shards, out, tmp_path / "first.log", epochs=5)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and job.poll() is None:
+        if _epochs_logged(history) >= 2:
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "training finished before it could be killed; make the test run longer"
+    job.send_signal(signal.SIGKILL)  # no chance to clean up, as with a preempted job
+    job.wait()
+    killed_at = len(pd.read_csv(history))
+    assert 2 <= killed_at < 5 and not (out / "model.keras").exists()
+
+    rerun = _train(tiny_shards, out, tmp_path / "second.log", epochs=5)
+    assert rerun.wait(timeout=600) == 0
+    assert "Resuming from the last finished epoch" in (tmp_path / "second.log").read_text()
+    final = pd.read_csv(out / "history.csv")
+    assert final["epoch"].tolist() == [0, 1, 2, 3, 4]
+    # epochs backed up before the kill are kept, not retrained (the last one seen may not have been backed up yet)
+    kept = killed_at - 1
+    first_run = pd.read_csv(history).drop_duplicates("epoch", keep="first").head(kept).reset_index(drop=True)
+    pd.testing.assert_frame_equal(final.head(kept), first_run)
+    retrained = len(re.findall(r"epoch \d+/5:", (tmp_path / "second.log").read_text()))
+    assert retrained in (5 - killed_at, 5 - killed_at + 1)
