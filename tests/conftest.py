@@ -72,9 +72,9 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 9
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """results/tiny of the whole workflow run locally on tests/configs/tiny.yaml."""
+    """results/tiny of the whole workflow run locally on tests/configs/tiny.yaml, with the workstation profile."""
     workdir = tmp_path_factory.mktemp("workflow")
-    run_snakemake(workdir, REPO / "tests/configs/tiny.yaml")
+    run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "--profile", str(REPO / "workflow/profiles/workstation"))
     return workdir / "results/tiny"
 
 
