@@ -55,3 +55,24 @@ def test_missing_predictions_are_an_error():
     test = _catalog([[5, 0, 0, 0], [1, 1, 1, 0]])
     with pytest.raises(ValueError, match="1 of 2"):
         evaluate_predictions(_predictions(["g0"], [[0.5] * 4]), test, test, TREE)
+
+
+def test_confusion_counts_only_galaxies_volunteers_were_confident_about(tmp_path):
+    from zoobot_core.evaluate import confident_confusion
+    from zoobot_core.figures import plot_confusion
+
+    test = _catalog([
+        [9, 1, 0, 0],   # shape: round, confident (0.9); model says round -> right
+        [1, 9, 8, 2],   # shape: long, confident; model says round -> wrong; arms: yes (0.8), model yes
+        [6, 4, 0, 0],   # shape: 0.6, not confident: left out
+        [3, 0, 0, 0],   # too few votes (3 < 5): left out
+    ])
+    predictions = _predictions(test["id_str"], [[0.7, 0.3, 0.5, 0.5], [0.6, 0.4, 0.9, 0.1], [0.1, 0.9, 0.5, 0.5], [0.9, 0.1, 0.5, 0.5]])
+    per_question, confusion = confident_confusion(predictions, test, TREE, confident_fraction=0.8, min_votes=5)
+    per_question = per_question.set_index("question")
+    assert per_question.loc["shape", "n_confident"] == 2 and per_question.loc["shape", "accuracy"] == 0.5
+    assert per_question.loc["arms", "n_confident"] == 1 and per_question.loc["arms", "accuracy"] == 1.0
+    shape = confusion[confusion["question"] == "shape"].set_index(["volunteers", "model"])["count"]
+    assert shape.to_dict() == {("round", "round"): 1, ("round", "long"): 0, ("long", "round"): 1, ("long", "long"): 0}
+    plot_confusion(confusion, per_question.reset_index(), tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").stat().st_size > 5000

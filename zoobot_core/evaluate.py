@@ -82,21 +82,63 @@ def summary(metrics: pd.DataFrame) -> dict:
     return out
 
 
-def evaluate_files(predictions_path, shard_dir, tree: DecisionTree, metrics_path, per_question_path) -> dict:
-    """The evaluate rule: per-question metrics table (CSV) and headline numbers (JSON) for the test split."""
+def evaluate_files(
+    predictions_path, shard_dir, tree: DecisionTree, metrics_path, per_question_path,
+    confident_path, confusion_path, confusion_plot_path, confident_fraction: float = 0.8, min_votes: int = 5,
+) -> dict:
+    """The evaluate rule: per-question metrics (CSV), headline numbers (JSON), and accuracy and
+    confusion on galaxies volunteers were confident about (CSV tables and a plot), for the test split."""
     from pathlib import Path
 
     from zoobot_core.catalog import write_json
+    from zoobot_core.figures import plot_confusion
     from zoobot_core.io import atomic_write_table
 
     shard_dir = Path(shard_dir)
-    metrics = evaluate_predictions(
-        pd.read_parquet(predictions_path),
-        pd.read_parquet(shard_dir / "test_catalog.parquet"),
-        pd.read_parquet(shard_dir / "train_catalog.parquet"),
-        tree,
-    )
+    predictions, test_catalog = pd.read_parquet(predictions_path), pd.read_parquet(shard_dir / "test_catalog.parquet")
+    metrics = evaluate_predictions(predictions, test_catalog, pd.read_parquet(shard_dir / "train_catalog.parquet"), tree)
     atomic_write_table(metrics, per_question_path)
+    confident, confusion = confident_confusion(predictions, test_catalog, tree, confident_fraction, min_votes)
+    atomic_write_table(confident, confident_path)
+    atomic_write_table(confusion, confusion_path)
+    plot_confusion(confusion, confident, confusion_plot_path)
     headline = summary(metrics)
+    first = confident.iloc[0]
+    headline[f"{first['question']}_confident_accuracy"] = {
+        "model": None if pd.isna(first["accuracy"]) else float(first["accuracy"]), "n": int(first["n_confident"]),
+        "confident_fraction": confident_fraction, "min_votes": min_votes,
+    }
     write_json(headline, metrics_path)
     return headline
+
+
+def confident_confusion(
+    predictions: pd.DataFrame, test_catalog: pd.DataFrame, tree: DecisionTree, confident_fraction: float = 0.8, min_votes: int = 5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Accuracy and confusion of the most-voted answer on galaxies where volunteers were confident.
+
+    As in the GZ DECaLS paper's evaluation: per question, only test galaxies with at least
+    `min_votes` votes on it whose most common answer got at least `confident_fraction` of them.
+    Returns (per-question table: n_confident, accuracy; long confusion table: question,
+    volunteers (the confident answer), model (its most likely answer), count).
+    """
+    cols = tree.label_cols
+    merged = test_catalog[["id_str", *cols]].merge(predictions, on="id_str", how="inner", validate="one_to_one")
+    observed, totals = vote_fractions(merged[cols].to_numpy(float), tree)
+    predicted = merged[[f"{c}_fraction" for c in cols]].to_numpy(float)
+    rows, cells = [], []
+    for q, (question, (first, last)) in enumerate(zip(tree.questions, tree.question_index_groups)):
+        obs, pred = observed[:, first : last + 1], predicted[:, first : last + 1]
+        mask = (totals[:, q] >= min_votes) & (obs.max(axis=1) >= confident_fraction)
+        truth, guess = obs[mask].argmax(axis=1), pred[mask].argmax(axis=1)
+        rows.append({
+            "question": question.name,
+            "n_confident": int(mask.sum()),
+            "accuracy": float((truth == guess).mean()) if mask.any() else np.nan,
+        })
+        counts = np.zeros((len(question.answers), len(question.answers)), dtype=int)
+        np.add.at(counts, (truth, guess), 1)
+        for i, true_answer in enumerate(question.answers):
+            for j, model_answer in enumerate(question.answers):
+                cells.append({"question": question.name, "volunteers": true_answer, "model": model_answer, "count": int(counts[i, j])})
+    return pd.DataFrame(rows), pd.DataFrame(cells)

@@ -150,3 +150,30 @@ def report_figures(
         dict(zip(ready["id_str"], ready["resized_loc"])), tree, out["predictions"],
     )
     log.info("Report figures written: %s", ", ".join(str(p) for p in out.values()))
+
+
+def plot_confusion(confusion: pd.DataFrame, per_question: pd.DataFrame, path: Path | str, columns: int = 4) -> None:
+    """One confusion matrix per question (rows: volunteers' confident answer; columns: the model's), row-normalised, counts written in."""
+    plt = _pyplot()
+    questions = list(dict.fromkeys(confusion["question"]))
+    n_rows = -(-len(questions) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(3.3 * columns, 3.1 * n_rows), squeeze=False)
+    for ax in axes.flat[len(questions):]:
+        ax.axis("off")
+    for ax, question in zip(axes.flat, questions):
+        cells = confusion[confusion["question"] == question]
+        answers = list(dict.fromkeys(cells["volunteers"]))
+        counts = cells.pivot(index="volunteers", columns="model", values="count").loc[answers, answers].to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shares = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if shares[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(answers)), answers, rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(range(len(answers)), answers, fontsize=6)
+        row = per_question.set_index("question").loc[question]
+        accuracy = "n/a" if row["n_confident"] == 0 else f"{row['accuracy']:.0%}"
+        ax.set_title(f"{question}\n{int(row['n_confident'])} confident, accuracy {accuracy}", fontsize=8)
+    fig.supylabel("volunteers' confident answer", fontsize=9)
+    fig.supxlabel("model's most likely answer", fontsize=9)
+    _save(fig, path)

@@ -36,6 +36,13 @@ rule evaluate:
             caption="../report/evaluation.rst",
             category="4. Evaluation",
         ),
+        confident="results/{run}/evaluation/confident.csv",
+        confusion="results/{run}/evaluation/confusion.csv",
+        confusion_plot=report(
+            "results/{run}/evaluation/confusion.png",
+            caption="../report/confusion.rst",
+            category="4. Evaluation",
+        ),
     log:
         "logs/{run}/evaluate.log",
     conda:
@@ -46,5 +53,7 @@ rule evaluate:
     params:
         tree=config["catalog"]["tree"],
         question_suffix=config["catalog"]["question_suffix"],
+        confident_fraction=config["evaluate"]["confident_fraction"],
+        min_votes=config["evaluate"]["min_votes"],
     script:
         "../scripts/evaluate.py"

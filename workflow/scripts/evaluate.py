@@ -11,4 +11,9 @@ evaluate_files(
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
     snakemake.output.metrics,
     snakemake.output.per_question,
+    snakemake.output.confident,
+    snakemake.output.confusion,
+    snakemake.output.confusion_plot,
+    confident_fraction=snakemake.params.confident_fraction,
+    min_votes=snakemake.params.min_votes,
 )
