@@ -49,6 +49,7 @@ system-deps:
 bench: venv
 	$(BIN)/python tests/benchmarks/bench_resize.py
 	$(BIN)/python tests/benchmarks/bench_shards.py
+	$(BIN)/python tests/benchmarks/bench_predict.py
 
 ## lint: snakemake --lint, snakefmt and ruff
 lint: venv
