@@ -45,7 +45,7 @@ def test_the_report_renders_in_headless_chromium(report_html, tmp_path):
     # which the file itself only holds as data
     raw = report_html.read_text()
     dom = subprocess.run([*flags, "--dump-dom", report_html.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
-    for element in (">1. Catalog<", ">2. Images<", ">5. Predictions<", ">6. Clusters<", ">report_figures<"):
+    for element in (">1. Catalog<", ">2. Images<", ">3. Training<", ">5. Predictions<", ">6. Clusters<"):
         assert dom.count(element) > raw.count(element), element
     shot = tmp_path / "report.png"
     subprocess.run([*flags, "--hide-scrollbars", "--window-size=1400,1000", f"--screenshot={shot}", report_html.as_uri()], capture_output=True, timeout=120, check=True)
