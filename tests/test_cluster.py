@@ -50,3 +50,19 @@ def test_montage_shows_the_most_typical_members(tmp_path):
     plot_montage(clusters, paths, tmp_path / "montage.png", 4)
     with Image.open(tmp_path / "montage.png") as img:
         assert img.format == "PNG" and img.size[1] > img.size[0] * 0.5
+
+
+def test_hdbscan_finds_the_number_of_groups_and_marks_outliers_as_noise():
+    table, truth = _blobs(n_per=40, centres=4)
+    outlier = pd.DataFrame([[f"far{i}", *np.full(64, 500.0 + 100 * i, np.float32)] for i in range(2)], columns=table.columns)
+    clusters = cluster_representations(pd.concat([table, outlier], ignore_index=True), ClusterConfig(n_components=5, method="hdbscan", min_cluster_size=10))
+    found = clusters.iloc[:160]
+    assert found["cluster"].nunique() == 4 and (pd.crosstab(found["cluster"], truth).max(axis=1) == 40).all()
+    assert (clusters.iloc[160:]["cluster"] == -1).all() and clusters.iloc[160:]["distance"].isna().all()
+    assert -1 not in typical_members(clusters, 3)
+
+
+def test_an_unknown_method_is_refused():
+    table, _ = _blobs()
+    with pytest.raises(ValueError, match="hdbscan"):
+        cluster_representations(table, ClusterConfig(method="dbscan"))

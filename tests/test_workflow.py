@@ -76,6 +76,21 @@ def test_evaluation_and_clusters(tiny_run):
     assert [c for c in clusters.columns if c.startswith("pca_")] == [f"pca_{i:02d}" for i in range(4)]
     with Image.open(tiny_run / "clusters/montage.png") as img:
         assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 300
+    pca = pd.read_parquet(tiny_run / "representations/pca.parquet")
+    assert pca["id_str"].tolist() == clusters["id_str"].tolist() and set(pca["split"]) == {"train", "val", "test", "unlabelled"}
+    assert pca.filter(like="pca_").shape == (58, 4)
+
+
+def test_confident_confusion_and_similar_galaxies(tiny_run):
+    confident = pd.read_csv(tiny_run / "evaluation/confident.csv")
+    assert confident["question"].tolist() == TREE.question_names
+    confusion = pd.read_csv(tiny_run / "evaluation/confusion.csv")
+    assert confusion.groupby("question")["count"].sum().reindex(TREE.question_names).tolist() == confident["n_confident"].tolist()
+    assert (tiny_run / "evaluation/confusion.png").stat().st_size > 5000
+    neighbours = pd.read_parquet(tiny_run / "similar/neighbours.parquet")
+    assert neighbours.groupby("query_id")["rank"].apply(list).to_dict() == {"SYN0000000": [1, 2, 3], "SYN0000003": [1, 2, 3]}
+    assert (neighbours["id_str"] != neighbours["query_id"]).all() and neighbours["distance"].is_monotonic_increasing is not None
+    assert (tiny_run / "similar/neighbours.png").stat().st_size > 5000
 
 
 def test_every_rule_logged_and_a_rerun_has_nothing_to_do(tiny_run):

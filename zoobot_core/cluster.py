@@ -1,4 +1,4 @@
-"""Cluster representations (PCA then KMeans) and show each cluster's most typical galaxies."""
+"""Cluster representations (PCA, then KMeans or HDBSCAN) and show each cluster's most typical galaxies."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ class ClusterConfig:
     """PCA dimensions, number of clusters, and montage size."""
 
     n_components: int = 10
-    n_clusters: int = 8
+    n_clusters: int = 8  # KMeans
     seed: int = 42
     examples_per_cluster: int = 8
+    method: str = "kmeans"  # 'kmeans' or 'hdbscan' (finds the number of clusters; -1 marks noise)
+    min_cluster_size: int = 10  # HDBSCAN
 
 
 def feature_matrix(representations: pd.DataFrame) -> np.ndarray:
@@ -35,31 +37,38 @@ def feature_matrix(representations: pd.DataFrame) -> np.ndarray:
 
 def cluster_representations(representations: pd.DataFrame, config: ClusterConfig) -> pd.DataFrame:
     """Table of id_str, cluster, distance to its centre, and PCA coordinates (pca_00...)."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import HDBSCAN, KMeans
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
+    if config.method not in ("kmeans", "hdbscan"):
+        raise ValueError(f"cluster.method must be 'kmeans' or 'hdbscan', got {config.method!r}")
     features = feature_matrix(representations)
     n = len(features)
-    if n < config.n_clusters:
+    if config.method == "kmeans" and n < config.n_clusters:
         raise ValueError(f"Cannot make {config.n_clusters} clusters from {n} galaxies; lower cluster.n_clusters")
     n_components = min(config.n_components, n, features.shape[1])
     scaled = StandardScaler().fit_transform(features)
     pca = PCA(n_components=n_components, random_state=config.seed)
     reduced = pca.fit_transform(scaled)
-    kmeans = KMeans(n_clusters=config.n_clusters, n_init=10, random_state=config.seed).fit(reduced)
-    distances = np.linalg.norm(reduced - kmeans.cluster_centers_[kmeans.labels_], axis=1)
-    table = pd.DataFrame({"id_str": representations["id_str"].to_numpy(), "cluster": kmeans.labels_.astype(np.int32), "distance": distances.astype(np.float32)})
+    if config.method == "kmeans":
+        labels = KMeans(n_clusters=config.n_clusters, n_init=10, random_state=config.seed).fit(reduced).labels_
+    else:
+        labels = HDBSCAN(min_cluster_size=config.min_cluster_size).fit(reduced).labels_
+    centres = {c: reduced[labels == c].mean(axis=0) for c in np.unique(labels) if c >= 0}
+    distances = np.array([np.linalg.norm(x - centres[c]) if c >= 0 else np.nan for x, c in zip(reduced, labels)])
+    table = pd.DataFrame({"id_str": representations["id_str"].to_numpy(), "cluster": labels.astype(np.int32), "distance": distances.astype(np.float32)})
     for i in range(n_components):
         table[f"pca_{i:02d}"] = reduced[:, i].astype(np.float32)
-    log.info("PCA kept %.1f%% of the variance in %d components; cluster sizes %s",
-             100 * pca.explained_variance_ratio_.sum(), n_components, np.bincount(kmeans.labels_).tolist())
+    log.info("PCA kept %.1f%% of the variance in %d components; %s cluster sizes %s%s",
+             100 * pca.explained_variance_ratio_.sum(), n_components, config.method, np.bincount(labels[labels >= 0]).tolist(),
+             f", {int((labels < 0).sum())} noise" if (labels < 0).any() else "")
     return table
 
 
 def typical_members(clusters: pd.DataFrame, n: int) -> dict[int, list[str]]:
-    """The n ids closest to each cluster's centre."""
-    return {int(c): group.nsmallest(n, "distance")["id_str"].tolist() for c, group in clusters.groupby("cluster")}
+    """The n ids closest to each cluster's centre (HDBSCAN's noise, cluster -1, has no centre and is left out)."""
+    return {int(c): group.nsmallest(n, "distance")["id_str"].tolist() for c, group in clusters.groupby("cluster") if c >= 0}
 
 
 def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path | str, examples_per_cluster: int) -> None:
@@ -89,13 +98,19 @@ def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path
     plt.close(fig)
 
 
-def cluster_files(representation_paths: list[str], ready_path: Path | str, clusters_path: Path | str, montage_path: Path | str, config: ClusterConfig) -> pd.DataFrame:
-    """The cluster rule: cluster every given split's representations, write the table and the montage."""
+def cluster_files(
+    representation_paths: list[str], ready_path: Path | str, clusters_path: Path | str, pca_path: Path | str, montage_path: Path | str, config: ClusterConfig
+) -> pd.DataFrame:
+    """The cluster rule: cluster every given split's representations; write the cluster table, the
+    PCA-compressed representations (id_str, split, pca_*) and the montage."""
     from zoobot_core.io import atomic_write_table
 
-    representations = pd.concat([pd.read_parquet(p) for p in representation_paths], ignore_index=True)
+    parts = [pd.read_parquet(p).assign(split=Path(p).stem) for p in representation_paths]
+    representations = pd.concat(parts, ignore_index=True)
     clusters = cluster_representations(representations, config)
     ready = pd.read_parquet(ready_path, columns=["id_str", "resized_loc"])
     atomic_write_table(clusters, clusters_path)
+    pca_cols = [c for c in clusters.columns if c.startswith("pca_")]
+    atomic_write_table(clusters[["id_str", *pca_cols]].assign(split=representations["split"].to_numpy())[["id_str", "split", *pca_cols]], pca_path)
     plot_montage(clusters, dict(zip(ready["id_str"], ready["resized_loc"])), montage_path, config.examples_per_cluster)
     return clusters

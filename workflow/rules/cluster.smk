@@ -7,6 +7,7 @@ rule cluster:
         ready="results/{run}/catalog/ready.parquet",
     output:
         clusters="results/{run}/clusters/clusters.parquet",
+        pca="results/{run}/representations/pca.parquet",
         montage=report(
             "results/{run}/clusters/montage.png",
             caption="../report/montage.rst",
@@ -23,6 +24,33 @@ rule cluster:
         n_components=config["cluster"]["n_components"],
         n_clusters=config["cluster"]["n_clusters"],
         examples_per_cluster=config["cluster"]["examples_per_cluster"],
+        method=config["cluster"]["method"],
+        min_cluster_size=config["cluster"]["min_cluster_size"],
         seed=config["seed"],
     script:
         "../scripts/cluster.py"
+
+
+rule similar:
+    input:
+        clusters="results/{run}/clusters/clusters.parquet",
+        ready="results/{run}/catalog/ready.parquet",
+    output:
+        neighbours="results/{run}/similar/neighbours.parquet",
+        montage=report(
+            "results/{run}/similar/neighbours.png",
+            caption="../report/similar.rst",
+            category="7. Similar galaxies",
+        ),
+    log:
+        "logs/{run}/similar.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        query_ids=config["cluster"]["query_ids"],
+        k=config["cluster"]["n_neighbours"],
+    script:
+        "../scripts/similar.py"

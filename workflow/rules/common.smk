@@ -50,6 +50,11 @@ def all_outputs():
         f"results/{RUN}/evaluation/metrics.json",
         f"results/{RUN}/clusters/clusters.parquet",
         f"results/{RUN}/clusters/montage.png",
+        *(
+            [f"results/{RUN}/similar/neighbours.png"]
+            if config["cluster"]["query_ids"]
+            else []
+        ),
         *expand(
             "results/{run}/predictions/{split}.parquet",
             run=RUN,

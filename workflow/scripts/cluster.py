@@ -8,6 +8,7 @@ cluster_files(
     list(snakemake.input.representations),
     snakemake.input.ready,
     snakemake.output.clusters,
+    snakemake.output.pca,
     snakemake.output.montage,
     ClusterConfig(**snakemake.params),
 )
