@@ -50,6 +50,7 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_resize.py
 	$(BIN)/python tests/benchmarks/bench_shards.py
 	$(BIN)/python tests/benchmarks/bench_predict.py
+	$(BIN)/python tests/benchmarks/bench_cluster.py
 
 ## lint: snakemake --lint, snakefmt and ruff
 lint: venv

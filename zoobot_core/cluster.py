@@ -54,7 +54,7 @@ def cluster_representations(representations: pd.DataFrame, config: ClusterConfig
     if config.method == "kmeans":
         labels = KMeans(n_clusters=config.n_clusters, n_init=10, random_state=config.seed).fit(reduced).labels_
     else:
-        labels = HDBSCAN(min_cluster_size=config.min_cluster_size).fit(reduced).labels_
+        labels = HDBSCAN(min_cluster_size=config.min_cluster_size, copy=True).fit(reduced).labels_
     centres = {c: reduced[labels == c].mean(axis=0) for c in np.unique(labels) if c >= 0}
     distances = np.array([np.linalg.norm(x - centres[c]) if c >= 0 else np.nan for x, c in zip(reduced, labels)])
     table = pd.DataFrame({"id_str": representations["id_str"].to_numpy(), "cluster": labels.astype(np.int32), "distance": distances.astype(np.float32)})
