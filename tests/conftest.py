@@ -87,7 +87,7 @@ def assert_same_numbers(run_a: Path, run_b: Path) -> None:
     for rel in shards_a:
         assert (run_a / rel).read_bytes() == (run_b / rel).read_bytes(), rel
     for table in ["catalog/ready.parquet", "shards/manifest.parquet", "clusters/clusters.parquet", "provenance_images.parquet",
-                  *(f"{kind}/{split}.parquet" for kind in ("predictions", "representations") for split in ("train", "val", "test", "unlabelled"))]:
+                  *(f"{kind}/{split}.parquet" for kind in ("predictions", "prediction_samples", "representations") for split in ("train", "val", "test", "unlabelled"))]:
         a, b = (pd.read_parquet(run / table).drop(columns=["file_loc"], errors="ignore") for run in (run_a, run_b))  # absolute source paths
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=table)
     assert (run_a / "evaluation/metrics.json").read_text() == (run_b / "evaluation/metrics.json").read_text()

@@ -48,11 +48,15 @@ def test_training_is_deterministic_on_cpu(tiny_shards, trained, tmp_path):
 
 def test_predictions_have_dropout_spread_and_match_the_full_model_without_dropout(tiny_shards, trained):
     out, _ = trained
-    predictions, representations = predict_shards(out, tiny_shards, "test", PredictConfig(n_samples=4, batch_size=16))
+    predictions, representations, samples = predict_shards(out, tiny_shards, "test", PredictConfig(n_samples=4, batch_size=16))
     n_test = read_metadata(tiny_shards)["counts"]["test"]
     assert len(predictions) == len(representations) == n_test
     stds = predictions[[f"{c}_fraction_std" for c in TREE.label_cols]].to_numpy()
     assert (stds > 0).mean() > 0.9  # dropout samples differ
+    # every sample is stored; their mean is the reported concentration
+    assert len(samples) == 4 * n_test and samples.groupby("id_str")["sample"].apply(lambda s: sorted(s) == [0, 1, 2, 3]).all()
+    means = samples.groupby("id_str", sort=False)[TREE.label_cols].mean().loc[predictions["id_str"]]
+    np.testing.assert_allclose(means.to_numpy(), predictions[[f"{c}_concentration" for c in TREE.label_cols]].to_numpy(), rtol=1e-5)
 
     # base once + head == the whole model at inference (no dropout, no augmentation)
     model, config = load_model(out)
@@ -67,8 +71,8 @@ def test_predictions_have_dropout_spread_and_match_the_full_model_without_dropou
 
 def test_prediction_is_repeatable_for_a_seed(tiny_shards, trained):
     out, _ = trained
-    a, _ = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3, seed=1))
-    b, _ = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3, seed=1))
+    a, *_ = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3, seed=1))
+    b, *_ = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3, seed=1))
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -88,5 +92,5 @@ def test_training_and_prediction_read_raw_pixel_shards(tiny_shards, tmp_path):
     write_shards(ready, tmp_path / "raw", ShardSettings(size=32, label_cols=tuple(TREE.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw"))
     history = train_from_shards(tmp_path / "raw", tmp_path / "model", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), threads=2)
     assert np.isfinite(history["loss"]).all()
-    predictions, _ = predict_shards(tmp_path / "model", tmp_path / "raw", "test", PredictConfig(n_samples=2))
+    predictions, *_ = predict_shards(tmp_path / "model", tmp_path / "raw", "test", PredictConfig(n_samples=2))
     assert len(predictions) == read_metadata(tmp_path / "raw")["counts"]["test"]

@@ -30,12 +30,13 @@ class PredictConfig:
     seed: int = 42
 
 
-def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, config: PredictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (predictions, representations) for every galaxy of one split, in shard order.
+def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, config: PredictConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Return (predictions, representations, samples) for every galaxy of one split, in shard order.
 
     Predictions hold, per answer column, the mean concentration over dropout samples, the
     expected vote fraction and its standard deviation across samples. Representations hold
-    the base model's pooled features (feat_0000...).
+    the base model's pooled features (feat_0000...). Samples hold every dropout sample's
+    concentrations: one row per (galaxy, sample).
     """
     import keras
 
@@ -69,7 +70,20 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
     n_features = extractor.output.shape[-1]
     features_array = np.concatenate(features) if features else np.zeros((0, n_features), np.float32)
     samples_array = np.concatenate(samples) if samples else np.zeros((0, config.n_samples, len(label_cols)), np.float32)
-    return _prediction_table(ids, samples_array, label_cols, tree.question_index_groups), _representation_table(ids, features_array)
+    return (
+        _prediction_table(ids, samples_array, label_cols, tree.question_index_groups),
+        _representation_table(ids, features_array),
+        sample_table(ids, samples_array, label_cols),
+    )
+
+
+def sample_table(ids: list[str], samples: np.ndarray, label_cols: list[str]) -> pd.DataFrame:
+    """Every MC-dropout sample's Dirichlet concentrations: id_str, sample, one column per answer."""
+    n, n_samples, _ = samples.shape
+    table = pd.DataFrame(samples.reshape(n * n_samples, -1).astype(np.float32), columns=label_cols)
+    table.insert(0, "sample", np.tile(np.arange(n_samples, dtype=np.int16), n))
+    table.insert(0, "id_str", np.repeat(np.asarray(ids, dtype=object), n_samples))
+    return table
 
 
 def _prediction_table(ids: list[str], samples: np.ndarray, label_cols: list[str], groups) -> pd.DataFrame:
@@ -91,11 +105,16 @@ def _representation_table(ids: list[str], features: np.ndarray) -> pd.DataFrame:
     return table
 
 
-def predict_files(model_dir: Path | str, shard_dir: Path | str, split: str, predictions_path: Path | str, representations_path: Path | str, config: PredictConfig) -> None:
-    """The predict rule: write one split's predictions and representations as Parquet."""
+def predict_files(
+    model_dir: Path | str, shard_dir: Path | str, split: str, predictions_path: Path | str, representations_path: Path | str,
+    config: PredictConfig, samples_path: Path | str | None = None,
+) -> None:
+    """The predict rule: write one split's predictions, representations and (when a path is given) every dropout sample as Parquet."""
     from zoobot_core.io import atomic_write_table
 
-    predictions, representations = predict_shards(model_dir, shard_dir, split, config)
+    predictions, representations, samples = predict_shards(model_dir, shard_dir, split, config)
     atomic_write_table(predictions, predictions_path)
     atomic_write_table(representations, representations_path)
+    if samples_path is not None:
+        atomic_write_table(samples, samples_path)
     log.info("Predicted %d %s galaxies with %d dropout samples each", len(predictions), split, config.n_samples)

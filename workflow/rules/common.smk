@@ -61,3 +61,12 @@ def all_outputs():
             split=config["predict"]["splits"],
         ),
     ]
+
+
+def finetune_target(wildcards):
+    """The finetuned model's metrics, once a labelled catalog is configured."""
+    if not config["finetune"]["catalog"]:
+        raise ValueError(
+            "Set finetune.catalog (and finetune.label_column) to finetune; see config/finetune_rings.yaml"
+        )
+    return f"results/{RUN}/finetune/metrics.json"

@@ -37,15 +37,6 @@ rule finetune_model:
 
 # `snakemake finetune --configfile config/finetune_rings.yaml`: the base model (trained first if
 # needed), then the finetuned one
-def finetune_target(wildcards):
-    """The finetuned model's metrics, once a labelled catalog is configured."""
-    if not config["finetune"]["catalog"]:
-        raise ValueError(
-            "Set finetune.catalog (and finetune.label_column) to finetune; see config/finetune_rings.yaml"
-        )
-    return f"results/{RUN}/finetune/metrics.json"
-
-
 rule finetune:
     input:
         finetune_target,

@@ -6,6 +6,7 @@ rule predict:
     output:
         predictions="results/{run}/predictions/{split}.parquet",
         representations="results/{run}/representations/{split}.parquet",
+        samples="results/{run}/prediction_samples/{split}.parquet",
     log:
         "logs/{run}/predict/{split}.log",
     benchmark:

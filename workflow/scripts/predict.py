@@ -13,4 +13,5 @@ predict_files(
     snakemake.output.predictions,
     snakemake.output.representations,
     PredictConfig(**snakemake.params),
+    samples_path=snakemake.output.samples,
 )
