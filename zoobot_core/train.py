@@ -120,12 +120,10 @@ def train_from_shards(
     config: TrainConfig,
     state_dir: Path | str | None = None,
     threads: int | None = None,
-    tensorboard_dir: Path | str | None = None,
 ) -> pd.DataFrame:
     """Train on the train shards, early-stop on the val shards; write model.keras (best epoch), its config and history.csv.
 
     `state_dir` keeps per-epoch backups so a killed job resumes from its last finished epoch.
-    `tensorboard_dir`, when given, receives TensorBoard logs (`tensorboard --logdir` on it).
     """
     import keras
 
@@ -176,7 +174,6 @@ def train_from_shards(
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log.info(
             "epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))),
-        *([keras.callbacks.TensorBoard(str(tensorboard_dir))] if tensorboard_dir else []),
         # double_checkpoint: a backup torn by a kill mid-write falls back to the one before it
         keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True),
     ]

@@ -4,7 +4,6 @@ rule train_model:
     output:
         model="results/{run}/model/model.keras",
         model_config="results/{run}/model/model_config.json",
-        tensorboard=directory("results/{run}/model/tensorboard"),
         history=report(
             "results/{run}/model/history.csv",
             caption="../report/history.rst",

@@ -15,5 +15,4 @@ train_from_shards(
     TrainConfig(seed=snakemake.params.seed, **settings),
     state_dir=snakemake.params.state_dir,
     threads=snakemake.threads,
-    tensorboard_dir=snakemake.output.tensorboard,
 )
