@@ -161,10 +161,10 @@ def finetune(
     from zoobot_core.train import _configure_tensorflow
 
     out_dir = Path(out_dir)
+    _configure_tensorflow(config.seed, True, threads)  # before anything starts TensorFlow: seeds, determinism, threads
     trained = load_trained(model_path)
     size, channels = trained.input_shape[1], trained.input_shape[-1]
     greyscale = channels == 1
-    _configure_tensorflow(config.seed, True, threads)
     labels = catalog[label_col].to_numpy(np.float32 if config.task == "regression" else np.int64)
     if config.task != "regression" and (labels.min() < 0 or labels.max() >= (2 if config.task == "binary" else config.n_classes)):
         raise ValueError(f"{label_col} holds labels outside 0..{1 if config.task == 'binary' else config.n_classes - 1} for a {config.task} task")
