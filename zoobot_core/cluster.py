@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from zoobot_core.io import atomic_path
-
 log = logging.getLogger(__name__)
 
 
@@ -73,11 +71,9 @@ def typical_members(clusters: pd.DataFrame, n: int) -> dict[int, list[str]]:
 
 def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path | str, examples_per_cluster: int) -> None:
     """One row per cluster of its most typical galaxies, saved as PNG."""
-    import matplotlib
+    from zoobot_core.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     members = typical_members(clusters, examples_per_cluster)
     sizes = clusters["cluster"].value_counts()
     fig, axes = plt.subplots(len(members), examples_per_cluster, figsize=(1.3 * examples_per_cluster, 1.4 * len(members)), squeeze=False)
@@ -92,10 +88,7 @@ def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path
             if col == 0:
                 ax.set_ylabel(f"cluster {cluster}\n(n={sizes[cluster]})", fontsize=8)
     fig.suptitle("Most typical galaxies of each cluster (closest to its centre)", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def cluster_files(

@@ -17,7 +17,8 @@ from zoobot_core.schemas import DecisionTree
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (rules run without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,8 +27,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path | str) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: Path | str) -> None:
+    """Lay out, write as PNG atomically, and close the figure."""
+    plt = pyplot()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -36,7 +38,7 @@ def _save(fig, path: Path | str) -> None:
 
 def plot_accounting(accounting: dict, path: Path | str) -> None:
     """Bars: rows in, ready (labelled / unlabelled), and quarantined by reason."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = ["rows in", "ready: labelled", "ready: unlabelled", *(f"quarantined: {r}" for r in accounting["quarantined_by_reason"])]
     values = [accounting["n_in"], accounting["n_labelled"], accounting["n_unlabelled"], *accounting["quarantined_by_reason"].values()]
     colours = ["#555555", "#2a7ab0", "#7fb3d5", *["#c0392b"] * len(accounting["quarantined_by_reason"])]
@@ -46,12 +48,12 @@ def plot_accounting(accounting: dict, path: Path | str) -> None:
     ax.set_xscale("log")  # a handful of quarantined rows stay visible beside hundreds of thousands
     ax.set_xlabel("catalog rows (log scale)")
     ax.set_title(f"Catalog: {accounting['n_in']} in = {accounting['n_ok']} ready + {accounting['n_quarantined']} quarantined", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_resize_examples(ready: pd.DataFrame, path: Path | str, n: int = 6) -> None:
     """Original images above, the resized ones the model sees below (the first n ready galaxies by id)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = ready.sort_values("id_str").head(n)
     fig, axes = plt.subplots(2, len(rows), figsize=(1.8 * len(rows), 4.8), squeeze=False)
     for col, (_, row) in enumerate(rows.iterrows()):
@@ -62,12 +64,12 @@ def plot_resize_examples(ready: pd.DataFrame, path: Path | str, n: int = 6) -> N
             axes[r, col].set_xticks([]), axes[r, col].set_yticks([])
             axes[r, col].set_title(f"{row['id_str']}\noriginal, {size[0]} px" if r == 0 else f"resized, {size[0]} px", fontsize=7)
     fig.suptitle("Before and after resizing", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_history(history: pd.DataFrame, path: Path | str) -> None:
     """Train and validation loss per epoch, the kept (best) epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(history["epoch"], history["loss"], "o-", label="train")
     ax.plot(history["epoch"], history["val_loss"], "o-", label="validation")
@@ -78,12 +80,12 @@ def plot_history(history: pd.DataFrame, path: Path | str) -> None:
     ax.set_ylabel("Dirichlet-Multinomial loss")
     ax.legend(fontsize=8)
     ax.set_title("Training curves", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_per_question(per_question: pd.DataFrame, path: Path | str) -> None:
     """Per question: vote-fraction MAE of the model beside the constant predictor's."""
-    plt = _pyplot()
+    plt = pyplot()
     y = np.arange(len(per_question))
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(y) + 1.4))
     ax.barh(y - 0.2, per_question["model_mae"], height=0.4, label="model", color="#2a7ab0")
@@ -93,14 +95,14 @@ def plot_per_question(per_question: pd.DataFrame, path: Path | str) -> None:
     ax.set_xlabel("mean absolute error of vote fractions (test split; lower is better)")
     ax.legend(fontsize=8)
     ax.set_title("Per-question error, model vs constant predictor", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_prediction_examples(
     predictions: pd.DataFrame, test_catalog: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, n: int = 6
 ) -> None:
     """Test galaxies with the first question's predicted vote fractions (± MC-dropout spread) beside the volunteers'."""
-    plt = _pyplot()
+    plt = pyplot()
     question = tree.questions[0]
     cols = [tree.column(question.name, a) for a in question.answers]
     merged = predictions.merge(test_catalog[["id_str", *tree.label_cols]], on="id_str").sort_values("id_str").head(n)
@@ -122,7 +124,7 @@ def plot_prediction_examples(
     axes[1, 0].set_ylabel(f"{question.name}\nvote fraction", fontsize=7)
     axes[1, -1].legend(fontsize=6)
     fig.suptitle("Test galaxies: predicted vote fractions (MC-dropout mean ± std) vs volunteers", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def report_figures(
@@ -154,7 +156,7 @@ def report_figures(
 
 def plot_confusion(confusion: pd.DataFrame, per_question: pd.DataFrame, path: Path | str, columns: int = 4) -> None:
     """One confusion matrix per question (rows: volunteers' confident answer; columns: the model's), row-normalised, counts written in."""
-    plt = _pyplot()
+    plt = pyplot()
     questions = list(dict.fromkeys(confusion["question"]))
     n_rows = -(-len(questions) // columns)
     fig, axes = plt.subplots(n_rows, columns, figsize=(3.3 * columns, 3.1 * n_rows), squeeze=False)
@@ -176,4 +178,4 @@ def plot_confusion(confusion: pd.DataFrame, per_question: pd.DataFrame, path: Pa
         ax.set_title(f"{question}\n{int(row['n_confident'])} confident, accuracy {accuracy}", fontsize=8)
     fig.supylabel("volunteers' confident answer", fontsize=9)
     fig.supxlabel("model's most likely answer", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -84,3 +85,12 @@ def setup_logging(log_file: Path | str | None = None, level: int = logging.INFO)
             "SLURM job %s on %s; CUDA_VISIBLE_DEVICES=%s",
             os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"), os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
         )
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

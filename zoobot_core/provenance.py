@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, write_json
-from zoobot_core.io import atomic_write_table
+from zoobot_core.io import atomic_write_table, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,6 @@ PACKAGES = (
     "tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "pillow", "scikit-learn",
     "scipy", "protobuf", "snakemake", "snakemake-executor-plugin-slurm", "zoobot-core",
 )
-
-
-def file_sha256(path: Path | str) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:

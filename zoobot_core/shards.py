@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED
 from zoobot_core.images import RESIZED, load_rgb
-from zoobot_core.io import atomic_dir, atomic_write_table
+from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ def _example(id_str: str, encoded: bytes, labels: dict[str, float]):
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class ShardSettings:
     """How shards are cut: split fractions, seed, galaxies per shard, and the image size they hold."""
@@ -92,7 +84,7 @@ def _write_shard(path: Path, ids: list[str], labels: np.ndarray, label_cols: tup
         for id_str, row, image in zip(ids, labels.tolist(), images, strict=True):
             # deterministic: protobuf maps (the features) otherwise serialize in a per-process order
             writer.write(_example(id_str, image, dict(zip(label_cols, row))).SerializeToString(deterministic=True))
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def write_shards(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from zoobot_core.io import atomic_path, atomic_write_table
+from zoobot_core.io import atomic_write_table
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,9 @@ def nearest_neighbours(table: pd.DataFrame, query_ids: Sequence[str], k: int = 8
 
 def plot_neighbours(neighbours: pd.DataFrame, image_paths: dict[str, str], path: Path | str) -> None:
     """One row per query: the query galaxy, then its neighbours nearest first."""
-    import matplotlib
+    from zoobot_core.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     queries = list(dict.fromkeys(neighbours["query_id"]))
     k = int(neighbours["rank"].max()) if len(neighbours) else 0
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.35 * (k + 1), 1.5 * len(queries)), squeeze=False)
@@ -70,10 +68,7 @@ def plot_neighbours(neighbours: pd.DataFrame, image_paths: dict[str, str], path:
                     for spine in ax.spines.values():
                         spine.set_edgecolor("#e67e22"), spine.set_linewidth(2)
     fig.suptitle("Galaxies most like each query (nearest in representation space)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def similar_files(clusters_path: Path | str, ready_path: Path | str, query_ids: Sequence[str], k: int, table_path: Path | str, plot_path: Path | str) -> pd.DataFrame:

@@ -8,19 +8,9 @@ images; galaxies/s for n = 1, 5, 10, 20 dropout samples, median of --repeats.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -60,7 +50,7 @@ def main() -> None:
     print("| dropout samples n | baseline: n full passes | ours: base once, head n times | speed-up |")
     print("|---|---|---|---|")
     for n in args.samples:
-        base_s, ours_s = timed(lambda n=n: baseline(n), args.repeats), timed(lambda n=n: ours(n), args.repeats)
+        base_s, ours_s = median_seconds(lambda n=n: baseline(n), args.repeats), median_seconds(lambda n=n: ours(n), args.repeats)
         print(f"| {n} | {args.n_galaxies / base_s:.0f} | {args.n_galaxies / ours_s:.0f} | {base_s / ours_s:.1f}x |")
 
 

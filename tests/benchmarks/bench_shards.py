@@ -8,14 +8,13 @@ sample (../shared) resized to --size and repeated to --n, else synthetic ones.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from timing import median_seconds
 
 from zoobot_core.images import load_rgb
 
@@ -81,15 +80,6 @@ def per_record_dataset(files: list[str], label_cols: list[str], batch_size: int,
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def drain(dataset) -> int:
     return sum(int(batch["matrix"].shape[0]) for batch in dataset)
 
@@ -108,12 +98,12 @@ def measure(size: int, args: argparse.Namespace) -> tuple[str, str]:
         catalog = make_images(tmp, args.n, size)
         labels = [c for c in catalog.columns if c.startswith("answer_")]
         settings = ShardSettings(size=size, label_cols=tuple(labels), shard_size=512, train_fraction=0.98, val_fraction=0.01)
-        ours_s = timed(lambda: write_shards(catalog, tmp / "shards", settings), args.repeats)
+        ours_s = median_seconds(lambda: write_shards(catalog, tmp / "shards", settings), args.repeats)
         raw_settings = ShardSettings(**{**settings.__dict__, "image_encoding": "raw"})
-        raw_s = timed(lambda: write_shards(catalog, tmp / "raw", raw_settings), args.repeats)
-        raw2_s = timed(lambda: write_shards(catalog, tmp / "raw2", raw_settings, workers=2), args.repeats)
+        raw_s = median_seconds(lambda: write_shards(catalog, tmp / "raw", raw_settings), args.repeats)
+        raw2_s = median_seconds(lambda: write_shards(catalog, tmp / "raw2", raw_settings, workers=2), args.repeats)
         raw_mb = sum(p.stat().st_size for p in (tmp / "raw").rglob("*.tfrecord")) / 2**20
-        base_s = timed(lambda: baseline_write(catalog, tmp / "baseline.tfrecord", labels), args.repeats)
+        base_s = median_seconds(lambda: baseline_write(catalog, tmp / "baseline.tfrecord", labels), args.repeats)
         ours_mb = sum(p.stat().st_size for p in (tmp / "shards").rglob("*.tfrecord")) / 2**20
         base_mb = (tmp / "baseline.tfrecord").stat().st_size / 2**20
         write_row = (
@@ -127,15 +117,15 @@ def measure(size: int, args: argparse.Namespace) -> tuple[str, str]:
             return drain(get_dataset(files, labels, args.batch_size, shuffle=True, requested_img_size=size))
 
         n_train = from_shards()
-        shard_s = timed(from_shards, args.repeats)
+        shard_s = median_seconds(from_shards, args.repeats)
         raw_files = shard_paths(tmp / "raw", "train")
-        raw_read_s = timed(
+        raw_read_s = median_seconds(
             lambda: drain(get_dataset(raw_files, labels, args.batch_size, shuffle=True, requested_img_size=size, image_encoding="raw")), args.repeats
         )
-        base_enc_s = timed(lambda: drain(per_record_dataset(files, labels, args.batch_size, size, "encoded")), args.repeats)
-        base_raw_s = timed(lambda: drain(per_record_dataset(raw_files, labels, args.batch_size, size, "raw")), args.repeats)
+        base_enc_s = median_seconds(lambda: drain(per_record_dataset(files, labels, args.batch_size, size, "encoded")), args.repeats)
+        base_raw_s = median_seconds(lambda: drain(per_record_dataset(raw_files, labels, args.batch_size, size, "raw")), args.repeats)
         paths = list(catalog["resized_loc"])
-        file_s = timed(lambda: drain(get_image_dataset(paths, "png", size, args.batch_size)), args.repeats)
+        file_s = median_seconds(lambda: drain(get_image_dataset(paths, "png", size, args.batch_size)), args.repeats)
 
     crop = int(round(size * 0.75))
     model = get_model(34, size, crop, max(crop, 32), 3, seed=0, batchnorm_momentum=0.9)
@@ -145,7 +135,7 @@ def measure(size: int, args: argparse.Namespace) -> tuple[str, str]:
     for _ in range(3):
         model.train_on_batch(x, y)  # compile and warm up
     steps = 10
-    train_rate = steps * args.batch_size / timed(lambda: [model.train_on_batch(x, y) for _ in range(steps)], 1)
+    train_rate = steps * args.batch_size / median_seconds(lambda: [model.train_on_batch(x, y) for _ in range(steps)], 1)
     read_row = (
         f"| {size} | {n_train / base_enc_s:.0f} | {n_train / shard_s:.0f} | {n_train / base_raw_s:.0f} | {n_train / raw_read_s:.0f} "
         f"| {len(paths) / file_s:.0f} | {train_rate:.0f} "
