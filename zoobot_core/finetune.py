@@ -237,6 +237,7 @@ def finetune_files(
     from PIL import Image
 
     from zoobot_core.catalog import QUARANTINE_COLUMNS, check_quarantine_fraction, validate_catalog
+    from zoobot_core.images import UNREADABLE_ERRORS
 
     validated, quarantine = validate_catalog(catalog_path, catalog_config)
     unreadable = []
@@ -244,7 +245,7 @@ def finetune_files(
         try:
             with Image.open(row.file_loc) as img:
                 img.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except UNREADABLE_ERRORS as err:
             unreadable.append({"row": row.row, "id_str": row.id_str, "file_loc": row.file_loc, "stage": "finetune",
                                "reason": "unreadable_image", "message": f"{type(err).__name__}: {err}; replace or remove the file"})
     if unreadable:

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 RESIZED = "resized_loc"
 INDEX_NAME = "index.parquet"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+# what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
+UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, s
     try:
         save_image(load_rgb(file_loc, config.size, config.draft_tolerance, config.reducing_gap), target, config)
         return None, None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except UNREADABLE_ERRORS as err:
         return "unreadable_image", f"{type(err).__name__}: {err}"
 
 
