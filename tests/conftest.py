@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -92,3 +93,73 @@ def assert_same_numbers(run_a: Path, run_b: Path) -> None:
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=table)
     assert (run_a / "evaluation/metrics.json").read_text() == (run_b / "evaluation/metrics.json").read_text()
     assert (run_a / "model/history.csv").read_text() == (run_b / "model/history.csv").read_text()
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory):
+    """Environment for sbatch/squeue of a local one-node SLURM, up for the session; skip (or fail with REQUIRE_SERVICES=1) without it."""
+    from slurm_cluster import local_slurm, missing_requirements
+
+    reason = missing_requirements()
+    if reason:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    with local_slurm(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def slurm_run(slurm_env, tmp_path_factory):
+    """The tiny workflow through the shipped SLURM profile, with the train rule asking for one GPU."""
+    workdir = tmp_path_factory.mktemp("slurm_workflow")
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["train"]["gpus"] = 1
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    previous = dict(os.environ)
+    os.environ.update(slurm_env)  # SLURM_CONF for sbatch/squeue, inherited by snakemake
+    try:
+        result = run_snakemake(
+            workdir, configfile,
+            "--profile", str(REPO / "workflow/profiles/slurm"),
+            # this test cluster has no accounting and no accounts; the profile documents both keys
+            "--slurm-no-account", "--slurm-status-command", "squeue",
+            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
+            "--slurm-keep-successful-logs", "--slurm-logdir", str(workdir / "slurm_logs"),
+            # the profile's site-sized requests, cut to this 2-CPU node
+            "--max-threads", "2", "--set-resources", "train_model:mem_mb=3000", "predict:mem_mb=2000",
+            "--verbose",
+            timeout=1200,
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(previous)
+    return workdir, result
+
+
+@pytest.fixture(scope="session")
+def second_tiny_run(request, tmp_path_factory) -> Path:
+    """results/tiny of a second run from scratch in another folder: the SLURM run when a local SLURM
+    can be started (CI), else a plain local run. Either must give the same numbers as tiny_run."""
+    try:
+        workdir, _ = request.getfixturevalue("slurm_run")
+        return workdir / "results/tiny"
+    except pytest.skip.Exception:  # no SLURM here: run again locally
+        pass
+    workdir = tmp_path_factory.mktemp("workflow_again")
+    run_snakemake(workdir, REPO / "tests/configs/tiny.yaml")
+    return workdir / "results/tiny"
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> dict[int, float]:
+    """{step: value} of one scalar over every event file in `folder`."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        values.update({e.step: float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)})
+    return values

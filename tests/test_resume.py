@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,10 @@ def test_killed_training_resumes_from_its_last_finished_epoch(tiny_shards, tmp_p
     assert "Resuming from the last finished epoch" in (tmp_path / "second.log").read_text()
     final = pd.read_csv(out / "history.csv")
     assert final["epoch"].tolist() == [0, 1, 2, 3, 4]
+    # TensorBoard logs of both runs sit together: every epoch's validation loss, the resumed ones included
+    val_loss = tensorboard_scalars(out / "tensorboard" / "validation", "epoch_loss")
+    assert sorted(val_loss) == [0, 1, 2, 3, 4]
+    assert val_loss[4] == pytest.approx(final["val_loss"].iloc[4], rel=1e-5)
     # epochs backed up before the kill are kept, not retrained (the last one seen may not have been backed up yet)
     kept = killed_at - 1
     first_run = pd.read_csv(history).drop_duplicates("epoch", keep="first").head(kept).reset_index(drop=True)

@@ -1,60 +1,20 @@
 """The SLURM profile against a real one-node SLURM on localhost (tests/slurm_cluster.py).
 
+The fixtures `slurm_env` and `slurm_run` live in conftest.py: the rerun test of test_workflow.py
+uses the SLURM run as its second run from scratch when SLURM is there.
+
 Skips with the reason when SLURM is not installed or this is not root; with REQUIRE_SERVICES=1
 (as CI sets it, after `make system-deps`) the skip becomes a failure.
 """
 
 import json
-import os
 import subprocess
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import REPO, assert_same_numbers, run_snakemake
-from slurm_cluster import local_slurm, missing_requirements
+from conftest import assert_same_numbers
 
 pytestmark = pytest.mark.workflow
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    reason = missing_requirements()
-    if reason:
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(f"REQUIRE_SERVICES=1 but {reason}")
-        pytest.skip(reason)
-    with local_slurm(tmp_path_factory.mktemp("slurm")) as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def slurm_run(slurm_env, tmp_path_factory):
-    """The tiny workflow through the shipped SLURM profile, with the train rule asking for one GPU."""
-    workdir = tmp_path_factory.mktemp("slurm_workflow")
-    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-    config["train"]["gpus"] = 1
-    configfile = workdir / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    previous = dict(os.environ)
-    os.environ.update(slurm_env)  # SLURM_CONF for sbatch/squeue, inherited by snakemake
-    try:
-        result = run_snakemake(
-            workdir, configfile,
-            "--profile", str(REPO / "workflow/profiles/slurm"),
-            # this test cluster has no accounting and no accounts; the profile documents both keys
-            "--slurm-no-account", "--slurm-status-command", "squeue",
-            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
-            "--slurm-keep-successful-logs", "--slurm-logdir", str(workdir / "slurm_logs"),
-            # the profile's site-sized requests, cut to this 2-CPU node
-            "--max-threads", "2", "--set-resources", "train_model:mem_mb=3000", "predict:mem_mb=2000",
-            "--verbose",
-            timeout=1200,
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(previous)
-    return workdir, result
 
 
 def _job_logs(workdir, rule):

@@ -6,10 +6,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tensorboard_scalars
 
 from zoobot_core.datasets import get_dataset
+from zoobot_core.hdf5 import load_predictions_hdf5, samples_to_array, write_predictions_hdf5
 from zoobot_core.model import HEAD_NAME, representation_model
-from zoobot_core.predict import PredictConfig, predict_shards
+from zoobot_core.predict import PredictConfig, dihedral_views, predict_shards
 from zoobot_core.preprocess import preprocess_images
 from zoobot_core.schemas import get_tree
 from zoobot_core.shards import read_catalog, read_metadata, shard_paths
@@ -34,6 +36,15 @@ def test_training_writes_model_config_and_history(trained):
     assert config["best_epoch"] == int(history["val_loss"].idxmin())
     assert config["label_cols"] == TREE.label_cols and config["greyscale"] is True
     assert not (out / "train_state" / "backup").exists()  # a finished run leaves nothing to resume
+
+
+def test_tensorboard_logs_hold_the_history_per_epoch(trained):
+    out, history = trained
+    train = tensorboard_scalars(out / "tensorboard" / "train", "epoch_loss")
+    val = tensorboard_scalars(out / "tensorboard" / "validation", "epoch_loss")
+    assert sorted(train) == sorted(val) == history["epoch"].tolist()
+    np.testing.assert_allclose([train[e] for e in history["epoch"]], history["loss"], rtol=1e-5)
+    np.testing.assert_allclose([val[e] for e in history["epoch"]], history["val_loss"], rtol=1e-5)
 
 
 def test_training_is_deterministic_on_cpu(tiny_shards, trained, tmp_path):
@@ -76,21 +87,61 @@ def test_prediction_is_repeatable_for_a_seed(tiny_shards, trained):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_stale_training_state_is_not_resumed(tiny_shards, tmp_path):
-    state = tmp_path / "state"
-    (state / "backup").mkdir(parents=True)
-    (state / "fingerprint.json").write_text(json.dumps({"not": "this run"}))
-    (state / "history.csv").write_text("epoch,loss,val_loss\n0,1,1\n1,1,1\n2,1,1\n")
-    history = train_from_shards(tiny_shards, tmp_path / "out", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), state_dir=state)
-    assert history["epoch"].tolist() == [0]
-
-
-def test_training_and_prediction_read_raw_pixel_shards(tiny_shards, tmp_path):
+def test_training_and_prediction_read_raw_pixel_shards_and_ignore_stale_state(tiny_shards, tmp_path):
     from zoobot_core.shards import ShardSettings, write_shards
 
     ready = read_catalog(tiny_shards)
     write_shards(ready, tmp_path / "raw", ShardSettings(size=32, label_cols=tuple(TREE.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw"))
-    history = train_from_shards(tmp_path / "raw", tmp_path / "model", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), threads=2)
-    assert np.isfinite(history["loss"]).all()
+    # training state left by some other run (other config, other shards) must not be resumed
+    state = tmp_path / "state"
+    (state / "backup").mkdir(parents=True)
+    (state / "fingerprint.json").write_text(json.dumps({"not": "this run"}))
+    (state / "history.csv").write_text("epoch,loss,val_loss\n0,1,1\n1,1,1\n2,1,1\n")
+    history = train_from_shards(tmp_path / "raw", tmp_path / "model", TREE, TrainConfig(epochs=1, batch_size=8, resize_size=32), state_dir=state, threads=2)
+    assert history["epoch"].tolist() == [0] and np.isfinite(history["loss"]).all()
     predictions, *_ = predict_shards(tmp_path / "model", tmp_path / "raw", "test", PredictConfig(n_samples=2))
     assert len(predictions) == read_metadata(tmp_path / "raw")["counts"]["test"]
+
+
+def test_test_time_augmentation_samples_every_view_and_is_rotation_invariant(tiny_shards, trained, tmp_path):
+    out, _ = trained
+    plain, plain_repr, _ = predict_shards(out, tiny_shards, "test", PredictConfig(n_samples=2, seed=1))
+    tta, tta_repr, samples = predict_shards(out, tiny_shards, "test", PredictConfig(n_samples=2, seed=1, tta_views=8))
+    n_test = len(plain)
+    assert len(samples) == 16 * n_test
+    per_galaxy = samples.groupby("id_str", sort=False)
+    assert per_galaxy["sample"].apply(list).map(lambda s: s == list(range(16))).all()
+    assert per_galaxy["view"].apply(list).map(lambda v: v == [k // 2 for k in range(16)]).all()
+    pd.testing.assert_frame_equal(tta_repr, plain_repr)  # representations are of the image as it is
+    assert not np.allclose(tta.filter(like="_concentration"), plain.filter(like="_concentration"))
+
+    # averaged over all 8 views, the network's output does not change when the galaxy is turned by 90 degrees
+    model, config = load_model(out)
+    pre = preprocessing_config(TREE.label_cols, config["input_size"], config["greyscale"])
+    batch = next(iter(get_dataset(shard_paths(tiny_shards, "test"), [], 8, requested_img_size=32)))
+    images = keras.ops.convert_to_numpy(preprocess_images(batch["matrix"], pre))
+    extractor = representation_model(model)
+
+    def view_mean(x):
+        return np.mean([extractor.predict_on_batch(v) for v in dihedral_views(x, 8)], axis=0)
+
+    np.testing.assert_allclose(view_mean(np.rot90(images, 1, axes=(1, 2))), view_mean(images), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="tta_views must be one of"):
+        PredictConfig(tta_views=3)
+
+
+def test_hdf5_round_trip_in_zoobot_layout(tiny_shards, trained, tmp_path):
+    out, _ = trained
+    predictions, _, samples = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3))
+    values, ids = samples_to_array(samples.sample(frac=1, random_state=0), TREE.label_cols)  # row order does not matter
+    write_predictions_hdf5(values, ids, TREE.label_cols, tmp_path / "val.hdf5", attrs={"tta_views": 1})
+    loaded, loaded_ids, label_cols = load_predictions_hdf5(tmp_path / "val.hdf5")
+    assert label_cols == TREE.label_cols and loaded.shape == (len(predictions), len(TREE.label_cols), 3)
+    by_id = dict(zip(loaded_ids, loaded))
+    for _, row in samples.head(9).iterrows():
+        np.testing.assert_array_equal(by_id[row["id_str"]][:, row["sample"]], row[TREE.label_cols].to_numpy(np.float32))
+    means = np.stack([by_id[i].mean(axis=1) for i in predictions["id_str"]])
+    np.testing.assert_allclose(means, predictions[[f"{c}_concentration" for c in TREE.label_cols]], rtol=1e-5)
+    with pytest.raises(ValueError, match="must be \\(galaxies"):
+        write_predictions_hdf5(values[:, :3], ids, TREE.label_cols, tmp_path / "bad.hdf5")
+    assert not (tmp_path / "bad.hdf5").exists()

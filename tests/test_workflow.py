@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO, assert_same_numbers, run_snakemake
 from PIL import Image
 
+from zoobot_core.hdf5 import load_predictions_hdf5
 from zoobot_core.schemas import get_tree
 
 pytestmark = pytest.mark.workflow
@@ -64,6 +65,12 @@ def test_predictions_and_representations_per_split(tiny_run, split):
     assert representations["id_str"].tolist() == ids
     assert representations.shape == (len(ids), 1281)
     assert representations.drop(columns="id_str").dtypes.eq(np.float32).all()
+    # tiny.yaml: 2 dihedral views x 2 dropout samples; the HDF5 file holds the same samples in Zoobot's layout
+    samples = pd.read_parquet(tiny_run / f"prediction_samples/{split}.parquet")
+    assert len(samples) == 4 * len(ids) and sorted(set(zip(samples["view"], samples["sample"]))) == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    concentrations, hdf5_ids, label_cols = load_predictions_hdf5(tiny_run / f"predictions/{split}.hdf5")
+    assert hdf5_ids == ids and label_cols == TREE.label_cols and concentrations.shape == (len(ids), len(label_cols), 4)
+    np.testing.assert_allclose(concentrations.mean(axis=2), predictions[[f"{c}_concentration" for c in TREE.label_cols]], rtol=1e-5)
 
 
 def test_evaluation_and_clusters(tiny_run):
@@ -124,16 +131,23 @@ def test_own_catalog_with_other_column_names_jpg_and_parquet(tiny_synthetic, tmp
         "image_root": str(images), "tree": "gz_decals_dr5", "question_suffix": "-dr5",
         "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
     }
+    # only what this test reads: the test split predicted and clustered (the full set of outputs is tiny_run's)
+    config["predict"] |= {"splits": ["test"], "tta_views": 1, "hdf5": False}
+    config["cluster"] |= {"splits": ["test"], "query_ids": []}
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
-    run_snakemake(tmp_path / "work", tmp_path / "mine.yaml")
+    targets = [f"results/mine/{path}" for path in ("catalog/accounting.json", "predictions/test.parquet", "clusters/clusters.parquet")]
+    run_snakemake(tmp_path / "work", tmp_path / "mine.yaml", *targets)
     out = tmp_path / "work/results/mine"
     counts = json.loads((out / "catalog/accounting.json").read_text())
     assert counts["n_in"] == counts["n_ok"] == len(user) and counts["n_quarantined"] == 0
     ready = pd.read_parquet(out / "catalog/ready.parquet")
     assert set(ready["id_str"]) <= set(user["iauname"]) and "-dr5" in " ".join(ready.columns)
+    manifest = pd.read_parquet(out / "shards/manifest.parquet")
+    assert len(manifest) == counts["n_ok"]
     predictions = pd.read_parquet(out / "predictions/test.parquet")
     assert f"{suffixed.label_cols[0]}_fraction" in predictions.columns
-    assert len(pd.read_parquet(out / "clusters/clusters.parquet")) == counts["n_ok"]
+    assert sorted(predictions["id_str"]) == sorted(manifest.loc[manifest["split"] == "test", "id_str"])
+    assert sorted(pd.read_parquet(out / "clusters/clusters.parquet")["id_str"]) == sorted(predictions["id_str"])
 
 
 def test_config_errors_are_reported_before_running(tmp_path):
@@ -186,9 +200,8 @@ def test_provenance_records_config_versions_and_checksums(tiny_run):
     assert hashlib.sha256((tiny_run.parent.parent / first["file_loc"]).read_bytes()).hexdigest() == first["sha256"]
 
 
-def test_a_second_run_from_scratch_gives_the_same_shards_and_numbers(tiny_run, tmp_path):
-    run_snakemake(tmp_path, REPO / "tests/configs/tiny.yaml")
-    assert_same_numbers(tiny_run, tmp_path / "results/tiny")
-    first, second = (json.loads((run / "provenance.json").read_text()) for run in (tiny_run, tmp_path / "results/tiny"))
+def test_a_second_run_from_scratch_gives_the_same_shards_and_numbers(tiny_run, second_tiny_run):
+    assert_same_numbers(tiny_run, second_tiny_run)
+    first, second = (json.loads((run / "provenance.json").read_text()) for run in (tiny_run, second_tiny_run))
     assert first["shards"]["digest"] == second["shards"]["digest"]
     assert {k: v for k, v in first["inputs"].items() if k != "catalog"} == {k: v for k, v in second["inputs"].items() if k != "catalog"}

@@ -96,6 +96,7 @@ def _compile(model, config: FinetuneConfig, learning_rate: float) -> None:
         "regression": ("mse", ["mae"]),
     }[config.task]
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    model.optimizer.build(model.trainable_variables)  # slots now, so fit traces its step once (see train.py)
 
 
 def _dataset(paths: list[str], labels: np.ndarray, size: int, greyscale: bool, batch_size: int, shuffle: bool, seed: int):
@@ -141,13 +142,14 @@ def _score(truth: np.ndarray, predicted: np.ndarray, task: str) -> dict:
 
 
 def load_trained(model_path: Path | str):
-    """A model.keras trained by this pipeline (or any Keras model built by model.get_model)."""
+    """A model.keras trained by this pipeline (or any Keras model built by model.get_model), uncompiled."""
     import keras
 
     import zoobot_core.losses  # noqa: F401  (registers custom objects)
     import zoobot_core.model  # noqa: F401
 
-    return keras.models.load_model(model_path)
+    # compile=False: finetuning compiles its own optimizer; a mixed-precision run's loss-scale state is not wanted
+    return keras.models.load_model(model_path, compile=False)
 
 
 def finetune(

@@ -27,9 +27,10 @@ class CropAndResize(layers.Layer):
     def __init__(self, crop_size: int, output_size: int, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.crop_size, self.output_size, self.seed = int(crop_size), int(output_size), seed
-        self.random_crop = layers.RandomCrop(self.crop_size, self.crop_size, seed=seed)
-        self.centre_crop = layers.CenterCrop(self.crop_size, self.crop_size)
-        self.resize = layers.Resizing(self.output_size, self.output_size, interpolation="bilinear")
+        policy = self.dtype_policy
+        self.random_crop = layers.RandomCrop(self.crop_size, self.crop_size, seed=seed, dtype=policy)
+        self.centre_crop = layers.CenterCrop(self.crop_size, self.crop_size, dtype=policy)
+        self.resize = layers.Resizing(self.output_size, self.output_size, interpolation="bilinear", dtype=policy)
 
     def build(self, input_shape) -> None:
         self.random_crop.build(input_shape)
@@ -51,11 +52,14 @@ class CropAndResize(layers.Layer):
 
 
 def get_augmentation_layers(crop_size: int, resize_size: int, seed: int | None = None) -> list[layers.Layer]:
-    """Zoobot's augmentations: random rotation (any angle, reflect fill), flips, random crop, resize."""
+    """Zoobot's augmentations: random rotation (any angle, reflect fill), flips, random crop, resize.
+
+    They compute in float32 whatever the dtype policy (mixed precision starts at the base).
+    """
     return [
-        layers.RandomRotation(0.5, fill_mode="reflect", seed=seed, name="random_rotation"),
-        layers.RandomFlip("horizontal_and_vertical", seed=None if seed is None else seed + 1, name="random_flip"),
-        CropAndResize(crop_size, resize_size, seed=None if seed is None else seed + 2, name="crop_and_resize"),
+        layers.RandomRotation(0.5, fill_mode="reflect", seed=seed, name="random_rotation", dtype="float32"),
+        layers.RandomFlip("horizontal_and_vertical", seed=None if seed is None else seed + 1, name="random_flip", dtype="float32"),
+        CropAndResize(crop_size, resize_size, seed=None if seed is None else seed + 2, name="crop_and_resize", dtype="float32"),
     ]
 
 
@@ -73,7 +77,8 @@ def get_model(
     """EfficientNetB0 (random init) behind augmentation layers, with dropout and a new Dense head.
 
     Inputs are images in [0, 1] of shape (input_size, input_size, channels). The output has
-    `output_dim` units: Dirichlet concentrations by default (one per answer).
+    `output_dim` units: Dirichlet concentrations by default (one per answer). The base takes
+    the Keras dtype policy in force (see hardware.precision_policy); the rest is float32.
     `batchnorm_momentum` overrides keras' 0.99: a lower value lets the moving statistics used
     at inference catch up within a short (few-hundred-step) training run.
     """
@@ -89,7 +94,7 @@ def get_model(
     for layer in get_augmentation_layers(crop_size, resize_size, seed):
         x = layer(x)
     # keras' EfficientNet divides by 255 internally (it expects ImageNet-style 0-255 input)
-    x = layers.Rescaling(255.0, name="to_efficientnet_range")(x)
+    x = layers.Rescaling(255.0, name="to_efficientnet_range", dtype="float32")(x)
     base = keras.applications.EfficientNetB0(
         include_top=False, weights=None, input_shape=(resize_size, resize_size, channels), pooling="avg"
     )
@@ -99,7 +104,8 @@ def get_model(
                 layer.momentum = batchnorm_momentum
     x = base(x)
     x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT_NAME)(x)
-    outputs = layers.Dense(output_dim, activation=head_activation, name=HEAD_NAME)(x)
+    # the head stays float32 under mixed precision: concentrations feed lgamma in the loss
+    outputs = layers.Dense(output_dim, activation=head_activation, name=HEAD_NAME, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="zoobot")
 
 

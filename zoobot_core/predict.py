@@ -1,7 +1,9 @@
-"""Predictions with MC-dropout uncertainty, and representations, in one pass over the shards.
+"""Predictions with MC-dropout uncertainty (optionally with test-time augmentation), and representations.
 
-The base model runs once per galaxy (dropout is after it); only dropout + head run n times,
-so the cost of n samples is close to the cost of one.
+The base model runs once per galaxy and view (dropout is after it); only dropout + head run n
+times, so the cost of n samples is close to the cost of one. Test-time augmentation adds the
+image's dihedral views (90-degree rotations, and their mirror images): a galaxy has no preferred
+orientation, so each view is an equally valid look at it.
 """
 
 from __future__ import annotations
@@ -21,22 +23,45 @@ from zoobot_core.schemas import get_tree
 log = logging.getLogger(__name__)
 
 
+TTA_VIEWS = (1, 2, 4, 8)
+
+
 @dataclass(frozen=True)
 class PredictConfig:
-    """How many dropout samples per galaxy, and the batch size."""
+    """Dropout samples per view, dihedral views per galaxy (1: no test-time augmentation), batch size."""
 
     n_samples: int = 5
     batch_size: int = 64
     seed: int = 42
+    tta_views: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tta_views not in TTA_VIEWS:
+            raise ValueError(f"predict.tta_views must be one of {TTA_VIEWS}, not {self.tta_views}")
+
+
+def dihedral_views(images: np.ndarray, n_views: int) -> list[np.ndarray]:
+    """The first `n_views` of the square's 8 symmetries applied to (batch, height, width, channels) images.
+
+    Every prefix is a group, so averaging over it is exactly invariant to its transformations:
+    1 view: the images as they are; 2: and their left-right mirror; 4: and the up-down mirror and
+    180-degree rotation; 8: and the 90- and 270-degree rotations with their mirrors (the dihedral group).
+    """
+    images = np.asarray(images)
+    mirrored = images[:, :, ::-1]
+    views = [images, mirrored]
+    for k in (2, 1, 3):
+        views += [np.rot90(images, k, axes=(1, 2)), np.rot90(mirrored, k, axes=(1, 2))]
+    return [np.ascontiguousarray(v) for v in views[:n_views]]
 
 
 def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, config: PredictConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return (predictions, representations, samples) for every galaxy of one split, in shard order.
 
-    Predictions hold, per answer column, the mean concentration over dropout samples, the
-    expected vote fraction and its standard deviation across samples. Representations hold
-    the base model's pooled features (feat_0000...). Samples hold every dropout sample's
-    concentrations: one row per (galaxy, sample).
+    Predictions hold, per answer column, the mean concentration over all samples (views x dropout
+    samples), the expected vote fraction and its standard deviation across samples. Representations
+    hold the base model's pooled features (feat_0000...) of the image as it is (view 0). Samples hold
+    every sample's concentrations: one row per (galaxy, sample), with the view it came from.
     """
     import keras
 
@@ -61,26 +86,33 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
             image_encoding=shard_io.image_encoding(shard_dir),
         )
         for batch in tqdm(dataset, total=-(-n_expected // config.batch_size), desc=f"predicting {split}", mininterval=10):
-            batch_features = extractor.predict_on_batch(preprocess_images(batch["matrix"], pre))
+            images = keras.ops.convert_to_numpy(preprocess_images(batch["matrix"], pre))
+            view_features = [extractor.predict_on_batch(view) for view in dihedral_views(images, config.tta_views)]
             ids.extend(i.decode() for i in batch["id_str"].numpy())
-            features.append(batch_features)
-            samples.append(np.stack([keras.ops.convert_to_numpy(head(dropout(batch_features, training=True))) for _ in range(config.n_samples)], axis=1))
+            features.append(view_features[0])
+            samples.append(np.stack([
+                keras.ops.convert_to_numpy(head(dropout(f, training=True))) for f in view_features for _ in range(config.n_samples)
+            ], axis=1))
     if len(ids) != n_expected:
         raise RuntimeError(f"Read {len(ids)} galaxies from the {split} shards but shards.json lists {n_expected}; rewrite the shards")
     n_features = extractor.output.shape[-1]
     features_array = np.concatenate(features) if features else np.zeros((0, n_features), np.float32)
-    samples_array = np.concatenate(samples) if samples else np.zeros((0, config.n_samples, len(label_cols)), np.float32)
+    samples_array = np.concatenate(samples) if samples else np.zeros((0, config.tta_views * config.n_samples, len(label_cols)), np.float32)
     return (
         _prediction_table(ids, samples_array, label_cols, tree.question_index_groups),
         _representation_table(ids, features_array),
-        sample_table(ids, samples_array, label_cols),
+        sample_table(ids, samples_array, label_cols, config.tta_views),
     )
 
 
-def sample_table(ids: list[str], samples: np.ndarray, label_cols: list[str]) -> pd.DataFrame:
-    """Every MC-dropout sample's Dirichlet concentrations: id_str, sample, one column per answer."""
+def sample_table(ids: list[str], samples: np.ndarray, label_cols: list[str], n_views: int = 1) -> pd.DataFrame:
+    """Every sample's Dirichlet concentrations: id_str, sample, view, one column per answer.
+
+    `samples` is (galaxies, views x dropout samples, answers), each view's dropout samples together.
+    """
     n, n_samples, _ = samples.shape
     table = pd.DataFrame(samples.reshape(n * n_samples, -1).astype(np.float32), columns=label_cols)
+    table.insert(0, "view", np.tile(np.arange(n_samples, dtype=np.int16) // (n_samples // n_views), n))
     table.insert(0, "sample", np.tile(np.arange(n_samples, dtype=np.int16), n))
     table.insert(0, "id_str", np.repeat(np.asarray(ids, dtype=object), n_samples))
     return table
@@ -117,4 +149,4 @@ def predict_files(
     atomic_write_table(representations, representations_path)
     if samples_path is not None:
         atomic_write_table(samples, samples_path)
-    log.info("Predicted %d %s galaxies with %d dropout samples each", len(predictions), split, config.n_samples)
+    log.info("Predicted %d %s galaxies: %d view(s) x %d dropout samples each", len(predictions), split, config.tta_views, config.n_samples)

@@ -56,9 +56,10 @@ def all_outputs():
             else []
         ),
         *expand(
-            "results/{run}/predictions/{split}.parquet",
+            "results/{run}/predictions/{split}.{ext}",
             run=RUN,
             split=config["predict"]["splits"],
+            ext=["parquet", "hdf5"] if config["predict"]["hdf5"] else ["parquet"],
         ),
     ]
 

@@ -1,3 +1,8 @@
+# a format conversion of a few seconds: not worth a cluster job of its own
+localrules:
+    predictions_hdf5,
+
+
 rule predict:
     input:
         model="results/{run}/model/model.keras",
@@ -22,8 +27,29 @@ rule predict:
         n_samples=config["predict"]["n_samples"],
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
+        tta_views=config["predict"]["tta_views"],
     script:
         "../scripts/predict.py"
+
+
+rule predictions_hdf5:
+    input:
+        samples="results/{run}/prediction_samples/{split}.parquet",
+    output:
+        hdf5="results/{run}/predictions/{split}.hdf5",
+    log:
+        "logs/{run}/predictions_hdf5/{split}.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        label_cols=decision_tree().label_cols,
+        n_samples=config["predict"]["n_samples"],
+        tta_views=config["predict"]["tta_views"],
+    script:
+        "../scripts/predictions_hdf5.py"
 
 
 rule evaluate:

@@ -9,6 +9,7 @@ rule train_model:
             caption="../report/history.rst",
             category="3. Training",
         ),
+        tensorboard=directory("results/{run}/model/tensorboard"),
     log:
         "logs/{run}/train_model.log",
     benchmark:

@@ -1,0 +1,70 @@
+"""Predictions as HDF5 in Zoobot's layout, for users whose tools read Zoobot's own prediction files.
+
+One file per split: `predictions` (galaxies, answers, samples) float32 Dirichlet concentrations,
+`id_str` and `label_cols` as UTF-8 strings; attributes say how the samples were drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zoobot_core.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def samples_to_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(galaxies, answers, samples) concentrations and the galaxy ids, from predict's samples table (galaxy order kept)."""
+    missing = [c for c in ("id_str", "sample", *label_cols) if c not in samples.columns]
+    if missing:
+        raise ValueError(f"Samples table lacks columns {missing[:5]}; it must come from the predict rule of the same model")
+    ids = list(pd.unique(samples["id_str"]))
+    per_galaxy = samples.groupby("id_str", sort=False).size()
+    if per_galaxy.nunique() > 1:
+        raise ValueError(f"Galaxies have different numbers of samples ({sorted(per_galaxy.unique())}); rerun the predict rule")
+    n_samples = int(per_galaxy.iloc[0]) if len(per_galaxy) else 0
+    ordered = samples.assign(_galaxy=pd.Categorical(samples["id_str"], categories=ids)).sort_values(["_galaxy", "sample"], kind="stable")
+    values = ordered[label_cols].to_numpy(np.float32).reshape(len(ids), n_samples, len(label_cols))
+    return values.transpose(0, 2, 1), ids
+
+
+def write_predictions_hdf5(
+    concentrations: np.ndarray, id_str: list[str], label_cols: list[str], path: Path | str, attrs: dict | None = None
+) -> None:
+    """Write (galaxies, answers, samples) concentrations with their ids and answer names, gzip-compressed, atomically."""
+    import h5py
+
+    concentrations = np.asarray(concentrations, dtype=np.float32)
+    if concentrations.ndim != 3 or concentrations.shape[:2] != (len(id_str), len(label_cols)):
+        raise ValueError(f"concentrations must be (galaxies={len(id_str)}, answers={len(label_cols)}, samples), got {concentrations.shape}")
+    strings = h5py.string_dtype(encoding="utf-8")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("predictions", data=concentrations, compression="gzip", chunks=True if concentrations.size else None)
+            f.create_dataset("id_str", data=np.asarray(id_str, dtype=object), dtype=strings)
+            f.create_dataset("label_cols", data=np.asarray(label_cols, dtype=object), dtype=strings)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+    log.info("Wrote %d galaxies x %d answers x %d samples to %s", *concentrations.shape, path)
+
+
+def load_predictions_hdf5(path: Path | str) -> tuple[np.ndarray, list[str], list[str]]:
+    """(concentrations (galaxies, answers, samples), id_str, label_cols) from a file written by write_predictions_hdf5."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return (
+            f["predictions"][...],
+            [s.decode() for s in f["id_str"][...]],
+            [s.decode() for s in f["label_cols"][...]],
+        )
+
+
+def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_path: Path | str, attrs: dict | None = None) -> None:
+    """The predictions_hdf5 rule: convert one split's samples Parquet into Zoobot's HDF5 layout."""
+    values, ids = samples_to_array(pd.read_parquet(samples_path), label_cols)
+    write_predictions_hdf5(values, ids, label_cols, hdf5_path, attrs)
