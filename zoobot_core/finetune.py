@@ -141,17 +141,6 @@ def _score(truth: np.ndarray, predicted: np.ndarray, task: str) -> dict:
     return {"accuracy": float((truth == predicted).mean())}
 
 
-def load_trained(model_path: Path | str):
-    """A model.keras trained by this pipeline (or any Keras model built by model.get_model), uncompiled."""
-    import keras
-
-    import zoobot_core.losses  # noqa: F401  (registers custom objects)
-    import zoobot_core.model  # noqa: F401
-
-    # compile=False: finetuning compiles its own optimizer; a mixed-precision run's loss-scale state is not wanted
-    return keras.models.load_model(model_path, compile=False)
-
-
 def finetune(
     model_path: Path | str, catalog: pd.DataFrame, label_col: str, out_dir: Path | str, config: FinetuneConfig, threads: int | None = None
 ) -> dict:
@@ -160,11 +149,11 @@ def finetune(
     baseline vs constant, on the held-out test split)."""
     import keras
 
-    from zoobot_core.train import _configure_tensorflow
+    from zoobot_core.train import _configure_tensorflow, load_keras_model
 
     out_dir = Path(out_dir)
     _configure_tensorflow(config.seed, True, threads)  # before anything starts TensorFlow: seeds, determinism, threads
-    trained = load_trained(model_path)
+    trained = load_keras_model(model_path)
     size, channels = trained.input_shape[1], trained.input_shape[-1]
     greyscale = channels == 1
     labels = catalog[label_col].to_numpy(np.float32 if config.task == "regression" else np.int64)

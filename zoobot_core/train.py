@@ -190,13 +190,13 @@ def train_from_shards(
         _best_checkpoint(best_path, float(previous["val_loss"].min()) if len(previous) else np.inf),
         _early_stopping(config.patience, previous),
         keras.callbacks.CSVLogger(str(history_path), append=True),
+        # scalars per epoch; a resumed run appends a new event file to the same folder
+        *([keras.callbacks.TensorBoard(str(state_dir / TENSORBOARD), write_graph=False, profile_batch=0)] if config.tensorboard else []),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log.info(
             "epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))),
         # double_checkpoint: a backup torn by a kill mid-write falls back to the one before it
         keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True),
     ]
-    if config.tensorboard:  # scalars per epoch; a resumed run appends a new event file to the same folder
-        callbacks.insert(3, keras.callbacks.TensorBoard(str(state_dir / TENSORBOARD), write_graph=False, profile_batch=0))
     log.info(
         "Training on %d galaxies (%d val), %d px -> crop %d, %d epochs max, %s (%s), %d replica(s)",
         counts["train"], counts["val"], size, crop, config.epochs, config.precision, type(model.optimizer).__name__, strategy.num_replicas_in_sync,
@@ -226,12 +226,18 @@ def train_from_shards(
     return history
 
 
-def load_model(model_dir: Path | str):
-    """Load model.keras (uncompiled, for inference or a new compile) and its model_config.json from a training output folder."""
+def load_keras_model(model_path: Path | str):
+    """A .keras file built by model.get_model, uncompiled: inference needs no optimizer, finetuning
+    compiles its own, and a mixed-precision run's loss-scale state is not wanted by either."""
     import keras
 
     import zoobot_core.losses  # noqa: F401  (registers custom objects)
     import zoobot_core.model  # noqa: F401
 
+    return keras.models.load_model(model_path, compile=False)
+
+
+def load_model(model_dir: Path | str):
+    """Load model.keras (uncompiled) and its model_config.json from a training output folder."""
     model_dir = Path(model_dir)
-    return keras.models.load_model(model_dir / MODEL_FILE, compile=False), json.loads((model_dir / MODEL_CONFIG).read_text())
+    return load_keras_model(model_dir / MODEL_FILE), json.loads((model_dir / MODEL_CONFIG).read_text())
