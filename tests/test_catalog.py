@@ -148,3 +148,31 @@ def test_the_real_sample_validates_with_its_own_column_names(real_sample):
     assert len(validated) == 104 and quarantine.empty
     assert validated["ring"].sum() == pd.read_csv(real_sample / "catalog.csv")["ring"].sum()
     assert validated["smooth-or-featured_featured-or-disk_fraction"].between(0, 1).all()  # extra columns kept
+
+
+def test_class_labels_that_are_missing_not_numbers_fractional_or_outside_the_classes_are_quarantined(catalog_dir):
+    rows = [
+        {"id_str": "zero", "file_loc": "img/g0.png", "ring": 0},
+        {"id_str": "one", "file_loc": "img/g1.png", "ring": 1.0},
+        {"id_str": "missing", "file_loc": "img/g2.png", "ring": None},
+        {"id_str": "text", "file_loc": "img/g3.png", "ring": "yes"},
+        {"id_str": "fraction", "file_loc": "img/g4.png", "ring": 0.99},
+        {"id_str": "two", "file_loc": "img/g5.png", "ring": 2},
+        {"id_str": "negative", "file_loc": "img/g6.png", "ring": -1},
+    ]
+    config = CatalogConfig(label_cols=("ring",), label_kind="classes", n_classes=2, allow_unlabelled=False, max_quarantine_fraction=1.0)
+    validated, quarantine = validate_catalog(_write(catalog_dir, rows), config)
+    assert validated.set_index("id_str")["ring"].to_dict() == {"zero": 0, "one": 1}
+    q = quarantine.set_index("id_str")
+    assert q["reason"].to_dict() == {"missing": "missing_labels", "text": "invalid_label", "fraction": "fractional_label",
+                                     "two": "label_out_of_range", "negative": "label_out_of_range"}
+    assert "'yes'" in q.loc["text", "message"] and "0.99" in q.loc["fraction", "message"] and "label_threshold" in q.loc["fraction", "message"]
+    assert "0..1" in q.loc["two", "message"]
+
+
+def test_a_label_threshold_turns_scores_into_binary_classes(catalog_dir):
+    rows = [{"id_str": f"g{i}", "file_loc": f"img/g{i}.png", "ring": value} for i, value in enumerate([0.99, 0.5, 0.49, 0.0, None])]
+    config = CatalogConfig(label_cols=("ring",), label_kind="classes", label_threshold=0.5, allow_unlabelled=False, max_quarantine_fraction=1.0)
+    validated, quarantine = validate_catalog(_write(catalog_dir, rows), config)
+    assert validated.set_index("id_str")["ring"].to_dict() == {"g0": 1, "g1": 1, "g2": 0, "g3": 0}
+    assert quarantine.set_index("id_str")["reason"].to_dict() == {"g4": "missing_labels"}

@@ -1,4 +1,5 @@
-"""Finetuning: a new head on a frozen base, optional unfreezing, scored beside a pixel baseline."""
+"""Finetuning: the head is the fitted linear model, cross-validation scores every galaxy once and none the
+base saw, unfreezing that does not help keeps the probe, and the saved model predicts with MC dropout."""
 
 import json
 
@@ -7,62 +8,96 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zoobot_core.catalog import CatalogConfig
-from zoobot_core.finetune import FinetuneConfig, _unfreeze_last_blocks, build_finetune_model, finetune_files, pixel_baseline
-from zoobot_core.model import get_model
+from zoobot_core.baselines import fit_linear
+from zoobot_core.bases import BaseSpec, build_network, efficientnet_of
+from zoobot_core.finetune import EXCLUDED_FOLD, FinetuneConfig, cross_validate, finetune, set_head, unfreeze_last_blocks
+from zoobot_core.finetuned import feature_extractor, head_outputs, predict_images, rotation_features
 
 pytestmark = pytest.mark.slow
+NONE = BaseSpec("none")
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """An (untrained) pipeline model at 64 px, colour, saved as a .keras file."""
-    path = tmp_path_factory.mktemp("base") / "model.keras"
-    get_model(34, 64, 48, 48, 3, seed=0, batchnorm_momentum=0.9).save(path)
-    return path
+def _galaxies(n=36, size=48, seed=0):
+    """Blobs (label 0) and blobs with a ring (label 1), 0-255 RGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size)) - (size - 1) / 2
+    radius = np.hypot(yy, xx)
+    labels = np.tile([0, 1], n // 2)
+    images = [np.clip(200 * np.exp(-radius / 4) + label * 80 * np.exp(-((radius - 14) ** 2) / 3) + rng.normal(0, 8, (size, size)), 0, 255)
+              for label in labels]
+    return np.repeat(np.asarray(images, np.uint8)[..., None], 3, axis=-1), labels, np.array([f"G{i:03d}" for i in range(n)])
 
 
 @pytest.mark.parametrize("task, units", [("binary", 1), ("multiclass", 3), ("regression", 1)])
-def test_new_head_on_a_frozen_base(base_model, task, units):
-    trained = keras.models.load_model(base_model)
-    model = build_finetune_model(trained, FinetuneConfig(task=task, n_classes=3), train_features=np.random.default_rng(0).random((10, 1280)))
-    assert model.output_shape == (None, units)
-    assert [w.name for w in model.trainable_weights] == ["kernel", "bias"]  # only the new Dense head learns
-    unfrozen = _unfreeze_last_blocks(model, 1)
-    assert unfrozen == ["block7a", "top"]
+def test_the_keras_head_computes_the_fitted_linear_model(task, units):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 10) if task == "multiclass" else np.tile([0, 1], 15)
+    features = (rng.normal(0, 1, (30, 1280)) + labels[:, None] * 0.3).astype(np.float32)
+    features[:, 5] = 3.0  # a feature that never varies
+    y = labels.astype(float) if task == "regression" else labels
+    fitted = fit_linear(features, y, np.arange(30), np.arange(30), task, 3 if task == "multiclass" else 2, inner_folds=3)
+    model = build_network(NONE, 48, 3, 36, 36, units, {"binary": "sigmoid", "multiclass": "softmax", "regression": None}[task])
+    set_head(model, fitted.estimator, task)
+    outputs = head_outputs(model, features)
+    expected = fitted.scores if task != "binary" else fitted.scores[:, None]
+    np.testing.assert_allclose(outputs if task != "binary" else outputs, expected.reshape(outputs.shape), rtol=1e-4, atol=1e-5)
+    samples = head_outputs(model, features, n_samples=4, seed=1)
+    assert samples.shape == (30, 4, units) and samples.std(axis=1).mean() > 0  # MC dropout varies the outputs
+
+
+def test_unfreezing_trains_only_the_last_blocks_and_the_head():
+    model = build_network(NONE, 48, 3, 36, 36, 1, "sigmoid")
+    assert unfreeze_last_blocks(model, 1) == ["block7a", "top"]
     names = {w.path.split("/")[-2] for w in model.trainable_weights}
     assert any(n.startswith("block7a") for n in names) and not any(n.startswith("block6") for n in names)
-    assert not any("_bn" in n for n in names)  # BatchNormalization stays frozen
+    assert not any("_bn" in n for n in names) and "finetune_head" in names
+    assert not efficientnet_of(model).get_layer("stem_conv").trainable
 
 
-def test_pixel_baseline_learns_an_easy_label():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 200)
-    features = rng.normal(0, 1, (200, 20)) + labels[:, None] * 1.5
-    predicted = pixel_baseline(features, labels, np.arange(150), np.arange(150, 200), "binary")
-    assert (predicted == labels[150:]).mean() > 0.9
+def test_cross_validation_scores_every_galaxy_once_and_never_one_the_base_saw():
+    images, labels, ids = _galaxies()
+    seen = np.isin(ids, ["G000", "G001", "G002"])
+    config = FinetuneConfig(folds=3, inner_folds=3, batch_size=8)
+    table, metrics, _, _ = cross_validate(images, ids, labels, NONE, config, excluded=seen, threads=2)
+    assert table["id_str"].tolist() == ids.tolist()
+    assert (table.loc[seen, "fold"] == EXCLUDED_FOLD).all() and table.loc[seen, "finetuned_score"].isna().all()
+    scored = table[~seen]
+    assert sorted(scored["fold"].unique()) == [0, 1, 2] and scored["finetuned_score"].notna().all()
+    per_fold = scored.groupby("fold")["label"].agg(["size", "sum"])
+    assert per_fold["size"].sum() == 33 and (per_fold["sum"] - per_fold["size"] / 2).abs().max() <= 1  # stratified
+    assert {m: metrics[m]["n_scored"] for m in metrics} == dict.fromkeys(metrics, 33)
+    assert len(metrics["finetuned"]["thresholds"]) == 3
+    # folds follow the ids, not the catalog's row order
+    order = np.random.default_rng(1).permutation(len(ids))
+    again, _, _, _ = cross_validate(images[order], ids[order], labels[order], NONE, config, excluded=seen[order], threads=2)
+    pd.testing.assert_frame_equal(again.set_index("id_str").sort_index(), table.set_index("id_str").sort_index(), check_exact=False, rtol=1e-5)
 
 
-def test_finetune_end_to_end_with_quarantine(base_model, tiny_synthetic, tmp_path):
-    catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
-    votes = catalog[["smooth-or-featured_smooth", "smooth-or-featured_featured-or-disk"]].fillna(0)
-    catalog = catalog.assign(galaxy_id=catalog["id_str"], path=catalog["file_loc"], smooth=(votes.iloc[:, 0] > votes.iloc[:, 1]).astype(int))
-    catalog[["galaxy_id", "path", "smooth"]].to_csv(tmp_path / "labels.csv", index=False)
-    for image in (tiny_synthetic / "images").iterdir():
-        (tmp_path / "images").mkdir(exist_ok=True)
-        (tmp_path / "images" / image.name).write_bytes(image.read_bytes())
-    config = CatalogConfig(id_column="galaxy_id", file_column="path", label_cols=("smooth",), label_kind="values", allow_unlabelled=False, max_quarantine_fraction=0.1)
-    settings = FinetuneConfig(epochs=2, batch_size=8, unfreeze_blocks=1, unfreeze_epochs=1)
-    metrics = finetune_files(base_model, tmp_path / "labels.csv", config, "smooth", tmp_path / "out", settings, threads=2)
-    out = tmp_path / "out"
-    quarantine = pd.read_parquet(out / "quarantine.parquet")
-    assert len(quarantine) == 4 and set(quarantine["reason"]) >= {"missing_file", "unreadable_image"}  # the 4 broken synthetic rows
-    predictions = pd.read_parquet(out / "predictions.parquet")
-    assert len(predictions) == 56 and set(predictions["split"]) == {"train", "val", "test"} and set(predictions["prediction"]) <= {0, 1}
-    assert metrics["n"]["test"] == (predictions["split"] == "test").sum() and metrics["unfrozen_blocks"] == ["block7a", "top"]
-    for scorer in ("finetuned", "pixel_baseline", "constant"):
-        assert 0 <= metrics["test"][scorer]["accuracy"] <= 1
-    assert json.loads((out / "metrics.json").read_text()) == metrics
-    history = pd.read_csv(out / "history.csv")
-    assert history["stage"].tolist()[:1] == ["head"] and history["stage"].iloc[-1] == "unfrozen"
-    assert keras.models.load_model(out / "model.keras").output_shape == (None, 1)
+def test_unfreezing_that_does_not_help_keeps_the_linear_probe():
+    images, labels, ids = _galaxies(24)
+    config = FinetuneConfig(folds=2, inner_folds=2, unfreeze_blocks=1, unfreeze_epochs=2, unfreeze_learning_rate=50.0, patience=1, batch_size=8, val_fraction=0.3)
+    table, _, history, _ = cross_validate(images, ids, labels, NONE, config, threads=2)
+    np.testing.assert_array_equal(table["finetuned_score"], table["linear_probe_score"])  # a learning rate of 50 only makes it worse
+    chosen = history[history["kept"].fillna(False).astype(bool)]
+    assert sorted(chosen["fold"]) == [0, 1] and (chosen["epoch"] == 0).all()
+
+
+def test_finetune_writes_the_final_model_and_it_predicts_with_mc_dropout(tmp_path):
+    images, labels, ids = _galaxies()
+    config = FinetuneConfig(folds=3, inner_folds=3, batch_size=8, n_samples=3)
+    summary = finetune(images, ids, labels, NONE, tmp_path, config, label_col="ring", seen_by_base={"G000"}, threads=2, catalog={"n_in": 40})
+    assert summary["n_scored"] == 35 and summary["n_excluded_seen_by_base"] == 1 and summary["catalog"] == {"n_in": 40}
+    assert json.loads((tmp_path / "metrics.json").read_text())["methods"]["finetuned"]["roc_auc"]["pooled"] == summary["methods"]["finetuned"]["roc_auc"]["pooled"]
+    cv_metrics = pd.read_csv(tmp_path / "cv_metrics.csv")
+    assert cv_metrics["method"].tolist() == ["finetuned", "linear_probe", "radial_profile", "pixels", "constant"]
+    settings = json.loads((tmp_path / "finetune_config.json").read_text())
+    assert settings["label"] == "ring" and settings["channels"] == 3 and 0 < settings["threshold"] < 1
+    predictions = predict_images(tmp_path, images, ids=list(ids))
+    assert predictions.columns.tolist() == ["id_str", "ring_probability", "ring_probability_mc_mean", "ring_probability_mc_std", "ring_predicted"]
+    assert (predictions["ring_predicted"] == (predictions["ring_probability"] >= settings["threshold"])).all()
+    assert predictions["ring_probability_mc_std"].max() > 0 and predictions["ring_probability_mc_mean"].between(0, 1).all()
+    model = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    features = rotation_features(feature_extractor(model), images, 3)
+    np.testing.assert_allclose(predictions["ring_probability"], head_outputs(model, features)[:, 0], rtol=1e-5)
+    with pytest.raises(ValueError, match="finetuned at 48 px"):
+        predict_images(tmp_path, images[:, :32, :32])

@@ -16,8 +16,8 @@ import pytest
 from zoobot_core.hardware import distribution_strategy, precision_policy
 from zoobot_core.model import HEAD_NAME
 from zoobot_core.predict import PredictConfig, predict_shards
+from zoobot_core.runtime import load_model
 from zoobot_core.schemas import get_tree
-from zoobot_core.train import load_model
 
 TREE = get_tree("gz_decals_dr5")
 

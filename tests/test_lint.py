@@ -15,8 +15,9 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
-def test_snakemake_lint_is_clean():
-    result = _run(sys.executable, "-m", "snakemake", "--lint")
+@pytest.mark.parametrize("extra", [(), ("--configfile", "config/finetune_rings.yaml")], ids=["default", "finetune"])
+def test_snakemake_lint_is_clean(extra):
+    result = _run(sys.executable, "-m", "snakemake", "--lint", *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "good condition" in result.stdout + result.stderr
 

@@ -13,9 +13,10 @@ from zoobot_core.hdf5 import load_predictions_hdf5, samples_to_array, write_pred
 from zoobot_core.model import HEAD_NAME, representation_model
 from zoobot_core.predict import PredictConfig, dihedral_views, predict_shards
 from zoobot_core.preprocess import preprocess_images
+from zoobot_core.runtime import load_model
 from zoobot_core.schemas import get_tree
 from zoobot_core.shards import read_catalog, read_metadata, shard_paths
-from zoobot_core.train import TrainConfig, load_model, preprocessing_config, train_from_shards
+from zoobot_core.train import TrainConfig, preprocessing_config, train_from_shards
 
 TREE = get_tree("gz_decals_dr5")
 TINY = TrainConfig(epochs=2, batch_size=8, patience=2, resize_size=32, batchnorm_momentum=0.9)

@@ -93,7 +93,7 @@ def test_confident_confusion_and_similar_galaxies(tiny_run):
     assert confident["question"].tolist() == TREE.question_names
     confusion = pd.read_csv(tiny_run / "evaluation/confusion.csv")
     assert confusion.groupby("question")["count"].sum().reindex(TREE.question_names).tolist() == confident["n_confident"].tolist()
-    assert (tiny_run / "evaluation/confusion.png").stat().st_size > 5000
+    assert (tiny_run / "report/confusion.png").stat().st_size > 5000
     neighbours = pd.read_parquet(tiny_run / "similar/neighbours.parquet")
     assert neighbours.groupby("query_id")["rank"].apply(list).to_dict() == {"SYN0000000": [1, 2, 3], "SYN0000003": [1, 2, 3]}
     assert (neighbours["id_str"] != neighbours["query_id"]).all()

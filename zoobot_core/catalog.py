@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoobot_core.io import atomic_path, atomic_write_table, read_table
+from zoobot_core.io import atomic_write_table, read_table
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,9 @@ REASONS = {
     "missing_labels": "this row has no labels and allow_unlabelled is false",
     "partial_labels": "some but not all label columns are empty; fill them or blank them all (unlabelled)",
     "invalid_votes": "vote counts must be non-negative integers",
+    "invalid_label": "the label must be a finite number",
+    "fractional_label": "class labels must be whole numbers; to turn a score into classes set a label threshold (finetune.label_threshold)",
+    "label_out_of_range": "the label is not one of the task's classes; fix it or change the task's number of classes",
     "votes_exceed_total": "an answer has more votes than its question's total-votes column; fix the counts",
 }
 
@@ -44,7 +46,11 @@ class CatalogConfig:
     id_column: str = ID
     file_column: str = FILE
     label_cols: tuple[str, ...] = ()
-    label_kind: str = "votes"  # 'votes': non-negative integer counts; 'values': any finite number (e.g. fractions, 0/1)
+    # 'votes': non-negative integer counts; 'values': any finite number (e.g. fractions);
+    # 'classes': class numbers 0..n_classes-1 (after label_threshold, if set, turns scores into 0/1)
+    label_kind: str = "votes"
+    n_classes: int = 2
+    label_threshold: float | None = None  # 'classes': a label >= this becomes 1, below it 0
     image_root: str | None = None  # relative paths resolve here; default: the catalog's folder
     allow_unlabelled: bool = True
     max_quarantine_fraction: float = 0.05
@@ -53,12 +59,31 @@ class CatalogConfig:
     question_totals: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-def _quarantine_rows(df: pd.DataFrame, mask: pd.Series, reason: str, message: str) -> pd.DataFrame:
+def _quarantine_rows(df: pd.DataFrame, mask: pd.Series, reason: str, message: str | pd.Series) -> pd.DataFrame:
     rows = df.loc[mask, ["row", ID, FILE]].copy()
     rows["stage"] = "validate"
     rows["reason"] = reason
-    rows["message"] = message
+    rows["message"] = message[mask] if isinstance(message, pd.Series) else message
     return rows
+
+
+def _class_labels(df: pd.DataFrame, labels: pd.DataFrame, config: CatalogConfig, reject) -> pd.DataFrame:
+    """Class numbers 0..n_classes-1: scores binarised at label_threshold if set; fractional and
+    out-of-range labels rejected (quarantined) with the offending value in the message."""
+    if config.label_threshold is not None:
+        labels = labels.where(labels.isna(), (labels >= config.label_threshold).astype(float))
+    values = labels.to_numpy(dtype=float, na_value=np.nan)
+    finite = np.isfinite(values)
+    for reason, bad_values, what in (
+        ("fractional_label", finite & (values != np.round(values)), "is not a whole class number"),
+        ("label_out_of_range", finite & ((values < 0) | (values >= config.n_classes)), f"is outside the classes 0..{config.n_classes - 1}"),
+    ):
+        rows = bad_values.any(axis=1)
+        if rows.any():
+            column = np.asarray(config.label_cols)[bad_values.argmax(axis=1)]
+            text = [f"{c!r} is {v:g}, which {what}; {REASONS[reason]}" for c, v in zip(column, values[np.arange(len(values)), bad_values.argmax(axis=1)])]
+            reject(pd.Series(rows, index=df.index), reason, pd.Series(text, index=df.index))
+    return labels
 
 
 def _resolve_path(path: str, root: Path) -> Path:
@@ -103,7 +128,7 @@ def validate_catalog(
     quarantined: list[pd.DataFrame] = []
     ok = pd.Series(True, index=df.index)
 
-    def reject(mask: pd.Series, reason: str, message: str) -> None:
+    def reject(mask: pd.Series, reason: str, message: str | pd.Series) -> None:
         nonlocal ok
         mask = mask & ok
         if mask.any():
@@ -126,7 +151,12 @@ def validate_catalog(
         non_numeric = raw[list(config.label_cols)].notna() & labels.isna()
         n_missing = labels.isna().sum(axis=1)
         none_given = (n_missing == len(config.label_cols)) & ~non_numeric.any(axis=1)
-        reject(non_numeric.any(axis=1), "invalid_votes", "label value is not a number; " + REASONS["invalid_votes"])
+        if config.label_kind == "votes":
+            reject(non_numeric.any(axis=1), "invalid_votes", "label value is not a number; " + REASONS["invalid_votes"])
+        else:
+            first_bad = non_numeric.idxmax(axis=1)
+            text = pd.Series([f"{c!r} is {raw.at[i, c]!r}, not a number; {REASONS['invalid_label']}" for i, c in first_bad.items()], index=df.index)
+            reject(non_numeric.any(axis=1), "invalid_label", text)
         reject((n_missing > 0) & ~none_given, "partial_labels", REASONS["partial_labels"])
         if not config.allow_unlabelled:
             reject(none_given, "missing_labels", REASONS["missing_labels"])
@@ -137,7 +167,9 @@ def validate_catalog(
             reject(pd.Series(bad.any(axis=1), index=df.index), "invalid_votes", REASONS["invalid_votes"])
         else:
             reject(pd.Series(np.isinf(labels.to_numpy(dtype=float, na_value=np.nan)).any(axis=1), index=df.index),
-                   "invalid_votes", "label value is infinite")
+                   "invalid_label", "label value is infinite; " + REASONS["invalid_label"])
+        if config.label_kind == "classes":
+            labels = _class_labels(df, labels, config, reject)
         for total_col, answer_cols in config.question_totals:
             if total_col in df.columns:
                 totals = pd.to_numeric(df[total_col], errors="coerce")
@@ -166,7 +198,8 @@ def check_quarantine_fraction(n_in: int, quarantine: pd.DataFrame, max_fraction:
         reasons = quarantine["reason"].value_counts().to_dict()
         raise CatalogError(
             f"{len(quarantine)} of {n_in} rows of {source} ({fraction:.1%}) are quarantined, above the "
-            f"limit of {max_fraction:.1%} (catalog.max_quarantine_fraction). Reasons: {reasons}. "
+            f"limit of {max_fraction:.1%} (max_quarantine_fraction: catalog.* for the main catalog, finetune.* for finetuning "
+            f"catalogs). Reasons: {reasons}. "
             "Fix the catalog (see the quarantine table for each row) or raise the limit."
         )
 
@@ -189,12 +222,6 @@ def accounting(n_in: int, ready: pd.DataFrame, quarantine: pd.DataFrame) -> dict
         "n_unlabelled": int((~ready[LABELLED]).sum()),
         "quarantined_by_reason": {str(k): int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()},
     }
-
-
-def write_json(data: dict, path: Path | str) -> None:
-    """Write a JSON file atomically, keys sorted (stable across reruns)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def validate_catalog_file(catalog_path: Path | str, validated_path: Path | str, quarantine_path: Path | str, config: CatalogConfig) -> None:

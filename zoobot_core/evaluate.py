@@ -84,15 +84,13 @@ def summary(metrics: pd.DataFrame) -> dict:
 
 def evaluate_files(
     predictions_path, shard_dir, tree: DecisionTree, metrics_path, per_question_path,
-    confident_path, confusion_path, confusion_plot_path, confident_fraction: float = 0.8, min_votes: int = 5,
+    confident_path, confusion_path, confident_fraction: float = 0.8, min_votes: int = 5,
 ) -> dict:
     """The evaluate rule: per-question metrics (CSV), headline numbers (JSON), and accuracy and
-    confusion on galaxies volunteers were confident about (CSV tables and a plot), for the test split."""
+    confusion on galaxies volunteers were confident about (CSV tables; report_figures plots them), for the test split."""
     from pathlib import Path
 
-    from zoobot_core.catalog import write_json
-    from zoobot_core.figures import plot_confusion
-    from zoobot_core.io import atomic_write_table
+    from zoobot_core.io import atomic_write_table, write_json
 
     shard_dir = Path(shard_dir)
     predictions, test_catalog = pd.read_parquet(predictions_path), pd.read_parquet(shard_dir / "test_catalog.parquet")
@@ -101,7 +99,6 @@ def evaluate_files(
     confident, confusion = confident_confusion(predictions, test_catalog, tree, confident_fraction, min_votes)
     atomic_write_table(confident, confident_path)
     atomic_write_table(confusion, confusion_path)
-    plot_confusion(confusion, confident, confusion_plot_path)
     headline = summary(metrics)
     first = confident.iloc[0]
     headline[f"{first['question']}_confident_accuracy"] = {

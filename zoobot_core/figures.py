@@ -133,13 +133,15 @@ def report_figures(
     ready_path: Path | str,
     history_path: Path | str,
     per_question_path: Path | str,
+    confident_path: Path | str,
+    confusion_path: Path | str,
     predictions_path: Path | str,
     shard_dir: Path | str,
     tree: DecisionTree,
     out: dict[str, Path | str],
 ) -> None:
     """The report_figures rule: every figure of the report, written to out['accounting'], ['resize'],
-    ['history'], ['per_question'], ['predictions'], and the quarantine table as CSV to out['quarantine']."""
+    ['history'], ['per_question'], ['confusion'], ['predictions'], and the quarantine table as CSV to out['quarantine']."""
     ready = pd.read_parquet(ready_path)
     with atomic_path(out["quarantine"]) as tmp:
         pd.read_parquet(quarantine_path).to_csv(tmp, index=False)
@@ -147,6 +149,7 @@ def report_figures(
     plot_resize_examples(ready, out["resize"])
     plot_history(pd.read_csv(history_path), out["history"])
     plot_per_question(pd.read_csv(per_question_path), out["per_question"])
+    plot_confusion(pd.read_csv(confusion_path), pd.read_csv(confident_path), out["confusion"])
     plot_prediction_examples(
         pd.read_parquet(predictions_path), pd.read_parquet(Path(shard_dir) / "test_catalog.parquet"),
         dict(zip(ready["id_str"], ready["resized_loc"])), tree, out["predictions"],
@@ -179,3 +182,103 @@ def plot_confusion(confusion: pd.DataFrame, per_question: pd.DataFrame, path: Pa
     fig.supylabel("volunteers' confident answer", fontsize=9)
     fig.supxlabel("model's most likely answer", fontsize=9)
     save_figure(fig, path)
+
+
+METHOD_STYLE = {  # finetune's methods: colour and label in its figures
+    "finetuned": ("#c0392b", "finetuned model"),
+    "linear_probe": ("#2a7ab0", "linear probe of the base"),
+    "radial_profile": ("#27ae60", "radial profile (rotation-invariant)"),
+    "pixels": ("#8e44ad", "pixels (16 px)"),
+    "constant": ("#999999", "constant"),
+}
+
+
+def plot_finetune_roc(cv: pd.DataFrame, metrics: dict, path: Path | str) -> None:
+    """Out-of-fold ROC curves of every method (binary), each with its AUC and the operating point of
+    its thresholds; multiclass: the finetuned model's one-vs-rest curves; regression: predicted vs true."""
+    from sklearn.metrics import roc_curve
+
+    plt = pyplot()
+    task = metrics["task"]
+    scored = cv[cv["fold"] >= 0]
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    if task == "regression":
+        for method in ("finetuned", "linear_probe", "radial_profile"):
+            colour, label = METHOD_STYLE[method]
+            m = metrics["methods"][method]
+            ax.scatter(scored["label"], scored[f"{method}_score"], s=12, alpha=0.7, color=colour, label=f"{label}: MAE {m['mae']['pooled']:.3g}, R² {m['r2']['pooled']:.2f}")
+        lo, hi = scored["label"].min(), scored["label"].max()
+        ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":")
+        ax.set_xlabel(f"{metrics['label']} (true)")
+        ax.set_ylabel("predicted out of fold")
+    else:
+        if task == "binary":
+            for method, (colour, label) in METHOD_STYLE.items():
+                fpr, tpr, _ = roc_curve(scored["label"], scored[f"{method}_score"])
+                auc = metrics["methods"][method]["roc_auc"]
+                ax.plot(fpr, tpr, color=colour, lw=2 if method == "finetuned" else 1.2,
+                        label=f"{label}: AUC {auc['pooled']:.2f} ({auc['ci95'][0]:.2f}-{auc['ci95'][1]:.2f})")
+                predicted = scored[f"{method}_predicted"].to_numpy()
+                truth = scored["label"].to_numpy()
+                ax.plot((predicted[truth == 0] == 1).mean(), (predicted[truth == 1] == 1).mean(), "o", color=colour, markersize=6)
+        else:
+            n_classes = metrics["config"]["n_classes"]
+            for k in range(n_classes):
+                fpr, tpr, _ = roc_curve(scored["label"] == k, scored[f"finetuned_p{k}"])
+                ax.plot(fpr, tpr, label=f"finetuned, class {k} vs rest")
+            for method, (_, label) in METHOD_STYLE.items():
+                ax.plot([], [], " ", label=f"{label}: macro AUC {metrics['methods'][method]['roc_auc']['pooled']:.2f}")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", lw=1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{metrics['label']}: {len(scored)} galaxies scored out of fold ({metrics['n_folds']}-fold CV)\n"
+                 "dots: each method at its decision threshold" if task == "binary" else f"{metrics['label']}: out-of-fold predictions", fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_confident_examples(cv: pd.DataFrame, image_paths: dict[str, str], metrics: dict, path: Path | str, n: int = 8) -> None:
+    """The galaxies the finetuned model (out of fold) is surest are positive and surest are negative
+    (per class for multiclass; highest and lowest values for regression), framed green when right."""
+    plt = pyplot()
+    task, label = metrics["task"], metrics["label"]
+    scored = cv[cv["fold"] >= 0]
+    if task == "multiclass":
+        rows = [(f"surest class {k}", scored.nlargest(n, f"finetuned_p{k}"), f"finetuned_p{k}", k) for k in range(metrics["config"]["n_classes"])]
+    elif task == "binary":
+        rows = [("surest positive", scored.nlargest(n, "finetuned_score"), "finetuned_score", 1),
+                ("surest negative", scored.nsmallest(n, "finetuned_score"), "finetuned_score", 0)]
+    else:
+        rows = [("highest predicted", scored.nlargest(n, "finetuned_score"), "finetuned_score", None),
+                ("lowest predicted", scored.nsmallest(n, "finetuned_score"), "finetuned_score", None)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 2.2 * len(rows) + 0.3), squeeze=False)
+    for r, (title, part, column, target) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c >= len(part):
+                ax.axis("off")
+                continue
+            row = part.iloc[c]
+            with Image.open(image_paths[row["id_str"]]) as img:
+                ax.imshow(np.asarray(img.convert("RGB")))
+            truth = row["label"]
+            text = f"{truth:.3g}" if target is None else f"{label}={int(truth)}"
+            ax.set_title(f"{row['id_str'][:16]}\n{column.split('_')[-1]} {row[column]:.2f}, {text}", fontsize=6)
+            if target is not None:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("#27ae60" if int(truth) == target else "#c0392b")
+                    spine.set_linewidth(3)
+        axes[r, 0].set_ylabel(title, fontsize=8)
+    fig.suptitle(f"{label}: the finetuned model's surest out-of-fold calls (green frame: right, red: wrong)", fontsize=9)
+    save_figure(fig, path)
+
+
+def finetune_figures(cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, roc_path: Path | str, examples_path: Path | str) -> None:
+    """The finetune_figures rule: the ROC figure and the montage of the surest calls, from the cross-validation."""
+    cv = pd.read_parquet(cv_path)
+    metrics = json.loads(Path(metrics_path).read_text())
+    ready = pd.read_parquet(ready_path)
+    plot_finetune_roc(cv, metrics, roc_path)
+    plot_confident_examples(cv, dict(zip(ready["id_str"], ready["resized_loc"])), metrics, examples_path)

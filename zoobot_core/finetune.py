@@ -1,248 +1,457 @@
-"""Finetune a trained model on a new label: new head on the frozen base, then optionally unfreeze its last blocks.
+"""Finetune a base on a new label and score it honestly: stratified k-fold cross-validation with the
+baselines on the same folds, then a final model trained on every labelled galaxy.
 
-Zoobot's finetuning recipe (its rings example): keep the trained base and its augmentation layers,
-drop the Dirichlet head, freeze the base, train a small new head, then optionally unfreeze the
-top of the base at a lower learning rate. A pixel baseline (logistic or ridge regression on
-downsampled greyscale pixels) is scored on the same held-out galaxies.
+The procedure is linear probing, then optional finetuning (LP-FT; Kumar et al. 2022, "Fine-tuning can
+distort pretrained features"):
+
+1. The frozen base's pooled features of every galaxy, averaged over its four 90-degree rotations.
+2. The head: a standardised, class-balanced logistic regression (ridge for regression) on them, its
+   strength chosen by an inner CV on the training galaxies. With `unfreeze_blocks: 0` the finetuned
+   model is exactly this: the base's linear probe, as a Keras model with MC dropout.
+3. With `unfreeze_blocks` > 0: the head goes into the network, EfficientNet's last blocks are
+   unfrozen and everything trains at a low learning rate with Zoobot's augmentations and class
+   weights, early-stopped on an inner validation split of the training galaxies; if no epoch beats
+   the head-only starting point, the starting point is kept.
+
+Galaxies the base was trained on are never scored (they may help train). Thresholds (binary) come
+from training galaxies only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from zoobot_core.io import atomic_path, atomic_write_table
-from zoobot_core.shards import assign_splits
+from zoobot_core.baselines import Fitted, fit_constant, fit_linear, pixel_features, radial_profile_features
+from zoobot_core.bases import HEAD, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
+from zoobot_core.finetuned import (
+    FINETUNE_CONFIG,
+    ROTATIONS,
+    feature_extractor,
+    head_outputs,
+    rotation_features,
+    scores_from_outputs,
+)
+from zoobot_core.scores import balanced_threshold, classify, score_predictions, summary_table
 
 log = logging.getLogger(__name__)
 
 TASKS = ("binary", "multiclass", "regression")
+METHODS = ("finetuned", "linear_probe", "radial_profile", "pixels", "constant")
+EXCLUDED_FOLD = -1  # galaxies the base was trained on: in every training set, never scored
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The new head's task, training settings, and the optional unfreezing stage."""
+    """The task, the cross-validation, the network's input, and the optional unfreezing stage."""
 
-    task: str = "binary"  # binary (labels 0/1), multiclass (labels 0..n_classes-1), regression (floats)
+    task: str = "binary"  # binary (labels 0/1), multiclass (0..n_classes-1), regression (numbers)
     n_classes: int = 2
-    epochs: int = 40
+    folds: int = 5  # stratified k-fold over the labelled galaxies; every galaxy scored once
+    inner_folds: int = 5  # inner CV on the training folds: regularisation and thresholds
+    decision_threshold: float | None = None  # binary: None chooses it on training galaxies (max balanced accuracy)
+    crop_fraction: float = 0.75  # centre crop at inference (random crop in training), as in training the base
+    resize_size: int | None = None  # EfficientNet's input after cropping; None: the crop size
+    greyscale: bool | None = None  # None: as the base takes them (colour for imagenet / none)
+    dropout_rate: float = 0.2  # before the head; on at prediction time for MC-dropout samples
+    n_samples: int = 5  # MC-dropout samples per galaxy when predicting
+    unfreeze_blocks: int = 0  # > 0: then train EfficientNet's last N blocks (block7a, block6d, ...) with the head
+    unfreeze_epochs: int = 20
+    unfreeze_learning_rate: float = 1e-4
+    patience: int = 5
     batch_size: int = 16
-    learning_rate: float = 1e-3
-    patience: int = 8
-    dropout_rate: float = 0.2
-    unfreeze_blocks: int = 0  # > 0: afterwards unfreeze EfficientNet's last N blocks (block7a, block6d, ...)
-    unfreeze_epochs: int = 10
-    unfreeze_learning_rate: float = 1e-5
-    train_fraction: float = 0.6
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # of the training galaxies, for early stopping of the unfreezing stage
+    pixel_size: int = 16  # the pixel baseline's downsampled size
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"finetune task must be one of {TASKS}, got {self.task!r}")
+        if self.folds < 2 or self.inner_folds < 2:
+            raise ValueError(f"folds and inner_folds must be at least 2; got {self.folds}, {self.inner_folds}")
 
-def build_finetune_model(trained, config: FinetuneConfig, train_features: np.ndarray | None = None):
-    """The trained model's input, augmentation layers and base (frozen), with a new head for the task.
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes if self.task == "multiclass" else 1
 
-    With `train_features` (the base's features of the training images), the head starts with a
-    per-feature standardisation adapted to them: a base trained elsewhere can give features whose
-    spread across galaxies is tiny next to their size, which a plain Dense head barely learns from.
+
+def assign_folds(ids: np.ndarray, labels: np.ndarray, excluded: np.ndarray, config: FinetuneConfig) -> np.ndarray:
+    """Fold number per galaxy (stratified by label for classes), EXCLUDED_FOLD for galaxies the base saw.
+
+    Folds depend on the ids, labels and seed only, not on the catalog's row order.
     """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    folds = np.full(len(ids), EXCLUDED_FOLD)
+    eligible = np.flatnonzero(~excluded)
+    eligible = eligible[np.argsort(ids[eligible], kind="stable")]
+    y = labels[eligible]
+    if config.task == "regression":
+        n = min(config.folds, len(eligible))
+        splitter = KFold(n, shuffle=True, random_state=config.seed)
+    else:
+        counts = np.bincount(y.astype(int), minlength=config.n_classes)
+        if counts.min() < 2:
+            raise ValueError(f"Cross-validation needs at least 2 scorable galaxies of every class; class counts are {counts.tolist()}")
+        n = min(config.folds, int(counts.min()))
+        splitter = StratifiedKFold(n, shuffle=True, random_state=config.seed)
+    if n < config.folds:
+        log.warning("Only %d folds possible (the rarest class has %d scorable galaxies), not %d", n, n, config.folds)
+    for fold, (_, scored) in enumerate(splitter.split(eligible, y if config.task != "regression" else None)):
+        folds[eligible[scored]] = fold
+    return folds
+
+
+def _network(base: BaseSpec, size: int, channels: int, config: FinetuneConfig):
+    crop = int(round(size * config.crop_fraction))
+    activation = {"binary": "sigmoid", "multiclass": "softmax", "regression": None}[config.task]
+    return build_network(base, size, channels, crop, config.resize_size or crop, config.n_outputs, activation, config.dropout_rate, config.seed)
+
+
+def _copy_of(network):
+    """A fresh copy of a built network (same weights), so each fold starts from the same base."""
     import keras
 
-    from zoobot_core.model import representation_model
+    from zoobot_core.bases import refresh_normalization
 
-    if config.task not in TASKS:
-        raise ValueError(f"finetune task must be one of {TASKS}, got {config.task!r}")
-    base = representation_model(trained)
-    base.trainable = False  # Keras 3: frozen BatchNormalization layers also run in inference mode
-    inputs = keras.Input(trained.input_shape[1:], name="image")
-    x = base(inputs)
-    if train_features is not None:
-        norm = keras.layers.Normalization(name="finetune_standardise")
-        norm.adapt(train_features)
-        x = norm(x)
-    x = keras.layers.Dropout(config.dropout_rate, seed=config.seed, name="finetune_dropout")(x)
-    units, activation = {"binary": (1, "sigmoid"), "multiclass": (config.n_classes, "softmax"), "regression": (1, None)}[config.task]
-    outputs = keras.layers.Dense(units, activation=activation, name="finetune_head")(x)
-    return keras.Model(inputs, outputs, name="zoobot_finetuned")
+    copy = keras.models.clone_model(network)
+    copy.set_weights(network.get_weights())
+    refresh_normalization(efficientnet_of(copy))
+    return copy
 
 
-def _unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
-    """Make the last n EfficientNet blocks (and the top conv) trainable; BatchNormalization stays frozen."""
+def set_head(model, estimator, task: str) -> None:
+    """Put a fitted scikit-learn pipeline (StandardScaler + logistic/ridge regression) into the network's
+    standardisation and Dense head, so the network computes exactly the same scores."""
+    scaler, linear = estimator[0], estimator[-1]
+    model.get_layer(STANDARDISE).set_statistics(scaler.mean_, scaler.scale_)
+    coef = np.atleast_2d(linear.coef_).astype(np.float32)
+    intercept = np.atleast_1d(linear.intercept_).astype(np.float32)
+    if task == "multiclass" and coef.shape[0] != model.output_shape[-1]:
+        raise ValueError(f"The head saw {coef.shape[0]} classes in training but the task has {model.output_shape[-1]}; every class needs training galaxies")
+    model.get_layer(HEAD).set_weights([coef.T, intercept])
+
+
+def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
+    """Make EfficientNet's last n blocks (and its top convolution) and the head trainable; everything
+    else, and every BatchNormalization layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
     import keras
 
-    base = next(layer for layer in model.layers if layer.name == "zoobot_representation")
-    efficientnet = next(layer for layer in base.layers if layer.name.startswith("efficientnet"))
-    blocks = sorted({layer.name.split("_")[0] for layer in efficientnet.layers if layer.name.startswith("block")})
+    network = efficientnet_of(model)
+    blocks = sorted({layer.name.split("_")[0] for layer in network.layers if layer.name.startswith("block")})
     chosen = set(blocks[-n_blocks:]) | {"top"}
-    base.trainable = True
-    for layer in base.layers:
-        if layer is not efficientnet:
-            layer.trainable = False
-    for layer in efficientnet.layers:
+    for layer in model.layers:
+        layer.trainable = layer is network or layer.name == HEAD
+    for layer in network.layers:
         layer.trainable = layer.name.split("_")[0] in chosen and not isinstance(layer, keras.layers.BatchNormalization)
     return sorted(chosen)
 
 
-def _compile(model, config: FinetuneConfig, learning_rate: float) -> None:
+def _class_weights(labels: np.ndarray, task: str, n_classes: int) -> np.ndarray:
+    """Per-galaxy weights that give every class the same total weight (1 for regression)."""
+    if task == "regression":
+        return np.ones(len(labels), np.float32)
+    counts = np.bincount(labels.astype(int), minlength=n_classes).astype(np.float64)
+    per_class = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return per_class[labels.astype(int)].astype(np.float32)
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, channels: int, batch_size: int, shuffle: bool, seed: int):
+    """(image, label, weight) batches from uint8 images, converted to the network's input a batch at a time."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), weights))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+
+    def convert(x, y, w):
+        x = tf.cast(x, tf.float32) / 255.0
+        return (tf.reduce_mean(x, axis=-1, keepdims=True) if channels == 1 else x), y, w
+
+    return ds.batch(batch_size).map(convert).prefetch(tf.data.AUTOTUNE)
+
+
+def _compile_unfrozen(model, config: FinetuneConfig) -> None:
     import keras
 
-    loss, metrics = {
-        "binary": ("binary_crossentropy", ["accuracy"]),
-        "multiclass": ("sparse_categorical_crossentropy", ["accuracy"]),
-        "regression": ("mse", ["mae"]),
-    }[config.task]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    unfreeze_last_blocks(model, config.unfreeze_blocks)
+    loss = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy", "regression": "mse"}[config.task]
+    model.compile(optimizer=keras.optimizers.Adam(config.unfreeze_learning_rate), loss=loss, jit_compile=False)
     model.optimizer.build(model.trainable_variables)  # slots now, so fit traces its step once (see train.py)
 
 
-def _dataset(paths: list[str], labels: np.ndarray, size: int, greyscale: bool, batch_size: int, shuffle: bool, seed: int):
-    from zoobot_core.datasets import get_image_dataset
-    from zoobot_core.preprocess import PreprocessingConfig, preprocess_images
+def _train_unfrozen(model, images, labels, rows, channels: int, config: FinetuneConfig, seed: int, epochs: int, val: np.ndarray | None = None) -> pd.DataFrame:
+    """Train the unfrozen blocks and the head on `rows` (class-weighted, augmented, shuffled with `seed`).
 
-    pre = PreprocessingConfig(input_size=size, make_greyscale=greyscale)
-    ds = get_image_dataset(paths, "png", size, batch_size, labels=labels, shuffle=shuffle, seed=seed)
-    return ds.map(lambda batch: (preprocess_images(batch["matrix"], pre), batch["label"]))
+    With `val`: at most `epochs` epochs, stopped after `patience` without a better validation loss, and
+    the best epoch's weights kept, the starting (head-only) weights counting as epoch 0. Returns the history.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)  # this fit's augmentations and shuffling, whatever ran before
+    _compile_unfrozen(model, config)
+    train = _dataset(images[rows], labels[rows], _class_weights(labels[rows], config.task, config.n_classes), channels, config.batch_size, True, seed)
+    if val is None:
+        if epochs == 0:
+            return pd.DataFrame(columns=["epoch", "loss"])
+        fitted = model.fit(train, epochs=epochs, verbose=0, shuffle=False)
+        return pd.DataFrame(fitted.history).reset_index(names="epoch").assign(epoch=lambda d: d["epoch"] + 1)
+    validation = _dataset(images[val], labels[val], _class_weights(labels[val], config.task, config.n_classes), channels, config.batch_size, False, seed)
+    start = float(model.evaluate(validation, verbose=0))
+    best = {"loss": start, "epoch": 0, "weights": model.get_weights()}
+
+    class KeepBest(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wait = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs["val_loss"] < best["loss"]:
+                best.update(loss=logs["val_loss"], epoch=epoch + 1, weights=self.model.get_weights())
+                self.wait = 0
+            else:
+                self.wait += 1
+                self.model.stop_training = self.wait >= config.patience
+
+    fitted = model.fit(train, validation_data=validation, epochs=epochs, callbacks=[KeepBest()], verbose=0, shuffle=False)
+    model.set_weights(best["weights"])
+    history = pd.DataFrame(fitted.history).reset_index(names="epoch").assign(epoch=lambda d: d["epoch"] + 1)
+    history = pd.concat([pd.DataFrame({"epoch": [0], "val_loss": [start]}), history], ignore_index=True)
+    history["kept"] = history["epoch"] == best["epoch"]
+    log.info("Unfreezing, chosen on the inner split: epoch %d (validation loss %.4f; head only %.4f)", best["epoch"], best["loss"], start)
+    return history
 
 
-def pixel_features(paths: list[str], size: int = 16) -> np.ndarray:
-    """Downsampled greyscale pixels, one row per image: the input of the pixel baseline."""
-    from zoobot_core.images import load_rgb
+def _inner_split(labels: np.ndarray, rows: np.ndarray, config: FinetuneConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split training rows into fit and validation rows (stratified for classes)."""
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
-    return np.stack([np.asarray(load_rgb(p, size).convert("L"), np.float32).ravel() / 255.0 for p in paths])
-
-
-def pixel_baseline(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, task: str) -> np.ndarray:
-    """Predictions for the test rows from a linear model on standardised pixels (logistic, or ridge for regression)."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    estimator = RidgeCV() if task == "regression" else LogisticRegression(C=0.1, max_iter=2000)
-    model = make_pipeline(StandardScaler(), estimator).fit(features[train], labels[train])
-    return model.predict(features[test])
+    splitter = (ShuffleSplit if config.task == "regression" else StratifiedShuffleSplit)(1, test_size=config.val_fraction, random_state=seed)
+    fit, val = next(splitter.split(rows, None if config.task == "regression" else labels[rows]))
+    return rows[fit], rows[val]
 
 
-def _predict(model, dataset, task: str) -> np.ndarray:
-    outputs = np.concatenate([model.predict_on_batch(images) for images, _ in dataset])
-    if task == "binary":
-        return (outputs[:, 0] >= 0.5).astype(int)
-    if task == "multiclass":
-        return outputs.argmax(axis=1)
-    return outputs[:, 0]
+def _head_only(network, features, labels, train, scored, config: FinetuneConfig, seed: int) -> tuple[Fitted, object]:
+    head = fit_linear(features, labels, train, scored, config.task, config.n_classes, config.inner_folds, seed, config.decision_threshold)
+    model = _copy_of(network)
+    set_head(model, head.estimator, config.task)
+    return head, model
 
 
-def _score(truth: np.ndarray, predicted: np.ndarray, task: str) -> dict:
-    if task == "regression":
-        return {"mae": float(np.abs(truth - predicted).mean())}
-    return {"accuracy": float((truth == predicted).mean())}
+def fit_finetuned(
+    network, features: np.ndarray, images: np.ndarray, labels: np.ndarray, train: np.ndarray, scored: np.ndarray,
+    channels: int, config: FinetuneConfig, seed: int,
+) -> tuple[Fitted, object, pd.DataFrame]:
+    """The finetuned model trained on the `train` rows: (its scores on `scored` with its threshold, the Keras model, history).
+
+    Unfreezing: the number of epochs (0, head only, included) is chosen on an inner split of the
+    training rows, then the model is refitted on all of them for that many epochs: with 0 it is the
+    linear probe. The threshold comes from the inner split's validation galaxies.
+    """
+    head, model = _head_only(network, features, labels, train, scored, config, seed)
+    if config.unfreeze_blocks == 0:
+        return head, model, pd.DataFrame()
+    fit, val = _inner_split(labels, train, config, seed)
+    _, trial = _head_only(network, features, labels, fit, fit[:0], config, seed)
+    history = _train_unfrozen(trial, images, labels, fit, channels, config, seed, config.unfreeze_epochs, val).assign(stage="choose epochs")
+    epochs = int(history.loc[history["kept"], "epoch"].iloc[0])
+    if epochs == 0:
+        return head, model, history
+    threshold = None
+    if config.task == "binary":
+        val_scores = scores_from_outputs(head_outputs(trial, rotation_features(feature_extractor(trial), images[val], channels, config.batch_size)), config.task)
+        threshold = balanced_threshold(labels[val], val_scores) if config.decision_threshold is None else float(config.decision_threshold)
+    refit = _train_unfrozen(model, images, labels, train, channels, config, seed, epochs).assign(stage="refit")
+    scores = scores_from_outputs(head_outputs(model, rotation_features(feature_extractor(model), images[scored], channels, config.batch_size)), config.task) if len(scored) else head.scores
+    return Fitted(scores, threshold, {**head.chosen, "unfreeze_epochs": epochs}), model, pd.concat([history, refit], ignore_index=True)
+
+
+def cross_validate(
+    images: np.ndarray, ids: np.ndarray, labels: np.ndarray, base: BaseSpec, config: FinetuneConfig,
+    excluded: np.ndarray | None = None, threads: int | None = None,
+) -> tuple[pd.DataFrame, dict, pd.DataFrame, object]:
+    """Out-of-fold scores of the finetuned model and every baseline on the same folds.
+
+    Returns (one row per galaxy: id_str, label, fold, <method>_score (or _p<k>), <method>_predicted;
+    metrics per method; the unfreezing histories; the frozen starting network, for the final model).
+    """
+    from zoobot_core.runtime import configure_tensorflow
+
+    configure_tensorflow(config.seed, True, threads)
+    ids, labels = np.asarray(ids).astype(str), np.asarray(labels)
+    excluded = np.zeros(len(ids), bool) if excluded is None else np.asarray(excluded, bool)
+    channels = base_channels(base, config.greyscale)
+    network = _network(base, images.shape[1], channels, config)
+    started = time.perf_counter()
+    features = rotation_features(feature_extractor(network), images, channels, config.batch_size, desc="base features")
+    log.info("Frozen base features of %d galaxies x %d rotations: %.0f s", len(images), ROTATIONS, time.perf_counter() - started)
+    inputs = {
+        "linear_probe": features,
+        "radial_profile": radial_profile_features(images, greyscale=channels == 1),
+        "pixels": pixel_features(images, config.pixel_size),
+    }
+    folds = assign_folds(ids, labels, excluded, config)
+    n_folds = int(folds.max()) + 1
+    shape = (len(ids), config.n_classes) if config.task == "multiclass" else (len(ids),)
+    scores = {m: np.full(shape, np.nan) for m in METHODS}
+    predicted = {m: np.full(len(ids), -1) for m in METHODS}
+    thresholds: dict[str, list] = {m: [] for m in METHODS}
+    histories = []
+    for fold in range(n_folds):
+        started = time.perf_counter()
+        train, scored = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        seed = config.seed + fold
+        results = {name: fit_linear(x, labels, train, scored, config.task, config.n_classes, config.inner_folds, seed, config.decision_threshold)
+                   for name, x in inputs.items()}
+        results["constant"] = fit_constant(labels, train, scored, config.task, config.n_classes)
+        if config.unfreeze_blocks == 0:
+            results["finetuned"] = results["linear_probe"]  # a frozen base with a linear head is its linear probe
+        else:
+            results["finetuned"], _, history = fit_finetuned(network, features, images, labels, train, scored, channels, config, seed)
+            histories.append(history.assign(fold=fold))
+        for name, fitted in results.items():
+            scores[name][scored] = fitted.scores
+            thresholds[name].append(fitted.threshold)
+            if config.task != "regression":
+                predicted[name][scored] = classify(fitted.scores, config.task, 0.5 if fitted.threshold is None else fitted.threshold)
+        log.info("Fold %d/%d (%d scored): %.0f s; this fold's accuracy: %s", fold + 1, n_folds, len(scored), time.perf_counter() - started,
+                 ", ".join(f"{m} {np.mean(predicted[m][scored] == labels[scored]):.2f}" for m in METHODS) if config.task != "regression" else "n/a")
+    table = pd.DataFrame({"id_str": ids, "label": labels, "fold": folds})
+    for name in METHODS:
+        if config.task == "multiclass":
+            for k in range(config.n_classes):
+                table[f"{name}_p{k}"] = scores[name][:, k]
+        else:
+            table[f"{name}_score"] = scores[name]
+        if config.task != "regression":
+            table[f"{name}_predicted"] = predicted[name]
+    scored_rows = folds != EXCLUDED_FOLD
+    metrics = {}
+    for name in METHODS:
+        metrics[name] = score_predictions(
+            labels[scored_rows], scores[name][scored_rows], predicted[name][scored_rows] if config.task != "regression" else None,
+            folds[scored_rows], config.task, config.n_classes, seed=config.seed,
+        )
+        if config.task == "binary":
+            metrics[name]["thresholds"] = thresholds[name]
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["fold", "epoch", "loss", "val_loss", "kept"])
+    return table, metrics, history, (network, features, channels)
+
+
+def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame, config: FinetuneConfig) -> tuple[object, float | None, pd.DataFrame]:
+    """The model to use: the same procedure on every labelled galaxy. Its binary threshold is the one that
+    maximises balanced accuracy on the cross-validation's out-of-fold scores (or the configured one)."""
+    network, features, channels = start
+    everyone = np.arange(len(labels))
+    fitted, model, history = fit_finetuned(network, features, images, labels, everyone, everyone[:0], channels, config, config.seed + 1000)
+    threshold = None
+    if config.task == "binary":
+        scored = oof[oof["fold"] != EXCLUDED_FOLD]
+        threshold = balanced_threshold(scored["label"].to_numpy(), scored["finetuned_score"].to_numpy()) if config.decision_threshold is None else float(config.decision_threshold)
+    return model, threshold, history
 
 
 def finetune(
-    model_path: Path | str, catalog: pd.DataFrame, label_col: str, out_dir: Path | str, config: FinetuneConfig, threads: int | None = None
+    images: np.ndarray, ids, labels, base: BaseSpec, out_dir: Path | str, config: FinetuneConfig,
+    label_col: str = "label", seen_by_base: set[str] | frozenset = frozenset(), threads: int | None = None, catalog: dict | None = None,
 ) -> dict:
-    """Finetune the model in `model_path` (.keras) on `catalog` (id_str, file_loc, label_col), split by a
-    hash of id; write the model, history, per-galaxy predictions and metrics (finetuned vs pixel
-    baseline vs constant, on the held-out test split)."""
-    import keras
+    """Cross-validate, then train the final model on every galaxy; write into `out_dir`:
+    model.keras and finetune_config.json (the final model), cv_predictions.parquet (out-of-fold scores
+    of every method), cv_metrics.csv (one row per method), history.csv (unfreezing), metrics.json.
 
-    from zoobot_core.train import _configure_tensorflow, load_keras_model
+    `images` are 0-255 RGB (n, size, size, 3) resized by the pipeline's resize (images.load_rgb);
+    `seen_by_base` are ids the base was trained on: never scored. `catalog` (the row accounting) goes into metrics.json.
+    """
+    from zoobot_core.io import atomic_path, atomic_write_table, write_json
 
     out_dir = Path(out_dir)
-    _configure_tensorflow(config.seed, True, threads)  # before anything starts TensorFlow: seeds, determinism, threads
-    trained = load_keras_model(model_path)
-    size, channels = trained.input_shape[1], trained.input_shape[-1]
-    greyscale = channels == 1
-    labels = catalog[label_col].to_numpy(np.float32 if config.task == "regression" else np.int64)
-    if config.task != "regression" and (labels.min() < 0 or labels.max() >= (2 if config.task == "binary" else config.n_classes)):
-        raise ValueError(f"{label_col} holds labels outside 0..{1 if config.task == 'binary' else config.n_classes - 1} for a {config.task} task")
-    split = assign_splits(catalog["id_str"], config.seed, config.train_fraction, config.val_fraction).to_numpy()
-    paths = catalog["file_loc"].astype(str).tolist()
-    parts = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
-    if min(len(v) for v in parts.values()) == 0:
-        raise ValueError(f"Need galaxies in train, val and test; the split gave {({s: len(v) for s, v in parts.items()})}. Use a larger catalog.")
-
-    def data(s: str, shuffle: bool):
-        idx = parts[s]
-        return _dataset([paths[i] for i in idx], labels[idx], size, greyscale, config.batch_size, shuffle, config.seed)
-
-    from zoobot_core.model import representation_model
-
-    extractor = representation_model(trained)
-    train_features = np.concatenate([extractor.predict_on_batch(images) for images, _ in data("train", False)])
-    model = build_finetune_model(trained, config, train_features)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    _compile(model, config, config.learning_rate)
-    log.info("Finetuning a new %s head on %d galaxies (%d val, %d test), base frozen", config.task, *(len(parts[s]) for s in ("train", "val", "test")))
-    history = [pd.DataFrame(model.fit(data("train", True), validation_data=data("val", False), epochs=config.epochs, callbacks=[stop], verbose=0).history).assign(stage="head")]
-    unfrozen: list[str] = []
-    if config.unfreeze_blocks > 0:
-        unfrozen = _unfreeze_last_blocks(model, config.unfreeze_blocks)
-        _compile(model, config, config.unfreeze_learning_rate)
-        log.info("Unfreezing %s at learning rate %g", unfrozen, config.unfreeze_learning_rate)
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-        history.append(pd.DataFrame(model.fit(data("train", True), validation_data=data("val", False), epochs=config.unfreeze_epochs, callbacks=[stop], verbose=0).history).assign(stage="unfrozen"))
-    history_table = pd.concat(history, ignore_index=True).rename_axis("epoch").reset_index()
-
-    predictions = np.empty(len(catalog), dtype=labels.dtype)
-    for s in ("train", "val", "test"):
-        predictions[parts[s]] = _predict(model, data(s, False), config.task)
-    test = parts["test"]
-    pixels = pixel_features(paths)
-    fit_rows = np.concatenate([parts["train"], parts["val"]])
-    baseline = pixel_baseline(pixels, labels, fit_rows, test, config.task)
-    constant = np.full(len(test), labels[fit_rows].mean() if config.task == "regression" else np.bincount(labels[fit_rows]).argmax())
-    metrics = {
+    ids = np.asarray(ids).astype(str)
+    labels = np.asarray(labels, np.float64 if config.task == "regression" else np.int64)
+    excluded = np.isin(ids, list(seen_by_base))
+    timings, started = {}, time.perf_counter()
+    log.info("Finetuning %s on %d galaxies (%d px, task %s): %d-fold CV, then a final model; %d never scored (the base was trained on them)",
+             base.label, len(ids), images.shape[1], config.task, config.folds, excluded.sum())
+    oof, metrics, history, start = cross_validate(images, ids, labels, base, config, excluded, threads)
+    timings["cross_validation"] = time.perf_counter() - started
+    started = time.perf_counter()
+    model, threshold, final_history = train_final(start, images, labels, oof, config)
+    timings["final_model"] = time.perf_counter() - started
+    history = pd.concat([history, final_history.assign(fold="final")], ignore_index=True) if len(final_history) else history
+    channels = start[2]
+    settings = {
+        "task": config.task, "n_classes": config.n_classes, "label": label_col, "threshold": threshold, "channels": channels,
+        "input_size": int(images.shape[1]), "rotations": ROTATIONS, "n_samples": config.n_samples, "base": base.label,
+        "config": asdict(config),
+    }
+    summary = {
         "task": config.task,
         "label": label_col,
-        "n": {s: int(len(v)) for s, v in parts.items()},
-        "test": {
-            "finetuned": _score(labels[test], predictions[test], config.task),
-            "pixel_baseline": _score(labels[test], baseline, config.task),
-            "constant": _score(labels[test], constant, config.task),
-        },
-        "unfrozen_blocks": unfrozen,
+        "base": base.label,
+        "n_galaxies": int(len(ids)),
+        "n_scored": int((oof["fold"] != EXCLUDED_FOLD).sum()),
+        "n_excluded_seen_by_base": int(excluded.sum()),
+        "n_folds": int(oof["fold"].max()) + 1,
+        "methods": metrics,
+        "final_model": {"threshold": threshold, "unfrozen_blocks": config.unfreeze_blocks},
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
         "config": asdict(config),
-        "base_model": str(model_path),
+        **({"catalog": catalog} if catalog is not None else {}),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    atomic_write_table(history_table, out_dir / "history.csv")
-    atomic_write_table(pd.DataFrame({"id_str": catalog["id_str"], "split": split, label_col: labels, "prediction": predictions}), out_dir / "predictions.parquet")
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info("Held-out test (%d galaxies): finetuned %s, pixel baseline %s, constant %s",
-             len(test), metrics["test"]["finetuned"], metrics["test"]["pixel_baseline"], metrics["test"]["constant"])
-    return metrics
+    write_json(settings, out_dir / FINETUNE_CONFIG)
+    atomic_write_table(oof, out_dir / "cv_predictions.parquet")
+    atomic_write_table(summary_table(metrics, config.task), out_dir / "cv_metrics.csv")
+    atomic_write_table(history, out_dir / "history.csv")
+    write_json(summary, out_dir / "metrics.json")
+    headline = "balanced_accuracy" if config.task != "regression" else "mae"
+    log.info("Out-of-fold %s: %s", headline, ", ".join(f"{m} {metrics[m][headline]['pooled']:.3f}" for m in METHODS))
+    return summary
+
+
+def load_ready_images(ready: pd.DataFrame) -> np.ndarray:
+    """The resized images of a ready catalog (resized_loc), decoded by Pillow as 0-255 RGB uint8."""
+    from PIL import Image
+
+    from zoobot_core.images import RESIZED
+
+    arrays = []
+    for path in ready[RESIZED]:
+        with Image.open(path) as img:
+            arrays.append(np.asarray(img.convert("RGB")))
+    return np.stack(arrays)
+
+
+def seen_by(base: BaseSpec) -> set[str] | None:
+    """Ids a pipeline base was trained or early-stopped on (trained_on.parquet beside it); None when unknown."""
+    from zoobot_core.bases import PIPELINE
+    from zoobot_core.train import TRAINED_ON
+
+    if base.kind != PIPELINE:
+        return set()
+    record = Path(base.path).parent / TRAINED_ON
+    return set(pd.read_parquet(record)["id_str"].astype(str)) if record.is_file() else None
 
 
 def finetune_files(
-    model_path: Path | str, catalog_path: Path | str, catalog_config, label_col: str, out_dir: Path | str, config: FinetuneConfig, threads: int | None = None
+    ready_path: Path | str, accounting_path: Path | str, base: BaseSpec, label_col: str, out_dir: Path | str, config: FinetuneConfig,
+    threads: int | None = None,
 ) -> dict:
-    """The finetune rule: validate the labelled catalog (bad rows, unreadable images included, are
-    quarantined into out_dir/quarantine.parquet with their reason), then finetune."""
-    from PIL import Image
+    """The finetune_model rule: the labelled catalog's resized images (validated, quarantined and resized
+    by the pipeline's own rules), then finetune(); the catalog's row accounting goes into metrics.json."""
+    import json
 
-    from zoobot_core.catalog import QUARANTINE_COLUMNS, check_quarantine_fraction, validate_catalog
-    from zoobot_core.images import UNREADABLE_ERRORS
-
-    validated, quarantine = validate_catalog(catalog_path, catalog_config)
-    unreadable = []
-    for row in validated.itertuples():
-        try:
-            with Image.open(row.file_loc) as img:
-                img.load()
-        except UNREADABLE_ERRORS as err:
-            unreadable.append({"row": row.row, "id_str": row.id_str, "file_loc": row.file_loc, "stage": "finetune",
-                               "reason": "unreadable_image", "message": f"{type(err).__name__}: {err}; replace or remove the file"})
-    if unreadable:
-        quarantine = pd.concat([quarantine, pd.DataFrame(unreadable)], ignore_index=True)[QUARANTINE_COLUMNS]
-        validated = validated[~validated["id_str"].isin({u["id_str"] for u in unreadable})].reset_index(drop=True)
-        check_quarantine_fraction(len(validated) + len(quarantine), quarantine, catalog_config.max_quarantine_fraction, catalog_path)
-    atomic_write_table(quarantine, Path(out_dir) / "quarantine.parquet")
-    log.info("Finetuning catalog: %d rows in, %d ready, %d quarantined", len(validated) + len(quarantine), len(validated), len(quarantine))
-    return finetune(model_path, validated, label_col, out_dir, config, threads)
+    ready = pd.read_parquet(ready_path).sort_values("id_str").reset_index(drop=True)
+    seen = seen_by(base)
+    if seen is None:
+        log.warning("%s has no %s beside it: cannot check whether the finetuning galaxies were among its training galaxies", base.path, "trained_on.parquet")
+        seen = set()
+    images = load_ready_images(ready)
+    accounting = json.loads(Path(accounting_path).read_text())
+    return finetune(images, ready["id_str"].to_numpy(), ready[label_col].to_numpy(), base, out_dir, config, label_col, seen, threads, accounting)

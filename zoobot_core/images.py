@@ -154,7 +154,8 @@ def gather_files(
     max_quarantine_fraction: float,
 ) -> dict:
     """The gather_images rule: write the ready catalog, the full quarantine table and the row accounting."""
-    from zoobot_core.catalog import accounting, write_json
+    from zoobot_core.catalog import accounting
+    from zoobot_core.io import write_json
 
     validated = pd.read_parquet(validated_path)
     validation_quarantine = pd.read_parquet(validation_quarantine_path)

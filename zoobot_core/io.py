@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -56,6 +57,12 @@ def atomic_write_table(df: pd.DataFrame, path: Path | str) -> None:
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
+
+
+def write_json(data: dict, path: Path | str) -> None:
+    """Write a JSON file atomically, keys sorted and indented (stable across reruns, readable in a diff)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_table(path: Path | str) -> pd.DataFrame:

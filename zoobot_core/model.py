@@ -6,6 +6,7 @@ Written with keras layers and keras.ops only, so it runs on the TensorFlow or JA
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 BASE_NAME = "efficientnetb0"
@@ -49,6 +50,41 @@ class CropAndResize(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "crop_size": self.crop_size, "output_size": self.output_size, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="zoobot_core")
+class GreyToRGB(layers.Layer):
+    """Repeat a one-channel image into three equal channels, so greyscale images can use RGB weights.
+
+    On grey input this is exactly what the RGB network sees for a grey RGB image; the first
+    convolution's kernels are kept as trained rather than summed over channels.
+    """
+
+    def call(self, images):
+        return ops.repeat(images, 3, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+
+@keras.saving.register_keras_serializable(package="zoobot_core")
+class Standardise(layers.Layer):
+    """(x - mean) / scale per feature, with mean and scale set from training features (set_statistics)
+    and saved with the model; starts as the identity."""
+
+    def build(self, input_shape) -> None:
+        self.mean = self.add_weight(name="mean", shape=(input_shape[-1],), initializer="zeros", trainable=False)
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones", trainable=False)
+        super().build(input_shape)
+
+    def set_statistics(self, mean, scale) -> None:
+        """Set the mean and scale (features that never vary get scale 1, as in scikit-learn's StandardScaler)."""
+        scale = np.where(np.asarray(scale) > 0, scale, 1.0)
+        self.mean.assign(np.asarray(mean, "float32"))
+        self.scale.assign(np.asarray(scale, "float32"))
+
+    def call(self, features):
+        return (features - ops.cast(self.mean, features.dtype)) / ops.cast(self.scale, features.dtype)
 
 
 def get_augmentation_layers(crop_size: int, resize_size: int, seed: int | None = None) -> list[layers.Layer]:

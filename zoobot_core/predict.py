@@ -68,7 +68,8 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
     from zoobot_core.datasets import get_dataset
     from zoobot_core.model import DROPOUT_NAME, HEAD_NAME, representation_model
     from zoobot_core.preprocess import preprocess_images
-    from zoobot_core.train import load_model, preprocessing_config
+    from zoobot_core.runtime import load_model
+    from zoobot_core.train import preprocessing_config
 
     model, model_config = load_model(model_dir)
     label_cols = model_config["label_cols"]

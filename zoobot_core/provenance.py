@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from zoobot_core.catalog import FILE, ID, write_json
-from zoobot_core.io import atomic_write_table, file_sha256
+from zoobot_core.catalog import FILE, ID
+from zoobot_core.io import atomic_write_table, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED
 from zoobot_core.images import RESIZED, load_rgb
-from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256
+from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def write_shards(
             "image_encoding": settings.image_encoding,
             "counts": {s: int((df["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
         }
-        (tmp / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        write_json(metadata, tmp / METADATA)
     log.info("Wrote shards to %s: %s", shard_dir, metadata["counts"])
     return manifest
 

@@ -14,14 +14,14 @@ import pandas as pd
 
 from zoobot_core import shards as shard_io
 from zoobot_core.hardware import distribution_strategy, precision_policy
-from zoobot_core.io import atomic_dir, atomic_path
+from zoobot_core.io import atomic_dir, atomic_path, atomic_write_table, write_json
+from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, configure_tensorflow
 from zoobot_core.schemas import DecisionTree
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-MODEL_CONFIG = "model_config.json"
 HISTORY = "history.csv"
+TRAINED_ON = "trained_on.parquet"  # ids of the galaxies the model was trained or early-stopped on
 TENSORBOARD = "tensorboard"
 
 
@@ -45,21 +45,6 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard logs (per-epoch scalars) beside history.csv
 
 
-def _configure_tensorflow(seed: int, deterministic: bool, threads: int | None) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        except RuntimeError:  # TensorFlow already started in this process (a notebook, an earlier call)
-            log.warning("TensorFlow is already running in this process; keeping its thread pools instead of %d threads", threads)
-
-
 def _prepare_state_dir(state_dir: Path, fingerprint: dict) -> bool:
     """Keep state_dir for resuming only if it was left by a run of the same shards and settings; True if resuming."""
     stamp = state_dir / "fingerprint.json"
@@ -67,7 +52,7 @@ def _prepare_state_dir(state_dir: Path, fingerprint: dict) -> bool:
     if not resumable:
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.mkdir(parents=True)
-        stamp.write_text(json.dumps(fingerprint, sort_keys=True))
+        write_json(fingerprint, stamp)
     return resumable
 
 
@@ -129,7 +114,7 @@ def train_from_shards(
     devices: list[str] | None = None,
 ) -> pd.DataFrame:
     """Train on the train shards, early-stop on the val shards; write model.keras (best epoch), its config,
-    history.csv and (config.tensorboard) TensorBoard logs.
+    history.csv, trained_on.parquet (the ids of the train and val galaxies) and (config.tensorboard) TensorBoard logs.
 
     `state_dir` keeps per-epoch backups so a killed job resumes from its last finished epoch.
     `devices` names the replicas for config.distribute == "mirrored" (default: every GPU).
@@ -155,7 +140,7 @@ def train_from_shards(
     fingerprint = {"train_config": asdict(config), "shards": sorted(manifest["shard_sha256"].unique())}
     if _prepare_state_dir(state_dir, fingerprint):
         log.info("Resuming from the last finished epoch saved in %s", state_dir)
-    _configure_tensorflow(config.seed, config.deterministic, threads)
+    configure_tensorflow(config.seed, config.deterministic, threads)
     size = metadata["size"]
     pre = preprocessing_config(label_cols, size, config.greyscale)
 
@@ -215,29 +200,14 @@ def train_from_shards(
         "best_epoch": int(history.loc[history["val_loss"].idxmin(), "epoch"]),
         "train_config": asdict(config),
     }
-    with atomic_path(out_dir / MODEL_CONFIG) as tmp:
-        tmp.write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n")
+    write_json(model_config, out_dir / MODEL_CONFIG)
     with atomic_dir(out_dir / TENSORBOARD) as tmp:  # empty when config.tensorboard is off
         if config.tensorboard:
             shutil.copytree(state_dir / TENSORBOARD, tmp, dirs_exist_ok=True)
+    seen = pd.read_parquet(shard_dir / shard_io.MANIFEST, columns=["id_str", "split"])
+    atomic_write_table(seen[seen["split"].isin(["train", "val"])].reset_index(drop=True), out_dir / TRAINED_ON)
     with atomic_path(out_dir / MODEL_FILE) as tmp:
         shutil.copyfile(best_path, tmp)
     log.info("Best epoch %d (val_loss %.3f); model at %s", model_config["best_epoch"], history["val_loss"].min(), out_dir / MODEL_FILE)
     return history
 
-
-def load_keras_model(model_path: Path | str):
-    """A .keras file built by model.get_model, uncompiled: inference needs no optimizer, finetuning
-    compiles its own, and a mixed-precision run's loss-scale state is not wanted by either."""
-    import keras
-
-    import zoobot_core.losses  # noqa: F401  (registers custom objects)
-    import zoobot_core.model  # noqa: F401
-
-    return keras.models.load_model(model_path, compile=False)
-
-
-def load_model(model_dir: Path | str):
-    """Load model.keras (uncompiled) and its model_config.json from a training output folder."""
-    model_dir = Path(model_dir)
-    return load_keras_model(model_dir / MODEL_FILE), json.loads((model_dir / MODEL_CONFIG).read_text())

@@ -1,5 +1,9 @@
+import json
+from pathlib import Path
+
 import pandas as pd
 
+from zoobot_core.bases import NONE, PIPELINE, BaseModelError, resolve_base
 from zoobot_core.schemas import get_tree
 
 RUN = config["run_name"]
@@ -15,6 +19,7 @@ wildcard_constraints:
     run="[A-Za-z0-9._-]+",
     split="|".join(SPLITS),
     chunk=r"\d+",
+    dataset="labelled|survey",
 
 
 def decision_tree():
@@ -64,10 +69,99 @@ def all_outputs():
     ]
 
 
-def finetune_target(wildcards):
-    """The finetuned model's metrics, once a labelled catalog is configured."""
-    if not config["finetune"]["catalog"]:
+FINETUNE_TASK = config["finetune"]["settings"]["task"]
+
+
+def finetune_dataset(name):
+    """Where a finetuning catalog is and how to read it: 'labelled' (finetune.*) or 'survey' (finetune.survey.*)."""
+    settings = (
+        config["finetune"] if name == "labelled" else config["finetune"]["survey"]
+    )
+    if not settings["catalog"]:
+        key = "finetune.catalog" if name == "labelled" else "finetune.survey.catalog"
         raise ValueError(
-            "Set finetune.catalog (and finetune.label_column) to finetune; see config/finetune_rings.yaml"
+            f"Set {key} to a catalog (CSV or Parquet); see config/finetune_rings.yaml"
         )
-    return f"results/{RUN}/finetune/metrics.json"
+    return settings
+
+
+def finetune_label_cols(name):
+    """The label column of the labelled catalog; the survey's rows have none."""
+    return [config["finetune"]["label_column"]] if name == "labelled" else []
+
+
+_BASE = {}
+
+
+def finetune_base(wildcards=None):
+    """finetune.base_model resolved and checked now, before any job runs (ImageNet weights are fetched
+    into Keras' cache here once, or the run stops naming the file): a dict for BaseSpec.
+    """
+    if "spec" not in _BASE:
+        try:
+            spec = resolve_base(
+                config["finetune"]["base_model"],
+                default_model=f"results/{RUN}/model/model.keras",
+            )
+        except BaseModelError as err:
+            raise ValueError(str(err)) from err
+        _BASE["spec"] = {"kind": spec.kind, "path": spec.path}
+    return _BASE["spec"]
+
+
+def finetune_base_input(wildcards):
+    """The base's file (the run's own model is trained first); nothing for random weights."""
+    base = finetune_base()
+    return [] if base["kind"] == NONE else [base["path"]]
+
+
+def finetune_image_size():
+    """finetune.image_size, or the base's own size: this run's images.size for its own model, the
+    model_config.json beside another pipeline model, 224 px (EfficientNet's) for imagenet and none.
+    """
+    if config["finetune"]["image_size"]:
+        return config["finetune"]["image_size"]
+    if not config["finetune"]["catalog"]:
+        return config["images"]["size"]
+    base = finetune_base()
+    if base["kind"] != PIPELINE:
+        return 224
+    if config["finetune"]["base_model"] is None:
+        return config["images"]["size"]
+    model_config = Path(base["path"]).parent / "model_config.json"
+    if not model_config.is_file():
+        raise ValueError(
+            f"{model_config} not found: set finetune.image_size to the size to finetune {base['path']} at"
+        )
+    return json.loads(model_config.read_text())["input_size"]
+
+
+def finetune_resized_chunks(wildcards):
+    """One resized-image folder per chunk of a validated finetuning catalog (known after validation)."""
+    validated = checkpoints.validate_finetune_catalog.get(
+        run=wildcards.run, dataset=wildcards.dataset
+    ).output.validated
+    chunks = sorted(pd.read_parquet(validated, columns=["chunk"])["chunk"].unique())
+    return expand(
+        "results/{run}/finetune/{dataset}/images/chunk_{chunk}",
+        run=wildcards.run,
+        dataset=wildcards.dataset,
+        chunk=chunks,
+    )
+
+
+def finetune_target(wildcards):
+    """The finetuned model, its cross-validation figures, and the survey's predictions if configured."""
+    finetune_dataset(
+        "labelled"
+    )  # stops with a clear message when no catalog is configured
+    outputs = [
+        f"results/{RUN}/finetune/metrics.json",
+        f"results/{RUN}/finetune/roc.png",
+        f"results/{RUN}/finetune/surest_examples.png",
+    ]
+    if config["finetune"]["survey"]["catalog"]:
+        outputs.append(f"results/{RUN}/finetune/survey/predictions.parquet")
+        if config["finetune"]["survey"]["hdf5"]:
+            outputs.append(f"results/{RUN}/finetune/survey/predictions.hdf5")
+    return outputs

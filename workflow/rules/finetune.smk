@@ -1,19 +1,108 @@
+# `snakemake finetune --configfile config/finetune_rings.yaml`: a new label learnt on a base, scored by
+# cross-validation beside baselines, the final model, and (finetune.survey.catalog) its predictions
+# for a whole survey. Both catalogs go through the pipeline's own validation, resizing and shards.
+
+
+checkpoint validate_finetune_catalog:
+    input:
+        catalog=lambda wildcards: finetune_dataset(wildcards.dataset)["catalog"],
+    output:
+        validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
+        quarantine="results/{run}/finetune/{dataset}/catalog/quarantine_validation.parquet",
+    log:
+        "logs/{run}/finetune/{dataset}/validate_catalog.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        id_column=lambda wildcards: finetune_dataset(wildcards.dataset)["id_column"],
+        file_column=lambda wildcards: finetune_dataset(wildcards.dataset)["file_column"],
+        image_root=lambda wildcards: finetune_dataset(wildcards.dataset)["image_root"],
+        label_cols=lambda wildcards: finetune_label_cols(wildcards.dataset),
+        label_kind="values" if FINETUNE_TASK == "regression" else "classes",
+        n_classes=config["finetune"]["settings"]["n_classes"],
+        label_threshold=config["finetune"]["label_threshold"],
+        question_totals=[],
+        allow_unlabelled=lambda wildcards: wildcards.dataset == "survey",
+        max_quarantine_fraction=config["finetune"]["max_quarantine_fraction"],
+        chunk_size=config["images"]["chunk_size"],
+    script:
+        "../scripts/validate_catalog.py"
+
+
+use rule resize_images as resize_finetune_images with:
+    input:
+        validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
+    output:
+        directory("results/{run}/finetune/{dataset}/images/chunk_{chunk}"),
+    log:
+        "logs/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.log",
+    benchmark:
+        "benchmarks/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.tsv"
+    params:
+        size=finetune_image_size(),
+        file_format=config["images"]["format"],
+        png_compress_level=config["images"]["png_compress_level"],
+        draft_tolerance=config["images"]["draft_tolerance"],
+        reducing_gap=config["images"]["reducing_gap"],
+
+
+use rule gather_images as gather_finetune_images with:
+    input:
+        validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
+        quarantine="results/{run}/finetune/{dataset}/catalog/quarantine_validation.parquet",
+        chunks=finetune_resized_chunks,
+    output:
+        ready="results/{run}/finetune/{dataset}/catalog/ready.parquet",
+        quarantine="results/{run}/finetune/{dataset}/catalog/quarantine.parquet",
+        accounting="results/{run}/finetune/{dataset}/catalog/accounting.json",
+    log:
+        "logs/{run}/finetune/{dataset}/gather_images.log",
+    params:
+        max_quarantine_fraction=config["finetune"]["max_quarantine_fraction"],
+
+
+use rule write_shards as write_survey_shards with:
+    input:
+        ready="results/{run}/finetune/survey/catalog/ready.parquet",
+    output:
+        directory("results/{run}/finetune/survey/shards"),
+    log:
+        "logs/{run}/finetune/survey/write_shards.log",
+    benchmark:
+        "benchmarks/{run}/finetune/survey/write_shards.tsv"
+    params:
+        size=finetune_image_size(),
+        label_cols=[],
+        shard_size=config["shards"]["shard_size"],
+        image_encoding=config["shards"]["image_encoding"],
+        train_fraction=config["shards"]["train_fraction"],
+        val_fraction=config["shards"]["val_fraction"],
+        seed=config["seed"],
+
+
 rule finetune_model:
     input:
-        model=config["finetune"]["base_model"] or "results/{run}/model/model.keras",
-        catalog=config["finetune"]["catalog"] or [],
+        ready="results/{run}/finetune/labelled/catalog/ready.parquet",
+        accounting="results/{run}/finetune/labelled/catalog/accounting.json",
+        base=finetune_base_input,
     output:
         model="results/{run}/finetune/model.keras",
-        predictions="results/{run}/finetune/predictions.parquet",
-        history="results/{run}/finetune/history.csv",
-        quarantine="results/{run}/finetune/quarantine.parquet",
-        metrics=report(
-            "results/{run}/finetune/metrics.json",
+        settings="results/{run}/finetune/finetune_config.json",
+        cv_predictions="results/{run}/finetune/cv_predictions.parquet",
+        cv_metrics=report(
+            "results/{run}/finetune/cv_metrics.csv",
             caption="../report/finetune.rst",
             category="8. Finetuning",
         ),
+        history="results/{run}/finetune/history.csv",
+        metrics="results/{run}/finetune/metrics.json",
     log:
-        "logs/{run}/finetune.log",
+        "logs/{run}/finetune/finetune_model.log",
+    benchmark:
+        "benchmarks/{run}/finetune/finetune_model.tsv"
     conda:
         "../envs/zoobot.yaml"
     threads: 2
@@ -22,12 +111,7 @@ rule finetune_model:
         runtime=240,
         gpu=min(1, config["train"]["gpus"]),
     params:
-        catalog=lambda wildcards: {
-            "id_column": config["finetune"]["id_column"],
-            "file_column": config["finetune"]["file_column"],
-            "image_root": config["finetune"]["image_root"],
-            "max_quarantine_fraction": config["catalog"]["max_quarantine_fraction"],
-        },
+        base=lambda wildcards: finetune_base(wildcards),
         label_column=config["finetune"]["label_column"],
         settings=config["finetune"]["settings"],
         seed=config["seed"],
@@ -35,8 +119,65 @@ rule finetune_model:
         "../scripts/finetune.py"
 
 
-# `snakemake finetune --configfile config/finetune_rings.yaml`: the base model (trained first if
-# needed), then the finetuned one
+rule finetune_figures:
+    input:
+        cv_predictions="results/{run}/finetune/cv_predictions.parquet",
+        metrics="results/{run}/finetune/metrics.json",
+        ready="results/{run}/finetune/labelled/catalog/ready.parquet",
+    output:
+        roc=report(
+            "results/{run}/finetune/roc.png",
+            caption="../report/finetune_roc.rst",
+            category="8. Finetuning",
+        ),
+        examples=report(
+            "results/{run}/finetune/surest_examples.png",
+            caption="../report/finetune_examples.rst",
+            category="8. Finetuning",
+        ),
+    log:
+        "logs/{run}/finetune/finetune_figures.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/finetune_figures.py"
+
+
+rule predict_survey:
+    input:
+        model="results/{run}/finetune/model.keras",
+        settings="results/{run}/finetune/finetune_config.json",
+        shards="results/{run}/finetune/survey/shards",
+    output:
+        **(
+            {"hdf5": "results/{run}/finetune/survey/predictions.hdf5"}
+            if config["finetune"]["survey"]["hdf5"]
+            else {}
+        ),
+        predictions="results/{run}/finetune/survey/predictions.parquet",
+    log:
+        "logs/{run}/finetune/predict_survey.log",
+    benchmark:
+        "benchmarks/{run}/finetune/predict_survey.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=min(1, config["train"]["gpus"]),
+    params:
+        batch_size=config["finetune"]["survey"]["batch_size"],
+        seed=config["seed"],
+    script:
+        "../scripts/predict_survey.py"
+
+
+# `snakemake finetune`: the cross-validated finetuned model with its figures, and the survey's
+# predictions when finetune.survey.catalog is set
 rule finetune:
     input:
         finetune_target,

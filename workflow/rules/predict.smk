@@ -65,11 +65,6 @@ rule evaluate:
         ),
         confident="results/{run}/evaluation/confident.csv",
         confusion="results/{run}/evaluation/confusion.csv",
-        confusion_plot=report(
-            "results/{run}/evaluation/confusion.png",
-            caption="../report/confusion.rst",
-            category="4. Evaluation",
-        ),
     log:
         "logs/{run}/evaluate.log",
     conda:

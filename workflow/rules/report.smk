@@ -5,6 +5,8 @@ rule report_figures:
         ready="results/{run}/catalog/ready.parquet",
         history="results/{run}/model/history.csv",
         per_question="results/{run}/evaluation/per_question.csv",
+        confident="results/{run}/evaluation/confident.csv",
+        confusion="results/{run}/evaluation/confusion.csv",
         predictions="results/{run}/predictions/test.parquet",
         shards="results/{run}/shards",
     output:
@@ -31,6 +33,11 @@ rule report_figures:
         per_question=report(
             "results/{run}/report/per_question.png",
             caption="../report/evaluation.rst",
+            category="4. Evaluation",
+        ),
+        confusion=report(
+            "results/{run}/report/confusion.png",
+            caption="../report/confusion.rst",
             category="4. Evaluation",
         ),
         predictions=report(

@@ -4,6 +4,7 @@ rule train_model:
     output:
         model="results/{run}/model/model.keras",
         model_config="results/{run}/model/model_config.json",
+        trained_on="results/{run}/model/trained_on.parquet",
         history=report(
             "results/{run}/model/history.csv",
             caption="../report/history.rst",

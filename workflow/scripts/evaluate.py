@@ -13,7 +13,6 @@ evaluate_files(
     snakemake.output.per_question,
     snakemake.output.confident,
     snakemake.output.confusion,
-    snakemake.output.confusion_plot,
     confident_fraction=snakemake.params.confident_fraction,
     min_votes=snakemake.params.min_votes,
 )

@@ -7,7 +7,7 @@ from zoobot_core.schemas import get_tree
 setup_logging(snakemake.log[0])
 i = snakemake.input
 report_figures(
-    i.accounting, i.quarantine, i.ready, i.history, i.per_question, i.predictions, i.shards,
+    i.accounting, i.quarantine, i.ready, i.history, i.per_question, i.confident, i.confusion, i.predictions, i.shards,
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
     dict(snakemake.output.items()),
 )

@@ -1,0 +1,58 @@
+"""Baselines: a rotation-invariant radial profile, downsampled pixels, class-balanced linear models tuned on training rows only."""
+
+import numpy as np
+import pytest
+
+from zoobot_core.baselines import fit_constant, fit_linear, pixel_features, radial_profile_features
+
+
+def _rings(n=40, size=32, seed=0):
+    """Discs (label 0) and discs with a bright ring (label 1) at random positions angles: only the radial structure tells them apart."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size)) - (size - 1) / 2
+    radius = np.hypot(yy, xx)
+    labels = np.tile([0, 1], n // 2)
+    images = []
+    for label in labels:
+        image = 200 * np.exp(-radius / rng.uniform(2.5, 3.5)) + rng.normal(0, 6, (size, size))
+        if label:
+            image += 60 * np.exp(-((radius - rng.uniform(9, 11)) ** 2) / 2)
+        images.append(np.repeat(np.clip(image, 0, 255)[..., None], 3, axis=-1))
+    return np.asarray(images, np.uint8), labels
+
+
+def test_radial_profile_is_unchanged_by_rotations_and_flips():
+    images, _ = _rings(4)
+    profile = radial_profile_features(images)
+    assert profile.shape == (4, 3 * 16)
+    for turned in (np.rot90(images, 1, axes=(1, 2)), images[:, ::-1], np.rot90(images, 3, axes=(1, 2))[:, :, ::-1]):
+        np.testing.assert_allclose(radial_profile_features(np.ascontiguousarray(turned)), profile, atol=1e-6)
+    assert radial_profile_features(images, greyscale=True).shape == (4, 16)
+    assert pixel_features(images, 8).shape == (4, 64)
+
+
+def test_the_radial_profile_baseline_finds_rings_and_its_threshold_ignores_the_scored_labels():
+    images, labels = _rings(60)
+    features = radial_profile_features(images)
+    train, scored = np.arange(40), np.arange(40, 60)
+    fitted = fit_linear(features, labels, train, scored, "binary", 2, inner_folds=3, seed=0)
+    assert ((fitted.scores >= fitted.threshold) == labels[scored]).mean() >= 0.9
+    assert 0 < fitted.threshold < 1 and "C" in fitted.chosen
+    flipped = labels.copy()
+    flipped[scored] = 1 - flipped[scored]  # nothing about the scored galaxies' labels may reach the fit
+    again = fit_linear(features, flipped, train, scored, "binary", 2, inner_folds=3, seed=0)
+    np.testing.assert_array_equal(again.scores, fitted.scores)
+    assert again.threshold == fitted.threshold
+
+
+def test_constant_predicts_the_training_majority_and_multiclass_probabilities_cover_every_class():
+    labels = np.array([0, 0, 0, 1, 1, 0, 1, 1])
+    constant = fit_constant(labels, np.arange(5), np.arange(5, 8), "binary", 2)
+    assert constant.scores.tolist() == pytest.approx([0.4] * 3) and (constant.scores >= constant.threshold).sum() == 0
+    rng = np.random.default_rng(0)
+    classes = np.repeat([0, 1, 2], 10)
+    features = rng.normal(0, 1, (30, 4)) + classes[:, None]
+    fitted = fit_linear(features, classes, np.arange(0, 30, 2), np.arange(1, 30, 2), "multiclass", 3, inner_folds=3, seed=0)
+    assert fitted.scores.shape == (15, 3) and np.allclose(fitted.scores.sum(axis=1), 1)
+    reg = fit_linear(features, classes.astype(float), np.arange(0, 30, 2), np.arange(1, 30, 2), "regression", 1, inner_folds=3, seed=0)
+    assert reg.scores.shape == (15,) and reg.threshold is None

@@ -1,0 +1,120 @@
+"""`snakemake finetune` end to end on tiny data: bad labels quarantined, every labelled galaxy scored once out
+of fold, ImageNet-layout weights as the base (greyscale images through RGB weights), a survey predicted."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, run_snakemake
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tiny_synthetic, tmp_path_factory):
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    work = tmp_path_factory.mktemp("finetune_workflow")
+    catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
+    votes = catalog[["smooth-or-featured_smooth", "smooth-or-featured_featured-or-disk"]]
+    labels = pd.DataFrame({"galaxy": catalog["id_str"], "path": catalog["file_loc"], "smooth": (votes.iloc[:, 0] > votes.iloc[:, 1]).astype(int).astype(object)})
+    labels.loc[[0, 1, 2], "smooth"] = ["yes", 0.7, 3]  # not a number, fractional, outside the classes
+    labels.loc[[3, 4], "smooth"] = None  # no label
+    labels.to_csv(tiny_synthetic / "finetune_labels.csv", index=False)
+    survey = catalog[["id_str", "file_loc"]].rename(columns={"id_str": "name", "file_loc": "png"})
+    survey.to_csv(tiny_synthetic / "survey.csv", index=False)
+    keras.utils.set_random_seed(0)
+    weights = work / "efficientnetb0_notop.h5"
+    with h5py.File(weights, "w") as f:  # the layout of Keras' ImageNet file, random weights (no download here)
+        legacy_h5_format.save_weights_to_hdf5_group(f, keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(48, 48, 3), pooling="avg"))
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["finetune"] = {
+        "base_model": str(weights),
+        "catalog": str(tiny_synthetic / "finetune_labels.csv"),
+        "id_column": "galaxy",
+        "file_column": "path",
+        "label_column": "smooth",
+        "image_size": 48,
+        "max_quarantine_fraction": 0.35,
+        "settings": {"task": "binary", "folds": 3, "inner_folds": 3, "greyscale": True, "n_samples": 3, "batch_size": 8},
+        "survey": {"catalog": str(tiny_synthetic / "survey.csv"), "id_column": "name", "file_column": "png", "hdf5": True},
+    }
+    configfile = work / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    run_snakemake(work, configfile, "finetune")
+    return work / "results/tiny/finetune", labels
+
+
+def test_bad_labels_are_quarantined_and_every_other_galaxy_is_scored_once(finetune_run):
+    out, labels = finetune_run
+    quarantine = pd.read_parquet(out / "labelled/catalog/quarantine.parquet")
+    reasons = quarantine.groupby("reason")["id_str"].count().to_dict()
+    assert reasons["invalid_label"] == 1 and reasons["fractional_label"] == 1 and reasons["label_out_of_range"] == 1
+    assert reasons["missing_labels"] == 2
+    assert {"missing_file", "empty_file", "unreadable_image"} <= set(reasons)
+    ready = pd.read_parquet(out / "labelled/catalog/ready.parquet")
+    assert len(ready) + len(quarantine) == len(labels)
+    cv = pd.read_parquet(out / "cv_predictions.parquet")
+    assert sorted(cv["id_str"]) == sorted(ready["id_str"]) and cv["id_str"].is_unique
+    assert set(cv["fold"]) == {0, 1, 2} and cv["finetuned_score"].notna().all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_scored"] == len(ready) and metrics["n_excluded_seen_by_base"] == 0
+    assert metrics["catalog"]["n_in"] == len(labels) and metrics["catalog"]["n_quarantined"] == len(quarantine)
+    assert metrics["base"] == "imagenet" and json.loads((out / "finetune_config.json").read_text())["channels"] == 1
+    for name in ("roc.png", "surest_examples.png"):
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_the_survey_gets_one_prediction_per_ready_galaxy(finetune_run):
+    out, _ = finetune_run
+    ready = pd.read_parquet(out / "survey/catalog/ready.parquet")
+    predictions = pd.read_parquet(out / "survey/predictions.parquet")
+    assert sorted(predictions["id_str"]) == sorted(ready["id_str"])
+    assert predictions["smooth_probability"].between(0, 1).all() and predictions["smooth_probability_mc_std"].ge(0).all()
+    from zoobot_core.hdf5 import load_predictions_hdf5
+
+    samples, ids, names = load_predictions_hdf5(out / "survey/predictions.hdf5")
+    assert samples.shape == (len(ready), 1, 3) and names == ["smooth_probability"] and ids == predictions["id_str"].tolist()
+
+
+def test_imagenet_base_that_cannot_be_fetched_stops_the_run_before_any_job(tiny_synthetic, tmp_path):
+    import subprocess
+    import sys
+
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["finetune"] = {"base_model": "imagenet", "catalog": str(tiny_synthetic / "catalog.csv"), "label_column": "smooth-or-featured_smooth"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    # an empty Keras cache, and a mirror address where nothing listens: no download is tried on the internet
+    env = {**__import__("os").environ, "KERAS_HOME": str(tmp_path / "keras"), "ZOOBOT_CORE_IMAGENET_URL": "http://127.0.0.1:9/efficientnetb0_notop.h5"}
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "finetune"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode != 0
+    assert str(tmp_path / "keras" / "models" / "efficientnetb0_notop.h5") in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_the_bases_experiment_runs_at_a_tiny_size(tiny_synthetic, tmp_path):
+    """tests/benchmarks/finetune_bases.py (the docs' table of bases on the real rings), on tiny synthetic labels."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
+    import finetune_bases
+
+    catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
+    votes = catalog[["smooth-or-featured_smooth", "smooth-or-featured_featured-or-disk"]]
+    usable = votes.notna().all(axis=1) & ~catalog["id_str"].isin(["SYN0000056", "SYN0000057", "SYN0000058", "SYN0000059"])  # labelled, readable
+    labels = pd.DataFrame({"galaxy": catalog["id_str"], "path": catalog["file_loc"], "smooth": (votes.iloc[:, 0] > votes.iloc[:, 1]).astype(int)})[usable]
+    labels.to_csv(tiny_synthetic / "experiment_labels.csv", index=False)  # beside the images its paths are relative to
+    report = finetune_bases.main(["--bases", "none", "--seeds", "1", "2", "--unfreeze", "0", "--image-size", "48", "--workdir", str(tmp_path / "work"),
+                                  "--catalog", str(tiny_synthetic / "experiment_labels.csv"), "--id-column", "galaxy", "--file-column", "path", "--label-column", "smooth"])
+    assert [(r["base"], r["seed"], r["n_scored"]) for r in report["runs"]] == [("none", 1, len(labels)), ("none", 2, len(labels))]
+    assert all(0 <= r["finetuned_roc_auc"] <= 1 and r["seconds"] > 0 for r in report["runs"])
+    rows = report["table"].splitlines()
+    assert rows[2].startswith("| none: linear probe (frozen base) | ") and " ± " in rows[2] and rows[-1].startswith("| baseline: constant | 0.500")
+    assert json.loads((tmp_path / "work" / "finetune_bases.json").read_text())["table"] == report["table"]

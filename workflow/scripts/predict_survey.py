@@ -1,0 +1,12 @@
+"""Rule predict_survey: the finetuned model over every galaxy of the survey catalog's shards."""
+
+from pathlib import Path
+
+from zoobot_core.finetuned import predict_survey_files
+from zoobot_core.io import setup_logging
+
+setup_logging(snakemake.log[0])
+predict_survey_files(
+    Path(snakemake.input.model).parent, snakemake.input.shards, snakemake.output.predictions,
+    snakemake.output.get("hdf5"), batch_size=snakemake.params.batch_size, seed=snakemake.params.seed, threads=snakemake.threads,
+)

@@ -1,0 +1,135 @@
+"""The simple models finetuning must beat, fitted and scored on the same folds as the finetuned model.
+
+- constant: the training folds' class frequencies (or mean);
+- pixels: logistic (ridge) regression on downsampled greyscale pixels;
+- radial profile: the same on the azimuthally averaged radial brightness profile per channel, which
+  no rotation of the galaxy changes;
+- linear probe: the same on the frozen base's pooled features (finetune computes them, averaged over
+  the four 90-degree rotations).
+
+Every linear model is standardised and class-balanced, with its regularisation chosen by an inner
+cross-validation on the training folds only. The decision threshold of a binary model is chosen on
+the training folds too (scores.balanced_threshold of inner out-of-fold scores), never on the scored fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zoobot_core.scores import balanced_threshold
+
+C_GRID = np.logspace(-4, 2, 13)  # inverse L2 strength of logistic regression
+ALPHA_GRID = np.logspace(-2, 5, 15)  # L2 strength of ridge regression
+
+
+@dataclass
+class Fitted:
+    """A method's scores for the scored galaxies (P(class 1), (n, classes) probabilities, or values),
+    its decision threshold (binary) and what the inner CV chose."""
+
+    scores: np.ndarray
+    threshold: float | None = None
+    chosen: dict = field(default_factory=dict)
+    estimator: object = None
+
+
+def pixel_features(images: np.ndarray, size: int = 16) -> np.ndarray:
+    """Greyscale pixels downsampled to size x size (LANCZOS), one row per image, in [0, 1]."""
+    from PIL import Image
+
+    grey = np.asarray(images, np.float32).mean(axis=-1)
+    return np.stack([
+        np.asarray(Image.fromarray(g.astype(np.float32)).resize((size, size), Image.Resampling.LANCZOS), np.float32).ravel() / 255.0
+        for g in grey
+    ])
+
+
+def radial_profile_features(images: np.ndarray, greyscale: bool = False) -> np.ndarray:
+    """Mean brightness in 1-pixel-wide rings around the image centre (out to half the width), per
+    channel (or of the greyscale image), in [0, 1]: a description no rotation of the galaxy changes."""
+    images = np.asarray(images, np.float32) / 255.0
+    if greyscale:
+        images = images.mean(axis=-1, keepdims=True)
+    n, height, width, channels = images.shape
+    yy, xx = np.indices((height, width))
+    radius = np.hypot(yy - (height - 1) / 2, xx - (width - 1) / 2).ravel()
+    n_bins = min(height, width) // 2
+    ring = np.floor(radius).astype(int)
+    inside = ring < n_bins
+    averaging = np.zeros((n_bins, height * width), np.float32)  # row b: 1/count for the pixels of ring b
+    averaging[ring[inside], np.flatnonzero(inside)] = 1.0
+    averaging /= averaging.sum(axis=1, keepdims=True)
+    flat = images.reshape(n, height * width, channels)
+    return np.einsum("bp,npc->ncb", averaging, flat).reshape(n, channels * n_bins)
+
+
+def inner_cv(labels: np.ndarray, task: str, folds: int, seed: int):
+    """The inner splitter: stratified for classes, with no more folds than the rarest class has galaxies."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if task == "regression":
+        return KFold(min(folds, len(labels)), shuffle=True, random_state=seed)
+    smallest = int(np.unique(labels, return_counts=True)[1].min())
+    if smallest < 2:
+        raise ValueError(f"A class has {smallest} training galaxy; each class needs at least 2 to choose the regularisation")
+    return StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+
+
+def linear_search(task: str, cv, n_jobs: int | None = None):
+    """Standardisation + class-balanced logistic regression (ridge for regression), its L2 strength chosen by `cv`."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "regression":
+        return GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": ALPHA_GRID}, cv=cv, scoring="neg_mean_squared_error", n_jobs=n_jobs)
+    model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
+    return GridSearchCV(model, {"logisticregression__C": C_GRID}, cv=cv, scoring="neg_log_loss", n_jobs=n_jobs)
+
+
+def class_scores(estimator, features: np.ndarray, task: str, n_classes: int) -> np.ndarray:
+    """P(class 1) for binary, (n, n_classes) probabilities for multiclass, values for regression."""
+    if task == "regression":
+        return estimator.predict(features).astype(np.float64)
+    probabilities = estimator.predict_proba(features)
+    full = np.zeros((len(features), n_classes))
+    full[:, estimator.classes_.astype(int)] = probabilities
+    return full[:, 1] if task == "binary" else full
+
+
+def fit_linear(
+    features: np.ndarray, labels: np.ndarray, train: np.ndarray, scored: np.ndarray, task: str, n_classes: int,
+    inner_folds: int = 5, seed: int = 0, threshold: float | None = None,
+) -> Fitted:
+    """Fit on the `train` rows (regularisation by inner CV), score the `scored` rows; binary thresholds
+    are `threshold` if given, else chosen on inner out-of-fold scores of the training rows."""
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
+
+    x, y = features[train], labels[train]
+    cv = inner_cv(y, task, inner_folds, seed)
+    search = linear_search(task, cv).fit(x, y)
+    scores = class_scores(search.best_estimator_, features[scored], task, n_classes) if len(scored) else np.zeros((0, n_classes) if task == "multiclass" else 0)
+    fitted = Fitted(scores, chosen={k.split("__")[-1]: float(v) for k, v in search.best_params_.items()}, estimator=search.best_estimator_)
+    if task == "binary":
+        if threshold is None:
+            inner = cross_val_predict(clone(search.best_estimator_), x, y, cv=cv, method="predict_proba")[:, 1]
+            fitted.threshold = balanced_threshold(y, inner)
+        else:
+            fitted.threshold = float(threshold)
+    return fitted
+
+
+def fit_constant(labels: np.ndarray, train: np.ndarray, scored: np.ndarray, task: str, n_classes: int) -> Fitted:
+    """The training rows' mean (regression) or class frequencies, for every scored row; binary
+    threshold set so that it predicts the majority class."""
+    y = labels[train]
+    if task == "regression":
+        return Fitted(np.full(len(scored), float(y.mean())))
+    frequencies = np.bincount(y.astype(int), minlength=n_classes) / len(y)
+    if task == "binary":
+        return Fitted(np.full(len(scored), frequencies[1]), threshold=0.0 if frequencies[1] > 0.5 else 1.0 + 1e-9)
+    return Fitted(np.tile(frequencies, (len(scored), 1)))

@@ -1,0 +1,115 @@
+"""Scores for a label predicted out of fold: balanced accuracy, ROC AUC, accuracy, confusion and
+predicted vs true class rates (binary / multiclass); MAE and R² (regression); with their spread
+over folds and a bootstrap interval. Also the decision threshold chosen on training galaxies."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+CLASSIFICATION = ("binary", "multiclass")
+
+
+def balanced_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold on P(class 1) that maximises balanced accuracy (Youden's J) on these galaxies.
+
+    Candidates are midpoints between consecutive distinct scores; ties go to the one nearest 0.5.
+    Meant for training galaxies' out-of-fold scores, never the galaxies being scored.
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores, float)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    values = np.unique(scores)
+    candidates = np.concatenate([[values[0] - 1e-9], (values[1:] + values[:-1]) / 2, [values[-1] + 1e-9]])
+    positive, negative = labels == 1, labels == 0
+    predicted = scores[None, :] >= candidates[:, None]
+    j = predicted[:, positive].mean(axis=1) + (~predicted[:, negative]).mean(axis=1)
+    best = np.flatnonzero(np.isclose(j, j.max()))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def classify(scores: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
+    """Predicted classes: P(class 1) >= threshold (binary) or the most probable class (multiclass, scores (n, classes))."""
+    scores = np.asarray(scores)
+    return (scores >= threshold).astype(int) if task == "binary" else scores.argmax(axis=1)
+
+
+def _scalar_scores(truth: np.ndarray, scores: np.ndarray, predicted: np.ndarray, task: str, n_classes: int) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+
+    if task == "regression":
+        return {"mae": float(mean_absolute_error(truth, scores)), "r2": float(r2_score(truth, scores)) if len(truth) > 1 else np.nan}
+    out = {"balanced_accuracy": float(balanced_accuracy_score(truth, predicted)), "accuracy": float(accuracy_score(truth, predicted))}
+    present = np.unique(truth)
+    if len(present) < 2:
+        out["roc_auc"] = np.nan  # AUC needs both classes among the scored galaxies
+    elif task == "binary":
+        out["roc_auc"] = float(roc_auc_score(truth, scores))
+    elif len(present) == n_classes:
+        probabilities = np.clip(scores, 0, None) / np.clip(scores, 0, None).sum(axis=1, keepdims=True)
+        out["roc_auc"] = float(roc_auc_score(truth, probabilities, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    else:
+        out["roc_auc"] = np.nan
+    return out
+
+
+def score_predictions(
+    truth: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None, folds: np.ndarray, task: str, n_classes: int = 2,
+    n_bootstrap: int = 1000, seed: int = 0,
+) -> dict:
+    """Scores of out-of-fold predictions: pooled over every scored galaxy (with a bootstrap 95% interval),
+    per fold, and the folds' mean and standard deviation; plus the confusion matrix and class rates."""
+    truth, scores, folds = np.asarray(truth), np.asarray(scores), np.asarray(folds)
+    predicted = None if predicted is None else np.asarray(predicted)
+    pooled = _scalar_scores(truth, scores, predicted, task, n_classes)
+    fold_ids = sorted(set(folds.tolist()))
+    per_fold = {f: _scalar_scores(truth[folds == f], scores[folds == f], None if predicted is None else predicted[folds == f], task, n_classes)
+                for f in fold_ids}
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in pooled}
+    with warnings.catch_warnings():  # a resample may lack a class; its scores are still defined
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(n_bootstrap):
+            pick = rng.integers(0, len(truth), len(truth))
+            for name, value in _scalar_scores(truth[pick], scores[pick], None if predicted is None else predicted[pick], task, n_classes).items():
+                draws[name].append(value)
+    out: dict = {"n_scored": int(len(truth)), "n_folds": len(fold_ids)}
+    for name, value in pooled.items():
+        fold_values = np.array([per_fold[f][name] for f in fold_ids], float)
+        boot = np.array(draws[name], float)
+        boot = boot[np.isfinite(boot)]
+        out[name] = {
+            "pooled": value,
+            "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))] if len(boot) else [np.nan, np.nan],
+            "fold_mean": float(np.nanmean(fold_values)) if np.isfinite(fold_values).any() else np.nan,
+            "fold_std": float(np.nanstd(fold_values, ddof=1)) if np.isfinite(fold_values).sum() > 1 else np.nan,
+            "per_fold": [float(v) for v in fold_values],
+        }
+    if task in CLASSIFICATION:
+        classes = list(range(n_classes))
+        confusion = pd.crosstab(pd.Categorical(truth, classes), pd.Categorical(predicted, classes), dropna=False).to_numpy()
+        out["confusion"] = {"rows_true_columns_predicted": confusion.tolist()}
+        out["class_rate"] = {
+            "true": [float((truth == c).mean()) for c in classes],
+            "predicted": [float((predicted == c).mean()) for c in classes],
+        }
+    return out
+
+
+def summary_table(metrics: dict[str, dict], task: str) -> pd.DataFrame:
+    """One row per method: each headline score pooled, with its bootstrap interval and fold mean ± std."""
+    names = ("balanced_accuracy", "roc_auc", "accuracy") if task in CLASSIFICATION else ("mae", "r2")
+    rows = []
+    for method, m in metrics.items():
+        row = {"method": method, "n_scored": m["n_scored"]}
+        for name in names:
+            row[name] = m[name]["pooled"]
+            row[f"{name}_ci95"] = "{:.3f}-{:.3f}".format(*m[name]["ci95"])
+            row[f"{name}_folds"] = f"{m[name]['fold_mean']:.3f} ± {m[name]['fold_std']:.3f}"
+        if task == "binary":
+            row["share_predicted_positive"] = m["class_rate"]["predicted"][1]
+            row["share_labelled_positive"] = m["class_rate"]["true"][1]
+        rows.append(row)
+    return pd.DataFrame(rows)
