@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench lint format clean system-deps lock
+.PHONY: venv run test bench finetune-bases lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -51,6 +51,10 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_shards.py
 	$(BIN)/python tests/benchmarks/bench_predict.py
 	$(BIN)/python tests/benchmarks/bench_cluster.py
+
+## finetune-bases: finetuning on the real rings (../shared) by base (none, the demo model, a 128 px one) and seed, beside the baselines (docs/results.md)
+finetune-bases: venv
+	$(BIN)/python tests/benchmarks/finetune_bases.py
 
 ## lint: snakemake --lint, snakefmt and ruff
 lint: venv

@@ -10,7 +10,7 @@ import pytest
 
 from zoobot_core.baselines import fit_linear
 from zoobot_core.bases import BaseSpec, build_network, efficientnet_of
-from zoobot_core.finetune import EXCLUDED_FOLD, FinetuneConfig, cross_validate, finetune, set_head, unfreeze_last_blocks
+from zoobot_core.finetune import EXCLUDED_FOLD, FinetuneConfig, assign_folds, cross_validate, finetune, set_head, unfreeze_last_blocks
 from zoobot_core.finetuned import feature_extractor, head_outputs, predict_images, rotation_features
 
 pytestmark = pytest.mark.slow
@@ -47,11 +47,26 @@ def test_the_keras_head_computes_the_fitted_linear_model(task, units):
 
 def test_unfreezing_trains_only_the_last_blocks_and_the_head():
     model = build_network(NONE, 48, 3, 36, 36, 1, "sigmoid")
-    assert unfreeze_last_blocks(model, 1) == ["block7a", "top"]
+    assert unfreeze_last_blocks(model, 1) == ["block7", "top"]
     names = {w.path.split("/")[-2] for w in model.trainable_weights}
     assert any(n.startswith("block7a") for n in names) and not any(n.startswith("block6") for n in names)
     assert not any("_bn" in n for n in names) and "finetune_head" in names
     assert not efficientnet_of(model).get_layer("stem_conv").trainable
+    assert unfreeze_last_blocks(model, 2) == ["block6", "block7", "top"]  # blocks are EfficientNet's stages, as Zoobot counts them
+    names = {w.path.split("/")[-2] for w in model.trainable_weights}
+    assert {n[:7] for n in names if n.startswith("block6")} == {"block6a", "block6b", "block6c", "block6d"}
+
+
+def test_folds_keep_two_of_every_class_for_training_or_say_why_not():
+    ids = np.array([f"G{i:02d}" for i in range(23)])
+    labels = np.array([0] * 20 + [1] * 3)
+    folds = assign_folds(ids, labels, np.zeros(23, bool), FinetuneConfig(folds=5))
+    assert folds.max() == 2  # 3 galaxies of the rare class allow 3 folds, each training on 2 of them
+    assert all((labels[folds != f] == 1).sum() >= 2 for f in range(3))
+    with pytest.raises(ValueError, match=r"class counts are \[20, 2\]"):
+        assign_folds(ids[:22], labels[:22], np.zeros(22, bool), FinetuneConfig(folds=5))
+    with pytest.raises(ValueError, match="n_classes 2"):
+        FinetuneConfig(task="binary", n_classes=3)
 
 
 def test_cross_validation_scores_every_galaxy_once_and_never_one_the_base_saw():
@@ -87,6 +102,7 @@ def test_finetune_writes_the_final_model_and_it_predicts_with_mc_dropout(tmp_pat
     config = FinetuneConfig(folds=3, inner_folds=3, batch_size=8, n_samples=3)
     summary = finetune(images, ids, labels, NONE, tmp_path, config, label_col="ring", seen_by_base={"G000"}, threads=2, catalog={"n_in": 40})
     assert summary["n_scored"] == 35 and summary["n_excluded_seen_by_base"] == 1 and summary["catalog"] == {"n_in": 40}
+    assert summary["base_overlap_checked"] is True
     assert json.loads((tmp_path / "metrics.json").read_text())["methods"]["finetuned"]["roc_auc"]["pooled"] == summary["methods"]["finetuned"]["roc_auc"]["pooled"]
     cv_metrics = pd.read_csv(tmp_path / "cv_metrics.csv")
     assert cv_metrics["method"].tolist() == ["finetuned", "linear_probe", "radial_profile", "pixels", "constant"]

@@ -65,16 +65,25 @@ def radial_profile_features(images: np.ndarray, greyscale: bool = False) -> np.n
     return np.einsum("bp,npc->ncb", averaging, flat).reshape(n, channels * n_bins)
 
 
-def inner_cv(labels: np.ndarray, task: str, folds: int, seed: int):
-    """The inner splitter: stratified for classes, with no more folds than the rarest class has galaxies."""
+def splitter(labels: np.ndarray, task: str, folds: int, seed: int, keep: int = 1, what: str = "the inner cross-validation"):
+    """K-fold splitter, stratified by class, with as many folds as asked (at most) such that every training
+    part keeps at least `keep` galaxies of every class; plain k-fold for regression."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     if task == "regression":
+        if len(labels) < 2 * max(keep, 1):
+            raise ValueError(f"{what} needs at least {2 * max(keep, 1)} galaxies; there are {len(labels)}")
         return KFold(min(folds, len(labels)), shuffle=True, random_state=seed)
-    smallest = int(np.unique(labels, return_counts=True)[1].min())
-    if smallest < 2:
-        raise ValueError(f"A class has {smallest} training galaxy; each class needs at least 2 to choose the regularisation")
-    return StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+    counts = np.unique(labels, return_counts=True)[1]
+    smallest = int(counts.min())
+    # a stratified test part holds at most ceil(m / n) of a class with m galaxies
+    usable = [n for n in range(min(folds, smallest), 1, -1) if smallest - -(-smallest // n) >= keep]
+    if not usable or len(counts) < 2:
+        raise ValueError(
+            f"{what} needs every class among these galaxies, with at least {keep + 1 if keep > 1 else 2} of each; "
+            f"the class counts are {counts.tolist()}. Label more galaxies of the rare class."
+        )
+    return StratifiedKFold(usable[0], shuffle=True, random_state=seed)
 
 
 def linear_search(task: str, cv, n_jobs: int | None = None):
@@ -110,7 +119,7 @@ def fit_linear(
     from sklearn.model_selection import cross_val_predict
 
     x, y = features[train], labels[train]
-    cv = inner_cv(y, task, inner_folds, seed)
+    cv = splitter(y, task, inner_folds, seed)
     search = linear_search(task, cv).fit(x, y)
     scores = class_scores(search.best_estimator_, features[scored], task, n_classes) if len(scored) else np.zeros((0, n_classes) if task == "multiclass" else 0)
     fitted = Fitted(scores, chosen={k.split("__")[-1]: float(v) for k, v in search.best_params_.items()}, estimator=search.best_estimator_)

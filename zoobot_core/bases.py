@@ -45,7 +45,7 @@ class BaseSpec:
 
 def keras_cache_file(name: str = IMAGENET_FILE) -> Path:
     """Where keras.utils.get_file keeps a downloaded model file: $KERAS_HOME/models (default ~/.keras/models)."""
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
     if not os.access(home if home.exists() else home.parent, os.W_OK):
         home = Path("/tmp/.keras")  # what Keras falls back to when the home folder is read-only
     return home / "models" / name
@@ -61,14 +61,17 @@ def _md5(path: Path) -> str:
 
 def fetch_imagenet_weights(origin: str | None = None, timeout: float = 60.0) -> Path:
     """EfficientNetB0's ImageNet weights (no top) from Keras' cache, downloaded there once if missing
-    (from `origin`, else $ZOOBOT_CORE_IMAGENET_URL, else Keras' own address; MD5-checked).
+    (from `origin`, else $ZOOBOT_CORE_IMAGENET_URL, else Keras' own address). The file must have the
+    MD5 Keras publishes for it, cached or downloaded.
 
     Offline without the file: BaseModelError naming the file, where to put it and how to get it.
     """
     origin = origin or os.environ.get(MIRROR_VARIABLE) or IMAGENET_ORIGIN
     target = keras_cache_file()
     if target.is_file():
-        return target
+        if _md5(target) == IMAGENET_MD5:
+            return target
+        log.warning("%s is not the ImageNet weights file Keras publishes (MD5 differs); fetching it again", target)
     fix = (
         f"EfficientNetB0's ImageNet weights are not in Keras' cache ({target}) and could not be downloaded from {origin}. "
         "On a machine with internet run: python -c \"import keras; keras.applications.EfficientNetB0(weights='imagenet', include_top=False)\" "
@@ -76,17 +79,17 @@ def fetch_imagenet_weights(origin: str | None = None, timeout: float = 60.0) -> 
     )
     import urllib.request
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     log.info("Downloading EfficientNetB0 ImageNet weights from %s to %s", origin, target)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(origin, timeout=timeout) as response, open(partial, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
         if _md5(partial) != IMAGENET_MD5:
             raise OSError(f"the downloaded file's MD5 is not {IMAGENET_MD5}")
         os.replace(partial, target)
-    except OSError as err:  # URLError, timeouts and refused connections are all OSErrors
+    except Exception as err:  # refused, timed out, cut short, a malformed address, an unwritable cache: all the same to the user
         raise BaseModelError(f"{fix} ({type(err).__name__}: {err})") from err
     finally:
         partial.unlink(missing_ok=True)
@@ -189,40 +192,30 @@ def build_network(
     """Zoobot's augmentation layers, the base's EfficientNetB0 (weights loaded), a standardisation of
     its pooled features, dropout and a new Dense head; for images in [0, 1] of any size.
 
-    The standardisation (Standardise) starts as the identity; finetune sets it (and the head) from the training
-    galaxies' features. EfficientNet's weights do not depend on the image size, so a base trained
-    at 64 px can be finetuned at 128 px; greyscale images go through the ImageNet weights by
-    repeating their channel (GreyToRGB).
+    The standardisation (Standardise) starts as the identity; finetune sets it (and the head) from
+    the training galaxies' features. EfficientNet's weights do not depend on the image size, so a
+    base trained at 64 px can be finetuned at 128 px; greyscale images go through the ImageNet
+    weights by repeating their channel (GreyToRGB).
     """
     import keras
     from keras import layers
 
-    from zoobot_core.model import MIN_SIZE, GreyToRGB, Standardise, get_augmentation_layers
+    from zoobot_core.model import Standardise, augmented_efficientnet
 
-    if resize_size < MIN_SIZE:
-        raise BaseModelError(f"EfficientNetB0 needs at least {MIN_SIZE} px after cropping and resizing; got {resize_size}")
-    inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = inputs
-    for layer in get_augmentation_layers(crop_size, resize_size, seed):
-        x = layer(x)
-    x = layers.Rescaling(255.0, name="to_efficientnet_range", dtype="float32")(x)
-    net_channels = channels
-    if base.kind == IMAGENET and channels == 1:
-        x, net_channels = GreyToRGB(name="grey_to_rgb")(x), 3
-    network = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(resize_size, resize_size, net_channels), pooling="avg")
+    inputs, features, network = augmented_efficientnet(input_size, channels, crop_size, resize_size, seed, rgb_weights=base.kind == IMAGENET,
+                                                       settings="finetune.settings")
     if base.kind == IMAGENET:
         _load_imagenet(network, base.path)
     elif base.kind == PIPELINE:
         from zoobot_core.runtime import load_keras_model
 
         source = efficientnet_of(load_keras_model(base.path))
-        if source.input_shape[-1] != net_channels:
-            raise BaseModelError(f"The base {base.path} takes {source.input_shape[-1]}-channel images, not {net_channels}")
+        if source.input_shape[-1] != network.input_shape[-1]:
+            raise BaseModelError(f"The base {base.path} takes {source.input_shape[-1]}-channel images, not {network.input_shape[-1]}")
         network.set_weights(source.get_weights())
         refresh_normalization(network)
     elif base.kind != NONE:
         raise BaseModelError(f"Unknown base kind {base.kind!r}")
-    features = network(x)
     x = Standardise(name=STANDARDISE)(features)
     x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT)(x)
     outputs = layers.Dense(head_units, activation=head_activation, name=HEAD, dtype="float32")(x)

@@ -188,7 +188,7 @@ METHOD_STYLE = {  # finetune's methods: colour and label in its figures
     "finetuned": ("#c0392b", "finetuned model"),
     "linear_probe": ("#2a7ab0", "linear probe of the base"),
     "radial_profile": ("#27ae60", "radial profile (rotation-invariant)"),
-    "pixels": ("#8e44ad", "pixels (16 px)"),
+    "pixels": ("#8e44ad", "pixels"),
     "constant": ("#999999", "constant"),
 }
 
@@ -214,6 +214,7 @@ def plot_finetune_roc(cv: pd.DataFrame, metrics: dict, path: Path | str) -> None
     else:
         if task == "binary":
             for method, (colour, label) in METHOD_STYLE.items():
+                label = f"pixels ({metrics['config']['pixel_size']} px)" if method == "pixels" else label
                 fpr, tpr, _ = roc_curve(scored["label"], scored[f"{method}_score"])
                 auc = metrics["methods"][method]["roc_auc"]
                 ax.plot(fpr, tpr, color=colour, lw=2 if method == "finetuned" else 1.2,
@@ -233,8 +234,8 @@ def plot_finetune_roc(cv: pd.DataFrame, metrics: dict, path: Path | str) -> None
         ax.set_ylabel("true positive rate")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1.01)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{metrics['label']}: {len(scored)} galaxies scored out of fold ({metrics['n_folds']}-fold CV)\n"
-                 "dots: each method at its decision threshold" if task == "binary" else f"{metrics['label']}: out-of-fold predictions", fontsize=9)
+    title = f"{metrics['label']}: {len(scored)} galaxies scored out of fold ({metrics['n_folds']}-fold CV)"
+    ax.set_title(title + ("\ndots: each method at its decision threshold" if task == "binary" else ""), fontsize=9)
     save_figure(fig, path)
 
 

@@ -27,16 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoobot_core.baselines import Fitted, fit_constant, fit_linear, pixel_features, radial_profile_features
+from zoobot_core.baselines import Fitted, fit_constant, fit_linear, pixel_features, radial_profile_features, splitter
 from zoobot_core.bases import HEAD, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
-from zoobot_core.finetuned import (
-    FINETUNE_CONFIG,
-    ROTATIONS,
-    feature_extractor,
-    head_outputs,
-    rotation_features,
-    scores_from_outputs,
-)
+from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
 from zoobot_core.scores import balanced_threshold, classify, score_predictions, summary_table
 
 log = logging.getLogger(__name__)
@@ -72,6 +65,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"finetune task must be one of {TASKS}, got {self.task!r}")
+        if (self.task == "binary" and self.n_classes != 2) or (self.task == "multiclass" and self.n_classes < 3):
+            raise ValueError(f"A {self.task} task needs n_classes {'2' if self.task == 'binary' else '>= 3'}, not {self.n_classes}")
         if self.folds < 2 or self.inner_folds < 2:
             raise ValueError(f"folds and inner_folds must be at least 2; got {self.folds}, {self.inner_folds}")
 
@@ -83,26 +78,18 @@ class FinetuneConfig:
 def assign_folds(ids: np.ndarray, labels: np.ndarray, excluded: np.ndarray, config: FinetuneConfig) -> np.ndarray:
     """Fold number per galaxy (stratified by label for classes), EXCLUDED_FOLD for galaxies the base saw.
 
-    Folds depend on the ids, labels and seed only, not on the catalog's row order.
+    Every fold's training part keeps at least 2 of every class (for the inner cross-validation);
+    fewer folds than asked are used when the rarest class needs it. Folds depend on the ids,
+    labels and seed only, not on the catalog's row order.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     folds = np.full(len(ids), EXCLUDED_FOLD)
     eligible = np.flatnonzero(~excluded)
     eligible = eligible[np.argsort(ids[eligible], kind="stable")]
     y = labels[eligible]
-    if config.task == "regression":
-        n = min(config.folds, len(eligible))
-        splitter = KFold(n, shuffle=True, random_state=config.seed)
-    else:
-        counts = np.bincount(y.astype(int), minlength=config.n_classes)
-        if counts.min() < 2:
-            raise ValueError(f"Cross-validation needs at least 2 scorable galaxies of every class; class counts are {counts.tolist()}")
-        n = min(config.folds, int(counts.min()))
-        splitter = StratifiedKFold(n, shuffle=True, random_state=config.seed)
-    if n < config.folds:
-        log.warning("Only %d folds possible (the rarest class has %d scorable galaxies), not %d", n, n, config.folds)
-    for fold, (_, scored) in enumerate(splitter.split(eligible, y if config.task != "regression" else None)):
+    cv = splitter(y, config.task, config.folds, config.seed, keep=2, what="Cross-validation of the scorable galaxies")
+    if cv.get_n_splits() < config.folds:
+        log.warning("Only %d folds, not %d: the rarest class has %d scorable galaxies", cv.get_n_splits(), config.folds, np.bincount(y.astype(int)).min())
+    for fold, (_, scored) in enumerate(cv.split(eligible, y if config.task != "regression" else None)):
         folds[eligible[scored]] = fold
     return folds
 
@@ -137,18 +124,25 @@ def set_head(model, estimator, task: str) -> None:
     model.get_layer(HEAD).set_weights([coef.T, intercept])
 
 
+def _stage(layer_name: str) -> str:
+    """EfficientNet's stage of a layer: 'block6' for 'block6c_expand_conv', 'top' for 'top_conv', else its prefix."""
+    prefix = layer_name.split("_")[0]
+    return prefix[:6] if prefix.startswith("block") else prefix
+
+
 def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
-    """Make EfficientNet's last n blocks (and its top convolution) and the head trainable; everything
-    else, and every BatchNormalization layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
+    """Make EfficientNetB0's last n blocks (its stages block7, block6, ...; 7 in all, as Zoobot counts
+    them), its top convolution and the head trainable; everything else, and every BatchNormalization
+    layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
     import keras
 
     network = efficientnet_of(model)
-    blocks = sorted({layer.name.split("_")[0] for layer in network.layers if layer.name.startswith("block")})
-    chosen = set(blocks[-n_blocks:]) | {"top"}
+    stages = sorted({_stage(layer.name) for layer in network.layers if layer.name.startswith("block")})
+    chosen = set(stages[-n_blocks:]) | {"top"}
     for layer in model.layers:
         layer.trainable = layer is network or layer.name == HEAD
     for layer in network.layers:
-        layer.trainable = layer.name.split("_")[0] in chosen and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = _stage(layer.name) in chosen and not isinstance(layer, keras.layers.BatchNormalization)
     return sorted(chosen)
 
 
@@ -165,15 +159,13 @@ def _dataset(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, channe
     """(image, label, weight) batches from uint8 images, converted to the network's input a batch at a time."""
     import tensorflow as tf
 
+    from zoobot_core.preprocess import PreprocessingConfig, preprocess_images
+
+    pre = PreprocessingConfig(input_size=images.shape[1], make_greyscale=channels == 1)
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), weights))
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-
-    def convert(x, y, w):
-        x = tf.cast(x, tf.float32) / 255.0
-        return (tf.reduce_mean(x, axis=-1, keepdims=True) if channels == 1 else x), y, w
-
-    return ds.batch(batch_size).map(convert).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size).map(lambda x, y, w: (preprocess_images(x, pre), y, w)).prefetch(tf.data.AUTOTUNE)
 
 
 def _compile_unfrozen(model, config: FinetuneConfig) -> None:
@@ -256,6 +248,9 @@ def fit_finetuned(
     head, model = _head_only(network, features, labels, train, scored, config, seed)
     if config.unfreeze_blocks == 0:
         return head, model, pd.DataFrame()
+    if config.task != "regression" and np.bincount(labels[train].astype(int), minlength=config.n_classes).min() < 4:
+        log.warning("Fewer than 4 training galaxies of a class: too few to choose unfreezing epochs on a split of them; keeping the linear probe")
+        return head, model, pd.DataFrame()
     fit, val = _inner_split(labels, train, config, seed)
     _, trial = _head_only(network, features, labels, fit, fit[:0], config, seed)
     history = _train_unfrozen(trial, images, labels, fit, channels, config, seed, config.unfreeze_epochs, val).assign(stage="choose epochs")
@@ -264,10 +259,10 @@ def fit_finetuned(
         return head, model, history
     threshold = None
     if config.task == "binary":
-        val_scores = scores_from_outputs(head_outputs(trial, rotation_features(feature_extractor(trial), images[val], channels, config.batch_size)), config.task)
+        val_scores = model_scores(trial, images[val], channels, config.task, config.batch_size)
         threshold = balanced_threshold(labels[val], val_scores) if config.decision_threshold is None else float(config.decision_threshold)
     refit = _train_unfrozen(model, images, labels, train, channels, config, seed, epochs).assign(stage="refit")
-    scores = scores_from_outputs(head_outputs(model, rotation_features(feature_extractor(model), images[scored], channels, config.batch_size)), config.task) if len(scored) else head.scores
+    scores = model_scores(model, images[scored], channels, config.task, config.batch_size) if len(scored) else head.scores
     return Fitted(scores, threshold, {**head.chosen, "unfreeze_epochs": epochs}), model, pd.concat([history, refit], ignore_index=True)
 
 
@@ -358,21 +353,22 @@ def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame
 
 def finetune(
     images: np.ndarray, ids, labels, base: BaseSpec, out_dir: Path | str, config: FinetuneConfig,
-    label_col: str = "label", seen_by_base: set[str] | frozenset = frozenset(), threads: int | None = None, catalog: dict | None = None,
+    label_col: str = "label", seen_by_base: set[str] | frozenset | None = frozenset(), threads: int | None = None, catalog: dict | None = None,
 ) -> dict:
     """Cross-validate, then train the final model on every galaxy; write into `out_dir`:
     model.keras and finetune_config.json (the final model), cv_predictions.parquet (out-of-fold scores
     of every method), cv_metrics.csv (one row per method), history.csv (unfreezing), metrics.json.
 
     `images` are 0-255 RGB (n, size, size, 3) resized by the pipeline's resize (images.load_rgb);
-    `seen_by_base` are ids the base was trained on: never scored. `catalog` (the row accounting) goes into metrics.json.
+    `seen_by_base` are ids the base was trained on: never scored (matched by id; None: not known, which
+    metrics.json says). `catalog` (the row accounting) goes into metrics.json.
     """
     from zoobot_core.io import atomic_path, atomic_write_table, write_json
 
     out_dir = Path(out_dir)
     ids = np.asarray(ids).astype(str)
     labels = np.asarray(labels, np.float64 if config.task == "regression" else np.int64)
-    excluded = np.isin(ids, list(seen_by_base))
+    excluded = np.isin(ids, list(seen_by_base or ()))
     timings, started = {}, time.perf_counter()
     log.info("Finetuning %s on %d galaxies (%d px, task %s): %d-fold CV, then a final model; %d never scored (the base was trained on them)",
              base.label, len(ids), images.shape[1], config.task, config.folds, excluded.sum())
@@ -394,7 +390,8 @@ def finetune(
         "base": base.label,
         "n_galaxies": int(len(ids)),
         "n_scored": int((oof["fold"] != EXCLUDED_FOLD).sum()),
-        "n_excluded_seen_by_base": int(excluded.sum()),
+        "n_excluded_seen_by_base": int(excluded.sum()) if seen_by_base is not None else None,
+        "base_overlap_checked": seen_by_base is not None,
         "n_folds": int(oof["fold"].max()) + 1,
         "methods": metrics,
         "final_model": {"threshold": threshold, "unfrozen_blocks": config.unfreeze_blocks},
@@ -431,7 +428,7 @@ def load_ready_images(ready: pd.DataFrame) -> np.ndarray:
 def seen_by(base: BaseSpec) -> set[str] | None:
     """Ids a pipeline base was trained or early-stopped on (trained_on.parquet beside it); None when unknown."""
     from zoobot_core.bases import PIPELINE
-    from zoobot_core.train import TRAINED_ON
+    from zoobot_core.runtime import TRAINED_ON
 
     if base.kind != PIPELINE:
         return set()
@@ -450,8 +447,8 @@ def finetune_files(
     ready = pd.read_parquet(ready_path).sort_values("id_str").reset_index(drop=True)
     seen = seen_by(base)
     if seen is None:
-        log.warning("%s has no %s beside it: cannot check whether the finetuning galaxies were among its training galaxies", base.path, "trained_on.parquet")
-        seen = set()
+        log.warning("%s has no trained_on.parquet beside it: cannot tell whether the finetuning galaxies were among its training "
+                    "galaxies, so none is kept out of scoring (metrics.json: base_overlap_checked false)", base.path)
     images = load_ready_images(ready)
     accounting = json.loads(Path(accounting_path).read_text())
     return finetune(images, ready["id_str"].to_numpy(), ready[label_col].to_numpy(), base, out_dir, config, label_col, seen, threads, accounting)

@@ -24,17 +24,18 @@ FINETUNE_CONFIG = "finetune_config.json"
 
 
 def model_input(images: np.ndarray, channels: int) -> np.ndarray:
-    """0-255 RGB images (uint8 or float) as the network takes them: float32 in [0, 1], greyscale
-    (the mean over RGB, as preprocess.preprocess_images) when it takes one channel."""
-    images = np.asarray(images, np.float32) / 255.0
-    return images.mean(axis=-1, keepdims=True) if channels == 1 else images
+    """0-255 RGB images (uint8 or float) as the network takes them (preprocess.preprocess_images: [0, 1],
+    the mean over RGB when it takes one channel)."""
+    from zoobot_core.preprocess import PreprocessingConfig, preprocess_images
+
+    return preprocess_images(np.asarray(images), PreprocessingConfig(input_size=images.shape[1], make_greyscale=channels == 1)).numpy()
 
 
 def feature_extractor(model):
     """The network up to the base's pooled features (the input of the standardisation), sharing weights."""
-    import keras
+    from zoobot_core.model import representation_model
 
-    return keras.Model(model.inputs, model.get_layer(STANDARDISE).input, name="finetuned_features")
+    return representation_model(model, after=STANDARDISE)
 
 
 def rotation_features(extractor, images: np.ndarray, channels: int, batch_size: int = 32, desc: str | None = None) -> np.ndarray:
@@ -67,6 +68,18 @@ def scores_from_outputs(outputs: np.ndarray, task: str) -> np.ndarray:
     return outputs if task == "multiclass" else outputs[..., 0]
 
 
+def model_scores(model, images: np.ndarray, channels: int, task: str, batch_size: int = 32) -> np.ndarray:
+    """The model's scores (dropout off) for 0-255 RGB images, from their rotation-averaged features."""
+    return scores_from_outputs(head_outputs(model, rotation_features(feature_extractor(model), images, channels, batch_size)), task)
+
+
+def output_names(settings: dict) -> list[str]:
+    """Column names of the head's outputs: <label>_probability (binary), <label>_p<k> (multiclass), <label> (regression)."""
+    if settings["task"] == "multiclass":
+        return [f"{settings['label']}_p{k}" for k in range(settings["n_classes"])]
+    return [f"{settings['label']}_probability" if settings["task"] == "binary" else settings["label"]]
+
+
 def prediction_table(ids: list[str], deterministic: np.ndarray, samples: np.ndarray, settings: dict) -> pd.DataFrame:
     """Per galaxy: the prediction (dropout off), its MC-dropout mean and spread, and the predicted class.
 
@@ -78,21 +91,12 @@ def prediction_table(ids: list[str], deterministic: np.ndarray, samples: np.ndar
 
     label, task = settings["label"], settings["task"]
     columns: dict[str, np.ndarray] = {"id_str": np.asarray(ids, dtype=object)}
-    if task == "multiclass":
-        names = [f"{label}_p{k}" for k in range(deterministic.shape[1])]
-        for k, name in enumerate(names):
-            columns[name] = deterministic[:, k]
-            columns[f"{name}_mc_mean"] = samples[:, :, k].mean(axis=1)
-            columns[f"{name}_mc_std"] = samples[:, :, k].std(axis=1)
-        columns[f"{label}_predicted"] = classify(deterministic, task)
-    else:
-        name = f"{label}_probability" if task == "binary" else label
-        values, draws = deterministic[:, 0], samples[:, :, 0]
-        columns[name] = values
-        columns[f"{name}_mc_mean"] = draws.mean(axis=1)
-        columns[f"{name}_mc_std"] = draws.std(axis=1)
-        if task == "binary":
-            columns[f"{label}_predicted"] = classify(values, task, settings["threshold"])
+    for k, name in enumerate(output_names(settings)):
+        columns[name] = deterministic[:, k]
+        columns[f"{name}_mc_mean"] = samples[:, :, k].mean(axis=1)
+        columns[f"{name}_mc_std"] = samples[:, :, k].std(axis=1)
+    if task != "regression":
+        columns[f"{label}_predicted"] = classify(scores_from_outputs(deterministic, task), task, 0.5 if settings["threshold"] is None else settings["threshold"])
     table = pd.DataFrame(columns)
     for col in table.columns[1:]:
         if table[col].dtype.kind == "f":
@@ -147,13 +151,6 @@ def predict_survey_shards(model_dir: Path | str, shard_dir: Path | str, batch_si
     deterministic_array = np.concatenate(deterministic) if deterministic else np.zeros((0, units), np.float32)
     samples_array = np.concatenate(samples) if samples else np.zeros((0, n_samples, units), np.float32)
     return prediction_table(ids, deterministic_array, samples_array, settings), samples_array.transpose(0, 2, 1)
-
-
-def output_names(settings: dict) -> list[str]:
-    """Names of the head's outputs, for the HDF5 file's label_cols."""
-    if settings["task"] == "multiclass":
-        return [f"{settings['label']}_p{k}" for k in range(settings["n_classes"])]
-    return [f"{settings['label']}_probability" if settings["task"] == "binary" else settings["label"]]
 
 
 def predict_survey_files(model_dir: Path | str, shard_dir: Path | str, predictions_path: Path | str, hdf5_path: Path | str | None = None,

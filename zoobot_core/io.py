@@ -59,10 +59,24 @@ def atomic_write_table(df: pd.DataFrame, path: Path | str) -> None:
             df.to_parquet(tmp, index=False)
 
 
+def _json_safe(value):
+    """NaN and infinities (not JSON) as null, recursively; numpy scalars as Python numbers."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_json(data: dict, path: Path | str) -> None:
-    """Write a JSON file atomically, keys sorted and indented (stable across reruns, readable in a diff)."""
+    """Write a JSON file atomically, keys sorted and indented (stable across reruns, readable in a diff);
+    NaN and infinities become null, so strict readers (jq, browsers) accept it."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_table(path: Path | str) -> pd.DataFrame:

@@ -99,6 +99,33 @@ def get_augmentation_layers(crop_size: int, resize_size: int, seed: int | None =
     ]
 
 
+def augmented_efficientnet(
+    input_size: int, channels: int, crop_size: int, resize_size: int, seed: int | None = 0, rgb_weights: bool = False, settings: str = "train"
+) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.Model]:
+    """Zoobot's network up to the representation: an image input in [0, 1], the augmentation layers,
+    the 0-255 scaling Keras' EfficientNet expects, and EfficientNetB0 (random weights, average-pooled).
+
+    Returns (inputs, pooled features, the EfficientNetB0 model, for loading weights). With
+    `rgb_weights` a one-channel image is repeated into three (GreyToRGB) for RGB weights. `settings`
+    names the config section whose sizes to fix when they are too small.
+    """
+    if resize_size < MIN_SIZE:
+        raise ValueError(
+            f"EfficientNetB0 needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to {crop_size} and resized to "
+            f"{resize_size}. Set {settings}.resize_size >= {MIN_SIZE}, or a larger crop_fraction or image size."
+        )
+    inputs = keras.Input((input_size, input_size, channels), name="image")
+    x = inputs
+    for layer in get_augmentation_layers(crop_size, resize_size, seed):
+        x = layer(x)
+    # keras' EfficientNet divides by 255 internally (it expects ImageNet-style 0-255 input)
+    x = layers.Rescaling(255.0, name="to_efficientnet_range", dtype="float32")(x)
+    if rgb_weights and channels == 1:
+        x, channels = GreyToRGB(name="grey_to_rgb")(x), 3
+    base = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(resize_size, resize_size, channels), pooling="avg")
+    return inputs, base(x), base
+
+
 def get_model(
     output_dim: int,
     input_size: int,
@@ -119,32 +146,17 @@ def get_model(
     at inference catch up within a short (few-hundred-step) training run.
     """
     crop_size = crop_size or int(round(input_size * 0.75))
-    resize_size = resize_size or crop_size
-    if resize_size < MIN_SIZE:
-        raise ValueError(
-            f"EfficientNetB0 needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to "
-            f"{crop_size} and resized to {resize_size}. Set train.resize_size >= {MIN_SIZE} or use larger images.size."
-        )
-    inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = inputs
-    for layer in get_augmentation_layers(crop_size, resize_size, seed):
-        x = layer(x)
-    # keras' EfficientNet divides by 255 internally (it expects ImageNet-style 0-255 input)
-    x = layers.Rescaling(255.0, name="to_efficientnet_range", dtype="float32")(x)
-    base = keras.applications.EfficientNetB0(
-        include_top=False, weights=None, input_shape=(resize_size, resize_size, channels), pooling="avg"
-    )
+    inputs, features, base = augmented_efficientnet(input_size, channels, crop_size, resize_size or crop_size, seed)
     if batchnorm_momentum is not None:
         for layer in base.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = batchnorm_momentum
-    x = base(x)
-    x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT_NAME)(x)
+    x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT_NAME)(features)
     # the head stays float32 under mixed precision: concentrations feed lgamma in the loss
     outputs = layers.Dense(output_dim, activation=head_activation, name=HEAD_NAME, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="zoobot")
 
 
-def representation_model(model: keras.Model) -> keras.Model:
-    """The model up to the base's pooled features (the representation), sharing weights."""
-    return keras.Model(model.inputs, model.get_layer(DROPOUT_NAME).input, name="zoobot_representation")
+def representation_model(model: keras.Model, after: str = DROPOUT_NAME) -> keras.Model:
+    """The model up to the base's pooled features (the input of layer `after`), sharing weights."""
+    return keras.Model(model.inputs, model.get_layer(after).input, name="zoobot_representation")

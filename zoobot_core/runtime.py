@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 MODEL_CONFIG = "model_config.json"
+TRAINED_ON = "trained_on.parquet"  # beside model.keras: ids of the galaxies it was trained or early-stopped on
 
 
 def configure_tensorflow(seed: int, deterministic: bool = True, threads: int | None = None) -> None:

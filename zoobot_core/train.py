@@ -15,13 +15,12 @@ import pandas as pd
 from zoobot_core import shards as shard_io
 from zoobot_core.hardware import distribution_strategy, precision_policy
 from zoobot_core.io import atomic_dir, atomic_path, atomic_write_table, write_json
-from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, configure_tensorflow
+from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, TRAINED_ON, configure_tensorflow
 from zoobot_core.schemas import DecisionTree
 
 log = logging.getLogger(__name__)
 
 HISTORY = "history.csv"
-TRAINED_ON = "trained_on.parquet"  # ids of the galaxies the model was trained or early-stopped on
 TENSORBOARD = "tensorboard"
 
 

@@ -39,11 +39,18 @@ def image_root(wildcards):
     return None if config["synthetic"]["enabled"] else config["catalog"]["image_root"]
 
 
+def chunk_folders(validated, pattern, **wildcards):
+    """One resized-image folder (`pattern`) per chunk of a validated catalog."""
+    chunks = sorted(pd.read_parquet(validated, columns=["chunk"])["chunk"].unique())
+    return expand(pattern, chunk=chunks, **wildcards)
+
+
 def resized_chunks(wildcards):
     """One resized-image folder per chunk of the validated catalog (known after validation)."""
     validated = checkpoints.validate_catalog.get(run=wildcards.run).output.validated
-    chunks = sorted(pd.read_parquet(validated, columns=["chunk"])["chunk"].unique())
-    return expand("results/{run}/images/chunk_{chunk}", run=wildcards.run, chunk=chunks)
+    return chunk_folders(
+        validated, "results/{run}/images/chunk_{chunk}", run=wildcards.run
+    )
 
 
 def all_outputs():
@@ -69,9 +76,6 @@ def all_outputs():
     ]
 
 
-FINETUNE_TASK = config["finetune"]["settings"]["task"]
-
-
 def finetune_dataset(name):
     """Where a finetuning catalog is and how to read it: 'labelled' (finetune.*) or 'survey' (finetune.survey.*)."""
     settings = (
@@ -88,6 +92,18 @@ def finetune_dataset(name):
 def finetune_label_cols(name):
     """The label column of the labelled catalog; the survey's rows have none."""
     return [config["finetune"]["label_column"]] if name == "labelled" else []
+
+
+def finetune_label_settings(name):
+    """How the labelled catalog's labels are checked (classes or values); constants for the survey."""
+    if name == "survey":
+        return {"label_kind": "values", "n_classes": 2, "label_threshold": None}
+    task = config["finetune"]["settings"]["task"]
+    return {
+        "label_kind": "values" if task == "regression" else "classes",
+        "n_classes": config["finetune"]["settings"]["n_classes"],
+        "label_threshold": config["finetune"]["label_threshold"],
+    }
 
 
 _BASE = {}
@@ -141,20 +157,31 @@ def finetune_resized_chunks(wildcards):
     validated = checkpoints.validate_finetune_catalog.get(
         run=wildcards.run, dataset=wildcards.dataset
     ).output.validated
-    chunks = sorted(pd.read_parquet(validated, columns=["chunk"])["chunk"].unique())
-    return expand(
+    return chunk_folders(
+        validated,
         "results/{run}/finetune/{dataset}/images/chunk_{chunk}",
         run=wildcards.run,
         dataset=wildcards.dataset,
-        chunk=chunks,
     )
+
+
+def check_finetune_sizes():
+    """EfficientNetB0's input after the configured crop and resize must be at least 32 px: say so now."""
+    settings = config["finetune"]["settings"]
+    size = finetune_image_size()
+    crop = int(round(size * settings["crop_fraction"]))
+    if (settings["resize_size"] or crop) < 32:
+        raise ValueError(
+            f"finetune.image_size {size} cropped to {crop} px is below EfficientNetB0's 32 px: "
+            "set finetune.image_size or finetune.settings.crop_fraction larger, or finetune.settings.resize_size >= 32"
+        )
 
 
 def finetune_target(wildcards):
     """The finetuned model, its cross-validation figures, and the survey's predictions if configured."""
-    finetune_dataset(
-        "labelled"
-    )  # stops with a clear message when no catalog is configured
+    # stop with a clear message when no catalog is configured or the images would be too small
+    finetune_dataset("labelled")
+    check_finetune_sizes()
     outputs = [
         f"results/{RUN}/finetune/metrics.json",
         f"results/{RUN}/finetune/roc.png",

@@ -20,10 +20,17 @@ checkpoint validate_finetune_catalog:
         id_column=lambda wildcards: finetune_dataset(wildcards.dataset)["id_column"],
         file_column=lambda wildcards: finetune_dataset(wildcards.dataset)["file_column"],
         image_root=lambda wildcards: finetune_dataset(wildcards.dataset)["image_root"],
+        # the survey's rows carry no labels: its validation does not depend on the label settings
         label_cols=lambda wildcards: finetune_label_cols(wildcards.dataset),
-        label_kind="values" if FINETUNE_TASK == "regression" else "classes",
-        n_classes=config["finetune"]["settings"]["n_classes"],
-        label_threshold=config["finetune"]["label_threshold"],
+        label_kind=lambda wildcards: finetune_label_settings(wildcards.dataset)[
+            "label_kind"
+        ],
+        n_classes=lambda wildcards: finetune_label_settings(wildcards.dataset)[
+            "n_classes"
+        ],
+        label_threshold=lambda wildcards: finetune_label_settings(wildcards.dataset)[
+            "label_threshold"
+        ],
         question_totals=[],
         allow_unlabelled=lambda wildcards: wildcards.dataset == "survey",
         max_quarantine_fraction=config["finetune"]["max_quarantine_fraction"],
@@ -42,7 +49,7 @@ use rule resize_images as resize_finetune_images with:
     benchmark:
         "benchmarks/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.tsv"
     params:
-        size=finetune_image_size(),
+        size=lambda wildcards: finetune_image_size(),
         file_format=config["images"]["format"],
         png_compress_level=config["images"]["png_compress_level"],
         draft_tolerance=config["images"]["draft_tolerance"],
@@ -74,12 +81,13 @@ use rule write_shards as write_survey_shards with:
     benchmark:
         "benchmarks/{run}/finetune/survey/write_shards.tsv"
     params:
-        size=finetune_image_size(),
+        size=lambda wildcards: finetune_image_size(),
         label_cols=[],
         shard_size=config["shards"]["shard_size"],
         image_encoding=config["shards"]["image_encoding"],
-        train_fraction=config["shards"]["train_fraction"],
-        val_fraction=config["shards"]["val_fraction"],
+        # unlabelled galaxies only: the split fractions never apply, so they stay out of the rerun triggers
+        train_fraction=0.8,
+        val_fraction=0.1,
         seed=config["seed"],
 
 
@@ -111,7 +119,9 @@ rule finetune_model:
         runtime=240,
         gpu=min(1, config["train"]["gpus"]),
     params:
-        base=lambda wildcards: finetune_base(wildcards),
+        # as configured (null, imagenet, none or a path), not the resolved file: moving the checkout or
+        # the Keras cache must not rerun finetuning
+        base_model=config["finetune"]["base_model"],
         label_column=config["finetune"]["label_column"],
         settings=config["finetune"]["settings"],
         seed=config["seed"],

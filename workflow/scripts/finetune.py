@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
-from zoobot_core.bases import BaseSpec
+from zoobot_core.bases import resolve_base
 from zoobot_core.finetune import FinetuneConfig, finetune_files
 from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
+base = resolve_base(p.base_model, default_model=snakemake.input.base[0] if p.base_model is None else None)
 finetune_files(
-    snakemake.input.ready, snakemake.input.accounting, BaseSpec(**p.base), p.label_column, Path(snakemake.output.metrics).parent,
+    snakemake.input.ready, snakemake.input.accounting, base, p.label_column, Path(snakemake.output.metrics).parent,
     FinetuneConfig(**p.settings, seed=p.seed), threads=snakemake.threads,
 )
