@@ -42,3 +42,17 @@ def test_multiclass_and_regression_scores():
     assert out["accuracy"]["pooled"] == pytest.approx(4 / 6) and out["roc_auc"]["pooled"] > 0.5
     reg = score_predictions(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.0, 2.5, 4.0]), None, np.array([0, 0, 1, 1]), "regression", n_bootstrap=50)
     assert reg["mae"]["pooled"] == pytest.approx(0.25) and reg["r2"]["pooled"] == pytest.approx(1 - 0.5 / 5)
+
+
+def test_paired_difference_is_zero_for_the_same_predictions_and_positive_for_a_better_model():
+    from zoobot_core.scores import paired_difference
+
+    rng = np.random.default_rng(1)
+    truth = np.repeat([0, 1], 40)
+    good = np.clip(truth * 0.5 + rng.normal(0.25, 0.15, 80), 0, 1)
+    poor = rng.random(80)
+    same = paired_difference(truth, (good, classify(good, "binary")), (good, classify(good, "binary")), "binary", n_bootstrap=100)
+    assert same["roc_auc"] == {"difference": 0.0, "ci95": [0.0, 0.0], "share_better": 0.0}
+    better = paired_difference(truth, (good, classify(good, "binary")), (poor, classify(poor, "binary")), "binary", n_bootstrap=200)
+    assert better["roc_auc"]["difference"] == pytest.approx(roc_auc_score(truth, good) - roc_auc_score(truth, poor))
+    assert better["roc_auc"]["ci95"][0] > 0 and better["roc_auc"]["share_better"] > 0.95

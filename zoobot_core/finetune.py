@@ -30,7 +30,7 @@ import pandas as pd
 from zoobot_core.baselines import Fitted, fit_constant, fit_linear, pixel_features, radial_profile_features, splitter
 from zoobot_core.bases import HEAD, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
 from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
-from zoobot_core.scores import balanced_threshold, classify, score_predictions, summary_table
+from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,31 @@ def _compile_unfrozen(model, config: FinetuneConfig) -> None:
     model.optimizer.build(model.trainable_variables)  # slots now, so fit traces its step once (see train.py)
 
 
+def _validation_losses(model, x: np.ndarray, labels: np.ndarray, weights: np.ndarray, task: str) -> np.ndarray:
+    """Each validation galaxy's loss (dropout off, centre crop), times its class weight (weights averaging 1)."""
+    outputs = np.asarray(model.predict_on_batch(x), np.float64)
+    if task == "binary":
+        p = np.clip(outputs[:, 0], 1e-7, 1 - 1e-7)
+        losses = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    elif task == "multiclass":
+        losses = -np.log(np.clip(outputs[np.arange(len(labels)), labels.astype(int)], 1e-7, 1))
+    else:
+        losses = (outputs[:, 0] - labels) ** 2
+    return losses * weights / weights.mean()
+
+
 def _train_unfrozen(model, images, labels, rows, channels: int, config: FinetuneConfig, seed: int, epochs: int, val: np.ndarray | None = None) -> pd.DataFrame:
     """Train the unfrozen blocks and the head on `rows` (class-weighted, augmented, shuffled with `seed`).
 
-    With `val`: at most `epochs` epochs, stopped after `patience` without a better validation loss, and
-    the best epoch's weights kept, the starting (head-only) weights counting as epoch 0. Returns the history.
+    With `val`: at most `epochs` epochs, stopped after `patience` without a lower validation loss. The
+    epochs kept are the fewest whose validation loss is within one standard error (over the validation
+    galaxies) of the lowest, the starting (head-only) weights counting as epoch 0: Breiman's
+    one-standard-error rule, so a chance dip on a small validation split does not buy unfreezing.
+    Returns the history (epoch, loss, val_loss, val_loss_se, kept).
     """
     import keras
+
+    from zoobot_core.finetuned import model_input
 
     keras.utils.set_random_seed(seed)  # this fit's augmentations and shuffling, whatever ran before
     _compile_unfrozen(model, config)
@@ -193,29 +211,29 @@ def _train_unfrozen(model, images, labels, rows, channels: int, config: Finetune
             return pd.DataFrame(columns=["epoch", "loss"])
         fitted = model.fit(train, epochs=epochs, verbose=0, shuffle=False)
         return pd.DataFrame(fitted.history).reset_index(names="epoch").assign(epoch=lambda d: d["epoch"] + 1)
-    validation = _dataset(images[val], labels[val], _class_weights(labels[val], config.task, config.n_classes), channels, config.batch_size, False, seed)
-    start = float(model.evaluate(validation, verbose=0))
-    best = {"loss": start, "epoch": 0, "weights": model.get_weights()}
+    x_val, y_val = model_input(images[val], channels), labels[val].astype(np.float64)
+    w_val = _class_weights(labels[val], config.task, config.n_classes).astype(np.float64)
+    losses = [_validation_losses(model, x_val, y_val, w_val, config.task)]
+    snapshots = [[v.numpy() for v in model.trainable_variables]]
 
-    class KeepBest(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.wait = 0
-
+    class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if logs["val_loss"] < best["loss"]:
-                best.update(loss=logs["val_loss"], epoch=epoch + 1, weights=self.model.get_weights())
-                self.wait = 0
-            else:
-                self.wait += 1
-                self.model.stop_training = self.wait >= config.patience
+            losses.append(_validation_losses(self.model, x_val, y_val, w_val, config.task))
+            snapshots.append([v.numpy() for v in self.model.trainable_variables])
+            means = [loss.mean() for loss in losses]
+            self.model.stop_training = len(means) - 1 - int(np.argmin(means)) >= config.patience
 
-    fitted = model.fit(train, validation_data=validation, epochs=epochs, callbacks=[KeepBest()], verbose=0, shuffle=False)
-    model.set_weights(best["weights"])
-    history = pd.DataFrame(fitted.history).reset_index(names="epoch").assign(epoch=lambda d: d["epoch"] + 1)
-    history = pd.concat([pd.DataFrame({"epoch": [0], "val_loss": [start]}), history], ignore_index=True)
-    history["kept"] = history["epoch"] == best["epoch"]
-    log.info("Unfreezing, chosen on the inner split: epoch %d (validation loss %.4f; head only %.4f)", best["epoch"], best["loss"], start)
+    fitted = model.fit(train, epochs=epochs, callbacks=[Record()], verbose=0, shuffle=False)
+    means = np.array([loss.mean() for loss in losses])
+    errors = np.array([loss.std(ddof=1) / np.sqrt(len(loss)) if len(loss) > 1 else 0.0 for loss in losses])
+    best = int(np.argmin(means))
+    chosen = int(np.flatnonzero(means <= means[best] + errors[best])[0])
+    for variable, value in zip(model.trainable_variables, snapshots[chosen]):
+        variable.assign(value)
+    history = pd.DataFrame({"epoch": np.arange(len(means)), "loss": [np.nan, *fitted.history["loss"]], "val_loss": means, "val_loss_se": errors})
+    history["kept"] = history["epoch"] == chosen
+    log.info("Unfreezing, chosen on the inner split: %d epochs (validation loss %.4f; lowest %.4f ± %.4f at epoch %d; head only %.4f)",
+             chosen, means[chosen], means[best], errors[best], best, means[0])
     return history
 
 
@@ -334,6 +352,13 @@ def cross_validate(
         )
         if config.task == "binary":
             metrics[name]["thresholds"] = thresholds[name]
+    finetuned = (scores["finetuned"][scored_rows], predicted["finetuned"][scored_rows] if config.task != "regression" else None)
+    for name in METHODS[1:]:
+        # does the finetuned model beat this method on the same galaxies, beyond what resampling them could do?
+        metrics[name]["finetuned_minus_this"] = paired_difference(
+            labels[scored_rows], finetuned, (scores[name][scored_rows], predicted[name][scored_rows] if config.task != "regression" else None),
+            config.task, config.n_classes, seed=config.seed,
+        )
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["fold", "epoch", "loss", "val_loss", "kept"])
     return table, metrics, history, (network, features, channels)
 
@@ -409,6 +434,9 @@ def finetune(
     write_json(summary, out_dir / "metrics.json")
     headline = "balanced_accuracy" if config.task != "regression" else "mae"
     log.info("Out-of-fold %s: %s", headline, ", ".join(f"{m} {metrics[m][headline]['pooled']:.3f}" for m in METHODS))
+    for name in METHODS[1:]:
+        diff = metrics[name]["finetuned_minus_this"][headline]
+        log.info("Finetuned minus %s: %+.3f (paired bootstrap 95%%: %+.3f to %+.3f)", name, diff["difference"], *diff["ci95"])
     return summary
 
 

@@ -85,31 +85,42 @@ def run(args: argparse.Namespace) -> dict:
                 metrics = json.loads((workdir / "results" / run_name / "finetune" / "metrics.json").read_text())
                 results.append({"base": base, "unfreeze_blocks": unfreeze, "seed": seed, "seconds": seconds, "n_scored": metrics["n_scored"],
                                 **{f"{m}_{s}": metrics["methods"][m][s]["pooled"] for m in METHODS for s in ("balanced_accuracy", "roc_auc")},
-                                **{f"{m}_{s}_ci95": metrics["methods"][m][s]["ci95"] for m in METHODS for s in ("balanced_accuracy", "roc_auc")}})
+                                **{f"{m}_{s}_ci95": metrics["methods"][m][s]["ci95"] for m in METHODS for s in ("balanced_accuracy", "roc_auc")},
+                                **{f"minus_{m}_{s}": metrics["methods"][m]["finetuned_minus_this"][s] for m in METHODS[1:] for s in ("balanced_accuracy", "roc_auc")}})
                 print(f"{run_name}: {seconds:.0f} s; finetuned balanced accuracy {results[-1]['finetuned_balanced_accuracy']:.3f}, "
                       f"AUC {results[-1]['finetuned_roc_auc']:.3f}", flush=True)
     return {"runs": results, "timings": timings, "image_size": args.image_size, "catalog": finetune["catalog"]}
 
 
 def table(report: dict) -> str:
-    """Markdown: one row per (base, unfreezing) for the finetuned model and its probe, then the baselines once
-    (they do not depend on the base); mean ± std over seeds of the pooled out-of-fold scores."""
+    """Markdown: one row per (base, unfreezing) for the finetuned model, then the baselines once (they do not
+    depend on the base): mean ± std over seeds of the pooled out-of-fold scores, and the finetuned model's
+    paired AUC difference from the radial-profile baseline and from its own base's linear probe."""
     import numpy as np
     import pandas as pd
 
     runs = pd.DataFrame(report["runs"])
-    lines = ["| model | balanced accuracy | ROC AUC | wall time per run |", "|---|---|---|---|"]
+    lines = ["| model | balanced accuracy | ROC AUC | AUC minus radial profile's | AUC minus its own linear probe's | wall time per run |",
+             "|---|---|---|---|---|---|"]
 
     def cell(values) -> str:
         values = np.asarray(values, float)
         return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
+    def versus(diffs) -> str:
+        """Mean difference over seeds, and in how many seeds the paired bootstrap 95% interval lies above / below 0."""
+        above = sum(d["ci95"][0] > 0 for d in diffs)
+        below = sum(d["ci95"][1] < 0 for d in diffs)
+        return f"{np.mean([d['difference'] for d in diffs]):+.3f} (above 0: {above}/{len(diffs)}, below: {below}/{len(diffs)})"
+
     for (base, unfreeze), group in runs.groupby(["base", "unfreeze_blocks"], sort=False):
         what = "linear probe (frozen base)" if unfreeze == 0 else f"finetuned, last {unfreeze} blocks unfrozen"
-        lines.append(f"| {base}: {what} | {cell(group['finetuned_balanced_accuracy'])} | {cell(group['finetuned_roc_auc'])} | {group['seconds'].median():.0f} s |")
+        own = "(is the probe)" if unfreeze == 0 else versus(group["minus_linear_probe_roc_auc"])
+        lines.append(f"| {base}: {what} | {cell(group['finetuned_balanced_accuracy'])} | {cell(group['finetuned_roc_auc'])} | "
+                     f"{versus(group['minus_radial_profile_roc_auc'])} | {own} | {group['seconds'].median():.0f} s |")
     first = runs[runs["base"] == runs["base"].iloc[0]].drop_duplicates("seed")
     for method in ("radial_profile", "pixels", "constant"):
-        lines.append(f"| baseline: {method.replace('_', ' ')} | {cell(first[f'{method}_balanced_accuracy'])} | {cell(first[f'{method}_roc_auc'])} | |")
+        lines.append(f"| baseline: {method.replace('_', ' ')} | {cell(first[f'{method}_balanced_accuracy'])} | {cell(first[f'{method}_roc_auc'])} | | | |")
     return "\n".join(lines)
 
 
