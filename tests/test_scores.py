@@ -56,3 +56,18 @@ def test_paired_difference_is_zero_for_the_same_predictions_and_positive_for_a_b
     better = paired_difference(truth, (good, classify(good, "binary")), (poor, classify(poor, "binary")), "binary", n_bootstrap=200)
     assert better["roc_auc"]["difference"] == pytest.approx(roc_auc_score(truth, good) - roc_auc_score(truth, poor))
     assert better["roc_auc"]["ci95"][0] > 0 and better["roc_auc"]["share_better"] > 0.95
+
+
+def test_the_fast_binary_bootstrap_gives_scikit_learns_numbers():
+    from zoobot_core.scores import _bootstrap_scores
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, 50)
+    scores = np.round(rng.random(50), 1)  # many ties
+    predicted = classify(scores, "binary", 0.5)
+    picks = np.vstack([rng.integers(0, 50, (30, 50)), np.zeros((1, 50), int)])  # the last resample holds one galaxy: one class only
+    fast = _bootstrap_scores(truth, scores, predicted, "binary", 2, picks)
+    for i, pick in enumerate(picks[:-1]):
+        assert fast["roc_auc"][i] == pytest.approx(roc_auc_score(truth[pick], scores[pick]))
+        assert fast["balanced_accuracy"][i] == pytest.approx(balanced_accuracy_score(truth[pick], predicted[pick]))
+    assert np.isnan(fast["roc_auc"][-1]) and fast["balanced_accuracy"][-1] == float(predicted[0] == truth[0])
