@@ -64,7 +64,7 @@ def test_bad_labels_are_quarantined_and_every_other_galaxy_is_scored_once(finetu
     assert metrics["n_scored"] == len(ready) and metrics["n_excluded_seen_by_base"] == 0
     assert metrics["catalog"]["n_in"] == len(labels) and metrics["catalog"]["n_quarantined"] == len(quarantine)
     assert metrics["base"] == "imagenet" and json.loads((out / "finetune_config.json").read_text())["channels"] == 1
-    for name in ("roc.png", "surest_examples.png"):
+    for name in ("scores.png", "roc.png", "surest_examples.png"):
         assert (out / name).stat().st_size > 10_000
 
 

@@ -213,11 +213,14 @@ def plot_finetune_roc(cv: pd.DataFrame, metrics: dict, path: Path | str) -> None
         ax.set_ylabel("predicted out of fold")
     else:
         if task == "binary":
-            for method, (colour, label) in METHOD_STYLE.items():
+            frozen = metrics["config"]["unfreeze_blocks"] == 0
+            for method in [*list(METHOD_STYLE)[1:], "finetuned"]:  # the finetuned model drawn last, on top
+                colour, label = METHOD_STYLE[method]
                 label = f"pixels ({metrics['config']['pixel_size']} px)" if method == "pixels" else label
+                label += " (= the linear probe: frozen base)" if method == "finetuned" and frozen else ""
                 fpr, tpr, _ = roc_curve(scored["label"], scored[f"{method}_score"])
                 auc = metrics["methods"][method]["roc_auc"]
-                ax.plot(fpr, tpr, color=colour, lw=2 if method == "finetuned" else 1.2,
+                ax.plot(fpr, tpr, color=colour, lw=2.2 if method == "finetuned" else 1.2, linestyle="--" if method == "linear_probe" and frozen else "-",
                         label=f"{label}: AUC {auc['pooled']:.2f} ({auc['ci95'][0]:.2f}-{auc['ci95'][1]:.2f})")
                 predicted = scored[f"{method}_predicted"].to_numpy()
                 truth = scored["label"].to_numpy()
@@ -236,6 +239,36 @@ def plot_finetune_roc(cv: pd.DataFrame, metrics: dict, path: Path | str) -> None
     ax.legend(fontsize=7, loc="lower right")
     title = f"{metrics['label']}: {len(scored)} galaxies scored out of fold ({metrics['n_folds']}-fold CV)"
     ax.set_title(title + ("\ndots: each method at its decision threshold" if task == "binary" else ""), fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_finetune_scores(metrics: dict, path: Path | str) -> None:
+    """Every method's out-of-fold scores with bootstrap 95% intervals, and beside each the finetuned model's
+    paired difference from it: the table of cv_metrics.csv as a picture."""
+    plt = pyplot()
+    regression = metrics["task"] == "regression"
+    names = ("mae", "r2") if regression else ("balanced_accuracy", "roc_auc")
+    methods = list(METHOD_STYLE)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(methods) + 1.6), sharey=True)
+    y = np.arange(len(methods))[::-1]
+    for ax, name in zip(axes, names):
+        for yi, method in zip(y, methods):
+            m = metrics["methods"][method][name]
+            colour = METHOD_STYLE[method][0]
+            ax.errorbar(m["pooled"], yi, xerr=[[m["pooled"] - m["ci95"][0]], [m["ci95"][1] - m["pooled"]]], fmt="o", color=colour, capsize=3)
+            diff = metrics["methods"][method].get("finetuned_minus_this", {}).get(name)
+            if diff is not None:
+                ax.annotate(f"finetuned {diff['difference']:+.2f} ({diff['ci95'][0]:+.2f} to {diff['ci95'][1]:+.2f})", (m["ci95"][1], yi),
+                            xytext=(6, 0), textcoords="offset points", va="center", fontsize=7, color="#333333")
+        if not regression:
+            ax.axvline(0.5, color="grey", linestyle=":", lw=1)
+        ax.set_xlabel(f"{name.replace('_', ' ')} (out of fold; lower is better)" if name == "mae" else f"{name.replace('_', ' ').replace('roc auc', 'ROC AUC')} (out of fold)")
+        low = min(metrics["methods"][m][name]["ci95"][0] for m in methods)
+        high = max(metrics["methods"][m][name]["ci95"][1] for m in methods)
+        ax.set_xlim(low - 0.05 * abs(high - low), high + 0.55 * abs(high - low))
+    axes[0].set_yticks(y, [METHOD_STYLE[m][1] for m in methods], fontsize=8)
+    fig.suptitle(f"{metrics['label']}: {metrics['n_scored']} galaxies, {metrics['n_folds']}-fold CV; bars: bootstrap 95% intervals; "
+                 "text: the finetuned model's paired difference", fontsize=9)
     save_figure(fig, path)
 
 
@@ -276,10 +309,13 @@ def plot_confident_examples(cv: pd.DataFrame, image_paths: dict[str, str], metri
     save_figure(fig, path)
 
 
-def finetune_figures(cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, roc_path: Path | str, examples_path: Path | str) -> None:
-    """The finetune_figures rule: the ROC figure and the montage of the surest calls, from the cross-validation."""
+def finetune_figures(
+    cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, scores_path: Path | str, roc_path: Path | str, examples_path: Path | str
+) -> None:
+    """The finetune_figures rule: the scores with their intervals, the ROC figure and the montage of the surest calls."""
     cv = pd.read_parquet(cv_path)
     metrics = json.loads(Path(metrics_path).read_text())
     ready = pd.read_parquet(ready_path)
+    plot_finetune_scores(metrics, scores_path)
     plot_finetune_roc(cv, metrics, roc_path)
     plot_confident_examples(cv, dict(zip(ready["id_str"], ready["resized_loc"])), metrics, examples_path)

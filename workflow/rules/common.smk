@@ -184,6 +184,7 @@ def finetune_target(wildcards):
     check_finetune_sizes()
     outputs = [
         f"results/{RUN}/finetune/metrics.json",
+        f"results/{RUN}/finetune/scores.png",
         f"results/{RUN}/finetune/roc.png",
         f"results/{RUN}/finetune/surest_examples.png",
     ]

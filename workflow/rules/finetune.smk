@@ -135,6 +135,11 @@ rule finetune_figures:
         metrics="results/{run}/finetune/metrics.json",
         ready="results/{run}/finetune/labelled/catalog/ready.parquet",
     output:
+        scores=report(
+            "results/{run}/finetune/scores.png",
+            caption="../report/finetune.rst",
+            category="8. Finetuning",
+        ),
         roc=report(
             "results/{run}/finetune/roc.png",
             caption="../report/finetune_roc.rst",

@@ -5,4 +5,4 @@ from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
 i, o = snakemake.input, snakemake.output
-finetune_figures(i.cv_predictions, i.metrics, i.ready, o.roc, o.examples)
+finetune_figures(i.cv_predictions, i.metrics, i.ready, o.scores, o.roc, o.examples)
