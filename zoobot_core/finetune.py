@@ -246,8 +246,9 @@ def _inner_split(labels: np.ndarray, rows: np.ndarray, config: FinetuneConfig, s
     return rows[fit], rows[val]
 
 
-def _head_only(network, features, labels, train, scored, config: FinetuneConfig, seed: int) -> tuple[Fitted, object]:
-    head = fit_linear(features, labels, train, scored, config.task, config.n_classes, config.inner_folds, seed, config.decision_threshold)
+def _head_only(network, features, labels, train, scored, config: FinetuneConfig, seed: int, head: Fitted | None = None) -> tuple[Fitted, object]:
+    """The network with the linear probe fitted on `train` (or the one given) as its head."""
+    head = head or fit_linear(features, labels, train, scored, config.task, config.n_classes, config.inner_folds, seed, config.decision_threshold)
     model = _copy_of(network)
     set_head(model, head.estimator, config.task)
     return head, model
@@ -255,15 +256,16 @@ def _head_only(network, features, labels, train, scored, config: FinetuneConfig,
 
 def fit_finetuned(
     network, features: np.ndarray, images: np.ndarray, labels: np.ndarray, train: np.ndarray, scored: np.ndarray,
-    channels: int, config: FinetuneConfig, seed: int,
+    channels: int, config: FinetuneConfig, seed: int, probe: Fitted | None = None,
 ) -> tuple[Fitted, object, pd.DataFrame]:
     """The finetuned model trained on the `train` rows: (its scores on `scored` with its threshold, the Keras model, history).
+    `probe`: the linear probe already fitted on the same rows with the same seed, if there is one.
 
     Unfreezing: the number of epochs (0, head only, included) is chosen on an inner split of the
     training rows, then the model is refitted on all of them for that many epochs: with 0 it is the
     linear probe. The threshold comes from the inner split's validation galaxies.
     """
-    head, model = _head_only(network, features, labels, train, scored, config, seed)
+    head, model = _head_only(network, features, labels, train, scored, config, seed, probe)
     if config.unfreeze_blocks == 0:
         return head, model, pd.DataFrame()
     if config.task != "regression" and np.bincount(labels[train].astype(int), minlength=config.n_classes).min() < 4:
@@ -325,7 +327,7 @@ def cross_validate(
         if config.unfreeze_blocks == 0:
             results["finetuned"] = results["linear_probe"]  # a frozen base with a linear head is its linear probe
         else:
-            results["finetuned"], _, history = fit_finetuned(network, features, images, labels, train, scored, channels, config, seed)
+            results["finetuned"], _, history = fit_finetuned(network, features, images, labels, train, scored, channels, config, seed, results["linear_probe"])
             histories.append(history.assign(fold=fold))
         for name, fitted in results.items():
             scores[name][scored] = fitted.scores
