@@ -51,6 +51,7 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_shards.py
 	$(BIN)/python tests/benchmarks/bench_predict.py
 	$(BIN)/python tests/benchmarks/bench_cluster.py
+	cd tests/benchmarks && ../../$(BIN)/python bench_finetune_scores.py
 
 ## finetune-bases: finetuning on the real rings (../shared) by base (none, the demo model, a 128 px one) and seed, beside the baselines (docs/results.md)
 finetune-bases: venv

@@ -71,3 +71,15 @@ def test_the_fast_binary_bootstrap_gives_scikit_learns_numbers():
         assert fast["roc_auc"][i] == pytest.approx(roc_auc_score(truth[pick], scores[pick]))
         assert fast["balanced_accuracy"][i] == pytest.approx(balanced_accuracy_score(truth[pick], predicted[pick]))
     assert np.isnan(fast["roc_auc"][-1]) and fast["balanced_accuracy"][-1] == float(predicted[0] == truth[0])
+
+
+def test_the_scores_benchmark_runs_at_a_tiny_size():
+    """tests/benchmarks/bench_finetune_scores.py (make bench) at 20 galaxies and 20 resamples, so it cannot rot."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    import bench_finetune_scores
+
+    result = bench_finetune_scores.main(20, 20, 1)
+    assert result["max_difference"] < 1e-12 and result["ours_s"] > 0 and result["baseline_s"] > 0
