@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench finetune-bases lint format clean system-deps lock
+.PHONY: venv run test bench finetune-bases active-learning lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -52,10 +52,15 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_predict.py
 	$(BIN)/python tests/benchmarks/bench_cluster.py
 	cd tests/benchmarks && ../../$(BIN)/python bench_finetune_scores.py
+	$(BIN)/python tests/benchmarks/bench_acquisition.py
 
 ## finetune-bases: finetuning on the real rings (../shared) by base (none, the demo model, a 128 px one) and seed, beside the baselines (docs/results.md)
 finetune-bases: venv
 	$(BIN)/python tests/benchmarks/finetune_bases.py
+
+## active-learning: BALD vs random acquisition on the synthetic universe, 3 seeds (about 40 min on 2 cores; docs/results.md)
+active-learning: venv
+	$(BIN)/python tests/benchmarks/active_learning.py --out results/active_learning
 
 ## lint: snakemake --lint, snakefmt and ruff
 lint: venv

@@ -1,6 +1,7 @@
 """The whole Snakemake workflow on tiny data: every output's row count and schema."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -101,10 +102,33 @@ def test_confident_confusion_and_similar_galaxies(tiny_run):
     assert (tiny_run / "similar/neighbours.png").stat().st_size > 5000
 
 
+def test_calibration_and_acquisition(tiny_run):
+    table = pd.read_csv(tiny_run / "evaluation/calibration.csv")
+    assert table["question"].tolist() == TREE.question_names
+    test_ids = pd.read_parquet(tiny_run / "shards/test_catalog.parquet")["id_str"]
+    assert table["n_galaxies"].max() <= len(test_ids) and (table["n_galaxies"] > 0).all()
+    for level in ("0.5", "0.8", "0.95"):
+        assert table[f"coverage_{level}"].between(0, 1).all() and (table[f"expected_{level}"] >= float(level)).all()
+    assert np.isfinite(table[["nll_model", "nll_constant"]].to_numpy()).all()
+    headline = json.loads((tiny_run / "evaluation/calibration.json").read_text())
+    assert headline["n_test"] == len(test_ids) and set(headline["coverage"]) == {"0.5", "0.8", "0.95"}
+    curve = pd.read_csv(tiny_run / "evaluation/calibration_curve.csv")
+    assert set(curve["question"]) == {*TREE.question_names, "all"}
+    assert (tiny_run / "report/calibration.png").stat().st_size > 5000
+    ranked = pd.read_parquet(tiny_run / "acquisition/ranked.parquet")
+    unlabelled = pd.read_parquet(tiny_run / "shards/manifest.parquet").query("split == 'unlabelled'")["id_str"]
+    assert sorted(ranked["id_str"]) == sorted(unlabelled) and ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
+    assert ranked["mutual_information"].is_monotonic_decreasing and (ranked["mutual_information"] >= 0).all()
+    assert {f"{q}_mi" for q in TREE.question_names} <= set(ranked.columns)
+    top = pd.read_csv(tiny_run / "acquisition/top.csv")
+    assert top["id_str"].tolist() == ranked["id_str"].head(len(top)).tolist() and all(map(os.path.isfile, top["file_loc"]))
+    assert (tiny_run / "acquisition/next_to_label.png").stat().st_size > 5000
+
+
 def test_every_rule_logged_and_a_rerun_has_nothing_to_do(tiny_run):
     workdir = tiny_run.parent.parent
     logs = {p.name for p in (workdir / "logs/tiny").rglob("*.log")}
-    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "write_shards.log", "train_model.log", "evaluate.log", "cluster.log"} <= logs
+    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "write_shards.log", "train_model.log", "evaluate.log", "cluster.log", "calibration.log", "acquire.log"} <= logs
     dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 

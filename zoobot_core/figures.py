@@ -319,3 +319,78 @@ def finetune_figures(
     plot_finetune_scores(metrics, scores_path)
     plot_finetune_roc(cv, metrics, roc_path)
     plot_confident_examples(cv, dict(zip(ready["id_str"], ready["resized_loc"])), metrics, examples_path)
+
+
+def plot_calibration(table: pd.DataFrame, curve: pd.DataFrame, path: Path | str) -> None:
+    """Reliability of the vote-count intervals (observed coverage against a calibrated model's), and held-out NLL per question."""
+    plt = pyplot()
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(11, 0.3 * len(table) + 3.6), gridspec_kw={"width_ratios": [1, 1.1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+    questions = curve.loc[curve["question"] != "all", "question"].unique()
+    colours = plt.get_cmap("tab10")
+    for i, question in enumerate(questions):
+        part = curve[(curve["question"] == question) & (curve["predictor"] == "model")].sort_values("level")
+        ax.plot(part["expected"], part["coverage"], linewidth=0.9, alpha=0.7, color=colours(i % 10), label=question)
+    for predictor, style in (("model", "-"), ("constant", "--")):
+        part = curve[(curve["question"] == "all") & (curve["predictor"] == predictor)].sort_values("level")
+        ax.plot(part["expected"], part["coverage"], style, color="black", linewidth=2.2, label=f"all questions, {predictor}")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    ax.set_xlabel("probability the predicted interval holds the count\n(central 5%...95% intervals)")
+    ax.set_ylabel("fraction of test counts inside")
+    ax.set_title("Reliability of predicted vote counts\n(below the diagonal: intervals too narrow)", fontsize=10)
+    ax.legend(fontsize=6, loc="upper left")
+    y = np.arange(len(table))
+    bars.barh(y - 0.2, table["nll_model"], height=0.4, color="#2a7ab0", label="model (mixed over samples)")
+    bars.barh(y + 0.2, table["nll_constant"], height=0.4, color="#bbbbbb", label="constant (fitted to train votes)")
+    bars.set_yticks(y, table["question"], fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlabel("held-out Dirichlet-Multinomial NLL per galaxy (lower is better)")
+    bars.legend(fontsize=7)
+    bars.set_title("Held-out likelihood of the volunteers' votes", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_acquisition_montage(ranked: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, columns: int = 6) -> None:
+    """The galaxies to label next, most informative first: rank, id, mutual information and the question contributing most."""
+    plt = pyplot()
+    n = len(ranked)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    mi_cols = [f"{q.name}_mi" for q in tree.questions]
+    reach_cols = [f"{q.name}_reach" for q in tree.questions]
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        row = ranked.iloc[i]
+        with Image.open(image_paths[row["id_str"]]) as img:
+            ax.imshow(np.asarray(img.convert("RGB")))
+        weighted = row[mi_cols].to_numpy(float) * row[reach_cols].to_numpy(float)
+        top_question = tree.questions[int(np.argmax(weighted))].name
+        ax.set_title(f"#{int(row['rank'])} {row['id_str']}\nI = {row['mutual_information']:.3f} nats\nmost: {top_question}", fontsize=6.5)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no galaxies to rank", ha="center", va="center")
+    fig.suptitle("Galaxies to label next: highest BALD mutual information (MC-dropout samples disagree)", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: Path | str) -> None:
+    """Test loss, vote-fraction MAE and confident accuracy against labels, BALD vs random: each seed thin, the mean thick."""
+    plt = pyplot()
+    metrics = (("test_loss", "test loss (Dirichlet-Multinomial NLL per galaxy)"), ("vote_fraction_mae", "vote-fraction MAE (vote-weighted)"),
+               ("confident_accuracy", "smooth-or-featured accuracy (confident galaxies)"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.8))
+    colours = {"bald": "#c0392b", "random": "#2a7ab0"}
+    for ax, (metric, label) in zip(axes, metrics):
+        for strategy, part in curves.groupby("strategy"):
+            for _, seed_part in part.groupby("seed"):
+                seed_part = seed_part.sort_values("n_labelled")
+                ax.plot(seed_part["n_labelled"], seed_part[metric], color=colours.get(strategy), alpha=0.3, linewidth=0.8)
+            mean = part.groupby("n_labelled")[metric].mean()
+            ax.plot(mean.index, mean.to_numpy(), "o-", color=colours.get(strategy), linewidth=2, label=f"{strategy} (mean of {part['seed'].nunique()} seeds)")
+        ax.set_xlabel("labelled galaxies")
+        ax.set_ylabel(label, fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle("Active learning on the synthetic universe: galaxies chosen by BALD vs at random", fontsize=10)
+    save_figure(fig, path)

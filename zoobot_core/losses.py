@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from zoobot_core.dirichlet import expected_vote_fractions  # noqa: F401  (re-exported: older imports keep working)
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _SHIFT = 8
 
@@ -64,12 +66,3 @@ class DirichletMultinomialLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "question_index_groups": [list(g) for g in self.question_index_groups]}
-
-
-def expected_vote_fractions(concentrations: np.ndarray, question_index_groups: list[tuple[int, int]]) -> np.ndarray:
-    """Mean of each question's Dirichlet: concentration / sum over that question's answers."""
-    fractions = np.empty_like(concentrations, dtype=np.float64)
-    for first, last in question_index_groups:
-        block = concentrations[..., first : last + 1]
-        fractions[..., first : last + 1] = block / block.sum(axis=-1, keepdims=True)
-    return fractions

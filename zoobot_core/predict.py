@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core import shards as shard_io
-from zoobot_core.losses import expected_vote_fractions
+from zoobot_core.dirichlet import expected_vote_fractions
 from zoobot_core.schemas import get_tree
 
 log = logging.getLogger(__name__)

@@ -94,10 +94,12 @@ def write_shards(
     encoded_bytes: Callable[[str], bytes] | None = None,
     workers: int = 1,
     source_col: str = RESIZED,
+    split_col: str | None = None,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
-    Labelled galaxies go to train/val/test by hash, unlabelled ones to 'unlabelled'. Within a
+    Labelled galaxies go to train/val/test by hash, unlabelled ones to 'unlabelled' (or, with
+    `split_col`, to the split that column names: train, val, test or unlabelled). Within a
     split, galaxies are ordered by their hash (a seeded, rerun-stable shuffle). Images are stored
     as the encoded bytes of the files in `source_col` (PNG/JPEG), or as `encoded_bytes(path)` when
     given (a module-level function or functools.partial when workers > 1, so it can go to another
@@ -111,9 +113,15 @@ def write_shards(
         raise ValueError(f"image_encoding must be 'encoded' or 'raw', got {settings.image_encoding!r}")
     df = catalog.copy()
     labelled = df[LABELLED] if LABELLED in df else pd.Series(bool(settings.label_cols), index=df.index)
-    df["split"] = UNLABELLED
-    if labelled.any():
-        df.loc[labelled, "split"] = assign_splits(df.loc[labelled, ID], settings.seed, settings.train_fraction, settings.val_fraction)
+    if split_col is not None:
+        unknown = sorted(set(df[split_col]) - {*SPLITS, UNLABELLED})
+        if unknown:
+            raise ValueError(f"Column {split_col!r} names unknown split(s) {unknown}; use {[*SPLITS, UNLABELLED]}")
+        df["split"] = df[split_col].astype(str)
+    else:
+        df["split"] = UNLABELLED
+        if labelled.any():
+            df.loc[labelled, "split"] = assign_splits(df.loc[labelled, ID], settings.seed, settings.train_fraction, settings.val_fraction)
     df["_order"] = df[ID].map(lambda i: hash_fraction(i, settings.seed + 1))
     df = df.sort_values(["split", "_order", ID]).reset_index(drop=True)
     decoding = settings.image_encoding == "raw" or encoded_bytes is not None

@@ -60,6 +60,8 @@ def all_outputs():
         f"results/{RUN}/provenance.json",
         f"results/{RUN}/report/prediction_examples.png",
         f"results/{RUN}/evaluation/metrics.json",
+        f"results/{RUN}/evaluation/calibration.json",
+        f"results/{RUN}/acquisition/top.csv",
         f"results/{RUN}/clusters/clusters.parquet",
         f"results/{RUN}/clusters/montage.png",
         *(

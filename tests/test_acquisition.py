@@ -1,0 +1,149 @@
+"""BALD mutual information: exact against brute force, Monte Carlo against exact, and the acquire rule's outputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from zoobot_core.acquisition import (
+    AcquireConfig,
+    acquire_files,
+    bald_scores,
+    mutual_information,
+    n_outcomes,
+    rank,
+    reach_fractions,
+    vote_outcomes,
+)
+from zoobot_core.dirichlet import log_pmf
+from zoobot_core.predict import sample_table
+from zoobot_core.schemas import get_tree
+
+TREE = get_tree("gz_decals_dr5")
+
+
+def _brute_force(alpha: np.ndarray, n: int) -> np.ndarray:
+    """H[mean_s p_s] - mean_s H[p_s], p_s over every vote outcome, one galaxy at a time."""
+    outcomes = vote_outcomes(n, alpha.shape[-1])
+    result = []
+    for galaxy in alpha:
+        p = np.exp(np.stack([log_pmf(outcomes, sample) for sample in galaxy]))
+        assert np.allclose(p.sum(axis=1), 1)
+
+        def entropy(q):
+            return -(q * np.log(np.where(q > 0, q, 1))).sum(axis=-1)
+
+        result.append(entropy(p.mean(axis=0)) - entropy(p).mean())
+    return np.asarray(result)
+
+
+def _samples_near(base: np.ndarray, spread: float, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Dropout-like samples: each concentration scaled by exp(spread x normal noise)."""
+    return base[:, None, :] * np.exp(spread * rng.standard_normal((base.shape[0], n_samples, base.shape[1])))
+
+
+def test_vote_outcomes_are_every_split_once():
+    outcomes = vote_outcomes(7, 3)
+    assert len(outcomes) == n_outcomes(7, 3) == 36
+    assert (outcomes.sum(axis=1) == 7).all() and (outcomes >= 0).all()
+    assert len({tuple(o) for o in outcomes}) == len(outcomes)
+    assert n_outcomes(40, 6) == 1_221_759  # spiral-arm-count at 40 volunteers: why Monte Carlo
+
+
+@pytest.mark.parametrize("k, n", [(2, 40), (3, 12), (4, 8), (6, 4)])
+def test_exact_matches_brute_force(k, n):
+    rng = np.random.default_rng(k)
+    alpha = rng.uniform(0.5, 30, (5, 4, k))
+    np.testing.assert_allclose(mutual_information(alpha, n, exact_max_outcomes=10**6), _brute_force(alpha, n), rtol=1e-9, atol=1e-12)
+
+
+def test_information_is_never_negative_and_zero_when_samples_agree():
+    rng = np.random.default_rng(0)
+    alpha = rng.uniform(1, 50, (50, 5, 3))
+    for exact_max in (10**6, 0):  # exact, Monte Carlo
+        assert (mutual_information(alpha, 40, exact_max, 32, np.random.default_rng(1)) >= 0).all()
+        same = np.repeat(alpha[:, :1], 5, axis=1)
+        np.testing.assert_array_equal(mutual_information(same, 40, exact_max, 32, np.random.default_rng(1)), 0.0)
+    assert (mutual_information(alpha[:, :1], 40) == 0).all()  # one sample: nothing to disagree about
+
+
+def test_information_grows_as_samples_disagree():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(2, 40, (20, 3))
+    noise = rng.standard_normal((20, 5, 3))
+    spreads = (0.05, 0.2, 0.5, 1.0)
+    mi = np.stack([mutual_information(base[:, None, :] * np.exp(s * noise), 40) for s in spreads])
+    assert (np.diff(mi, axis=0) > 0).all()
+
+
+def test_monte_carlo_agrees_with_exact():
+    rng = np.random.default_rng(5)
+    alpha = _samples_near(rng.uniform(1, 20, (30, 4)), 0.4, 5, rng)
+    exact = mutual_information(alpha, 15, exact_max_outcomes=10**6)
+    estimate = mutual_information(alpha, 15, exact_max_outcomes=0, draws=3000, rng=np.random.default_rng(6))
+    assert np.abs(estimate - exact).mean() / exact.mean() < 0.03
+    assert np.corrcoef(estimate, exact)[0, 1] > 0.99
+
+
+def test_reach_follows_the_tree():
+    fractions = np.full((1, len(TREE.label_cols)), 0.5)
+    col = {c: i for i, c in enumerate(TREE.label_cols)}
+    fractions[0, col["smooth-or-featured_featured-or-disk"]] = 0.6
+    fractions[0, col["disk-edge-on_no"]] = 0.7
+    fractions[0, col["has-spiral-arms_yes"]] = 0.8
+    reach = dict(zip(TREE.question_names, reach_fractions(fractions, TREE)[0]))
+    assert reach["smooth-or-featured"] == reach["merging"] == 1.0
+    assert reach["disk-edge-on"] == pytest.approx(0.6)
+    assert reach["bar"] == pytest.approx(0.6 * 0.7)
+    assert reach["spiral-arm-count"] == pytest.approx(0.6 * 0.7 * 0.8)
+
+
+def test_total_is_the_reach_weighted_sum_and_ranking_is_by_it():
+    rng = np.random.default_rng(7)
+    alpha = _samples_near(rng.uniform(1, 30, (40, len(TREE.label_cols))), 0.3, 5, rng)
+    scores = bald_scores([f"g{i}" for i in range(40)], alpha, TREE, AcquireConfig(mc_draws=16))
+    per_question = scores[[f"{q}_mi" for q in TREE.question_names]].to_numpy()
+    reach = scores[[f"{q}_reach" for q in TREE.question_names]].to_numpy()
+    np.testing.assert_allclose(scores["mutual_information"], (per_question * reach).sum(axis=1))
+    ranked = rank(scores)
+    assert ranked["rank"].tolist() == list(range(1, 41))
+    assert ranked["mutual_information"].is_monotonic_decreasing
+    again = bald_scores([f"g{i}" for i in range(40)], alpha, TREE, AcquireConfig(mc_draws=16))
+    pd.testing.assert_frame_equal(scores, again)  # seeded: same numbers every run
+
+
+def test_acquire_files_writes_ranking_upload_list_and_montage(tmp_path):
+    rng = np.random.default_rng(8)
+    ids = [f"G{i:03d}" for i in range(30)]
+    spread = np.linspace(0.01, 0.8, 30)[:, None, None]  # the last galaxies' samples disagree most
+    alpha = rng.uniform(2, 30, (30, 1, len(TREE.label_cols))) * np.exp(spread * rng.standard_normal((30, 5, len(TREE.label_cols))))
+    sample_table(ids, alpha.astype(np.float32), TREE.label_cols).to_parquet(tmp_path / "samples.parquet")
+    for i in ids:
+        Image.new("RGB", (16, 16), (i.__hash__() % 255, 80, 80)).save(tmp_path / f"{i}.png")
+    ready = pd.DataFrame({"id_str": ids, "file_loc": [str(tmp_path / f"original_{i}.png") for i in ids], "resized_loc": [str(tmp_path / f"{i}.png") for i in ids]})
+    ready.to_parquet(tmp_path / "ready.parquet")
+    out = tmp_path / "out"
+    ranked = acquire_files(tmp_path / "samples.parquet", tmp_path / "ready.parquet", out / "ranked.parquet", out / "top.csv", out / "montage.png",
+                           TREE, AcquireConfig(top_n=10, montage=6))
+    top = pd.read_csv(out / "top.csv")
+    assert list(top.columns) == ["rank", "id_str", "file_loc", "mutual_information"] and len(top) == 10
+    assert top["file_loc"].tolist() == [str(tmp_path / f"original_{i}.png") for i in top["id_str"]]
+    assert set(ranked["id_str"]) == set(ids) and pd.read_parquet(out / "ranked.parquet")["id_str"].tolist() == ranked["id_str"].tolist()
+    assert np.mean([int(i[1:]) for i in top["id_str"]]) > 17  # mostly the galaxies with the most disagreeing samples
+    assert (out / "montage.png").stat().st_size > 0
+    ready.iloc[1:].to_parquet(tmp_path / "ready.parquet")
+    with pytest.raises(ValueError, match="not in"):
+        acquire_files(tmp_path / "samples.parquet", tmp_path / "ready.parquet", out / "r.parquet", out / "t.csv", out / "m.png", TREE, AcquireConfig())
+
+
+def test_bench_acquisition_runs_tiny(tmp_path):
+    """The 300k benchmark (make bench) at a tiny size, so it cannot rot."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "tests/benchmarks/bench_acquisition.py"), "--galaxies", "2000", "--accuracy-galaxies", "4"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "galaxies/s" in result.stdout and "Monte Carlo" in result.stdout

@@ -1,0 +1,67 @@
+rule calibration:
+    input:
+        samples="results/{run}/prediction_samples/test.parquet",
+        shards="results/{run}/shards",
+    output:
+        table=report(
+            "results/{run}/evaluation/calibration.csv",
+            caption="../report/calibration_table.rst",
+            category="4. Evaluation",
+        ),
+        curve="results/{run}/evaluation/calibration_curve.csv",
+        headline="results/{run}/evaluation/calibration.json",
+        figure=report(
+            "results/{run}/report/calibration.png",
+            caption="../report/calibration.rst",
+            category="4. Evaluation",
+        ),
+    log:
+        "logs/{run}/calibration.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        tree=config["catalog"]["tree"],
+        question_suffix=config["catalog"]["question_suffix"],
+        levels=config["calibration"]["levels"],
+        min_votes=config["calibration"]["min_votes"],
+    script:
+        "../scripts/calibration.py"
+
+
+rule acquire:
+    input:
+        samples=f"results/{{run}}/prediction_samples/{config['acquire']['split']}.parquet",
+        ready="results/{run}/catalog/ready.parquet",
+    output:
+        ranked="results/{run}/acquisition/ranked.parquet",
+        top=report(
+            "results/{run}/acquisition/top.csv",
+            caption="../report/acquisition_top.rst",
+            category="5. Predictions",
+        ),
+        montage=report(
+            "results/{run}/acquisition/next_to_label.png",
+            caption="../report/acquisition.rst",
+            category="5. Predictions",
+        ),
+    log:
+        "logs/{run}/acquire.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        tree=config["catalog"]["tree"],
+        question_suffix=config["catalog"]["question_suffix"],
+        n_volunteers=config["acquire"]["n_volunteers"],
+        top_n=config["acquire"]["top_n"],
+        montage=config["acquire"]["montage"],
+        exact_max_outcomes=config["acquire"]["exact_max_outcomes"],
+        mc_draws=config["acquire"]["mc_draws"],
+        seed=config["seed"],
+    script:
+        "../scripts/acquire.py"
