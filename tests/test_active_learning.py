@@ -21,9 +21,13 @@ def test_labels_to_reach_interpolates_between_rounds():
 def test_summary_compares_bald_with_randoms_final_loss():
     curves = pd.DataFrame({
         "seed": [0] * 6, "strategy": ["bald"] * 3 + ["random"] * 3, "n_labelled": [100, 200, 300] * 2,
-        "test_loss": [50.0, 36.0, 30.0, 50.0, 44.0, 40.0], "vote_fraction_mae": 0.1, "confident_accuracy": 0.9,
+        "test_loss": [50.0, 36.0, 30.0, 50.0, 44.0, 40.0], "first_question_loss": [5.0, 4.0, 3.0, 5.0, 4.0, 3.0],
+        "vote_fraction_mae": 0.1, "confident_accuracy": 0.9,
     })
-    row = summarise(curves)["per_seed"][0]
+    rows = summarise(curves)["per_seed"]
+    assert [r["metric"] for r in rows] == ["test_loss", "first_question_loss"]
+    assert rows[1]["label_saving"] == 0.0
+    row = rows[0]
     assert row["target_loss"] == 40.0 and row["random_labels"] == 300
     assert row["bald_labels"] == pytest.approx(100 + 100 * 10 / 14)
     assert row["label_saving"] == pytest.approx(1 - row["bald_labels"] / 300)
@@ -57,7 +61,9 @@ def test_tiny_experiment_runs_both_strategies_and_resumes(tmp_path):
     config = ActiveLearningConfig(n_pool=40, n_test=20, n_val=12, n_initial=10, n_acquire=10, rounds=1, seeds=(0,), image_size=48, epochs=1, patience=1)
     curves = run_experiment(tmp_path, config)
     assert sorted(zip(curves["strategy"], curves["n_labelled"])) == [("bald", 10), ("bald", 20), ("random", 10), ("random", 20)]
-    assert np.isfinite(curves[["test_loss", "vote_fraction_mae", "confident_accuracy"]].to_numpy()).all()
+    assert np.isfinite(curves[["test_loss", "first_question_loss", "vote_fraction_mae", "confident_accuracy"]].to_numpy()).all()
+    record = json.loads((tmp_path / "rounds/seed0/round0/record.json").read_text())
+    assert sum(record["question_losses"].values()) == pytest.approx(record["test_loss"])
     first = curves.groupby("n_labelled").get_group(10)
     assert first["test_loss"].nunique() == 1  # both strategies start from the same model
     bald = json.loads((tmp_path / "rounds/seed0/bald_round1/record.json").read_text())["labelled"]

@@ -28,7 +28,7 @@ from zoobot_core.schemas import DecisionTree, get_tree
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("bald", "random")
-COLUMNS = ("seed", "strategy", "round", "n_labelled", "test_loss", "vote_fraction_mae", "confident_accuracy", "epochs", "train_seconds", "seconds")
+COLUMNS = ("seed", "strategy", "round", "n_labelled", "test_loss", "first_question_loss", "vote_fraction_mae", "confident_accuracy", "epochs", "train_seconds", "seconds")
 
 
 @dataclass(frozen=True)
@@ -84,21 +84,35 @@ def _write_round_shards(catalog: pd.DataFrame, labelled: set[str], shard_dir: Pa
 
 
 def score_on_test(predictions: pd.DataFrame, samples: np.ndarray, ids: list[str], test_catalog: pd.DataFrame, train_catalog: pd.DataFrame, tree: DecisionTree) -> dict:
-    """Test loss (held-out Dirichlet-Multinomial NLL per galaxy, mixed over samples), vote-fraction MAE and confident accuracy."""
+    """Test loss (held-out Dirichlet-Multinomial NLL per galaxy, mixed over samples; over the whole tree and per
+    question), vote-fraction MAE and the first question's accuracy on confident galaxies."""
     from zoobot_core.evaluate import confident_confusion, evaluate_predictions, summary
 
     votes = test_catalog.set_index("id_str").loc[ids, tree.label_cols].to_numpy(np.float64)
-    nll = np.zeros(len(ids))
-    for first, last in tree.question_index_groups:
+    per_question = {}
+    for question, (first, last) in zip(tree.questions, tree.question_index_groups):
         counts = votes[:, first : last + 1]
-        nll -= np.where(counts.sum(axis=1) > 0, mixture_log_pmf(counts, samples[:, :, first : last + 1]), 0.0)
+        per_question[question.name] = np.where(counts.sum(axis=1) > 0, -mixture_log_pmf(counts, samples[:, :, first : last + 1]), 0.0)
     headline = summary(evaluate_predictions(predictions, test_catalog, train_catalog, tree))
     confident, _ = confident_confusion(predictions, test_catalog, tree)
     return {
-        "test_loss": float(nll.mean()),
+        "test_loss": float(sum(per_question.values()).mean()),
+        "first_question_loss": float(per_question[tree.questions[0].name].mean()),
+        "question_losses": {name: float(loss.mean()) for name, loss in per_question.items()},
         "vote_fraction_mae": headline["vote_fraction_mae_vote_weighted"]["model"],
         "confident_accuracy": float(confident["accuracy"].iloc[0]),
     }
+
+
+def _score_round(round_dir: Path, tree: DecisionTree, config: ActiveLearningConfig, seed: int) -> dict:
+    """Test metrics of a round's saved model (the predictions are seeded: the same numbers as when it was trained)."""
+    from zoobot_core.dirichlet import samples_array
+    from zoobot_core.predict import PredictConfig, predict_shards
+
+    shard_dir = round_dir / "shards"
+    predictions, _, samples = predict_shards(round_dir / "model", shard_dir, "test", PredictConfig(n_samples=config.n_samples, seed=seed))
+    ids, alpha = samples_array(samples, tree.label_cols)
+    return score_on_test(predictions, alpha, ids, pd.read_parquet(shard_dir / "test_catalog.parquet"), pd.read_parquet(shard_dir / "train_catalog.parquet"), tree)
 
 
 def _train_and_score(shard_dir: Path, round_dir: Path, tree: DecisionTree, config: ActiveLearningConfig, seed: int) -> tuple[dict, pd.DataFrame | None]:
@@ -115,9 +129,7 @@ def _train_and_score(shard_dir: Path, round_dir: Path, tree: DecisionTree, confi
     history = train_from_shards(shard_dir, round_dir / "model", tree, train_config, state_dir=round_dir / "train_state")
     trained = time.perf_counter()
     predict_config = PredictConfig(n_samples=config.n_samples, seed=seed)
-    predictions, _, samples = predict_shards(round_dir / "model", shard_dir, "test", predict_config)
-    ids, alpha = samples_array(samples, tree.label_cols)
-    metrics = score_on_test(predictions, alpha, ids, pd.read_parquet(shard_dir / "test_catalog.parquet"), pd.read_parquet(shard_dir / "train_catalog.parquet"), tree)
+    metrics = _score_round(round_dir, tree, config, seed)
     metrics.update(epochs=int(len(history)), train_seconds=trained - started)
     _, _, pool_samples = predict_shards(round_dir / "model", shard_dir, "unlabelled", predict_config)
     pool_ids, pool_alpha = samples_array(pool_samples, tree.label_cols)
@@ -153,6 +165,9 @@ def run_seed(catalog: pd.DataFrame, out_dir: Path, config: ActiveLearningConfig,
             record_path = round_dir / "record.json"
             if record_path.exists():
                 record = json.loads(record_path.read_text())
+                if "question_losses" not in record:  # kept by an earlier version: add the newer metrics from its saved model
+                    record.update(_score_round(round_dir, tree, config, seed * 1000 + round_index))
+                    write_json(record, record_path)
                 scores = pd.read_parquet(round_dir / "pool_scores.parquet") if (round_dir / "pool_scores.parquet").exists() else None
             elif round_index == 0 and shared is not None:
                 record, scores = shared
@@ -176,7 +191,7 @@ def run_seed(catalog: pd.DataFrame, out_dir: Path, config: ActiveLearningConfig,
 
 def labels_to_reach(curve: pd.DataFrame, target: float) -> float:
     """Labels a strategy needed to reach test loss `target` (linear between rounds); NaN if it never did."""
-    n, loss = curve["n_labelled"].to_numpy(float), curve["test_loss"].to_numpy(float)
+    n, loss = curve["n_labelled"].to_numpy(float), curve["loss" if "loss" in curve else "test_loss"].to_numpy(float)
     if loss[0] <= target:
         return float(n[0])
     for i in range(1, len(n)):
@@ -186,17 +201,20 @@ def labels_to_reach(curve: pd.DataFrame, target: float) -> float:
 
 
 def summarise(curves: pd.DataFrame) -> dict:
-    """Per seed: the labels BALD needed to reach random's final test loss, against random's budget; and mean curves."""
+    """Per seed and loss (whole tree, first question): the labels BALD needed to reach random's final loss,
+    against the labels random needed; and the curves' mean and spread over seeds."""
     per_seed = []
-    for seed, part in curves.groupby("seed"):
-        random_curve = part[part["strategy"] == "random"].sort_values("n_labelled")
-        bald_curve = part[part["strategy"] == "bald"].sort_values("n_labelled")
-        target = float(random_curve["test_loss"].iloc[-1])
-        needed = labels_to_reach(bald_curve, target)
-        budget = labels_to_reach(random_curve, target)
-        per_seed.append({"seed": int(seed), "target_loss": target, "random_labels": budget, "bald_labels": needed,
-                         "label_saving": (1 - needed / budget) if np.isfinite(needed) else None})
-    mean = curves.groupby(["strategy", "n_labelled"])[["test_loss", "vote_fraction_mae", "confident_accuracy"]].agg(["mean", "std"])
+    for metric in ("test_loss", "first_question_loss"):
+        for seed, part in curves.groupby("seed"):
+            random_curve = part[part["strategy"] == "random"].sort_values("n_labelled").rename(columns={metric: "loss"})
+            bald_curve = part[part["strategy"] == "bald"].sort_values("n_labelled").rename(columns={metric: "loss"})
+            target = float(random_curve["loss"].iloc[-1])
+            needed = labels_to_reach(bald_curve, target)
+            budget = labels_to_reach(random_curve, target)
+            per_seed.append({"metric": metric, "seed": int(seed), "target_loss": target, "random_labels": budget, "bald_labels": needed,
+                             "label_saving": (1 - needed / budget) if np.isfinite(needed) else None})
+    metrics = ["test_loss", "first_question_loss", "vote_fraction_mae", "confident_accuracy"]
+    mean = curves.groupby(["strategy", "n_labelled"])[metrics].agg(["mean", "std"])
     mean.columns = [f"{metric}_{stat}" for metric, stat in mean.columns]
     return {"per_seed": per_seed, "mean_curves": mean.reset_index().to_dict(orient="records")}
 

@@ -355,7 +355,7 @@ def plot_acquisition_montage(ranked: pd.DataFrame, image_paths: dict[str, str], 
     plt = pyplot()
     n = len(ranked)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.45 * rows + 0.4), squeeze=False)
     mi_cols = [f"{q.name}_mi" for q in tree.questions]
     reach_cols = [f"{q.name}_reach" for q in tree.questions]
     for i, ax in enumerate(axes.flat):
@@ -378,9 +378,11 @@ def plot_acquisition_montage(ranked: pd.DataFrame, image_paths: dict[str, str], 
 def plot_learning_curves(curves: pd.DataFrame, path: Path | str) -> None:
     """Test loss, vote-fraction MAE and confident accuracy against labels, BALD vs random: each seed thin, the mean thick."""
     plt = pyplot()
-    metrics = (("test_loss", "test loss (Dirichlet-Multinomial NLL per galaxy)"), ("vote_fraction_mae", "vote-fraction MAE (vote-weighted)"),
-               ("confident_accuracy", "smooth-or-featured accuracy (confident galaxies)"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.8))
+    metrics = (("test_loss", "test loss: Dirichlet-Multinomial NLL per galaxy"), ("first_question_loss", "first question's test loss"),
+               ("vote_fraction_mae", "vote-fraction MAE (vote-weighted)"), ("confident_accuracy", "first question's accuracy (confident galaxies)"))
+    metrics = tuple((m, label) for m, label in metrics if m in curves)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    axes = axes[0]
     colours = {"bald": "#c0392b", "random": "#2a7ab0"}
     for ax, (metric, label) in zip(axes, metrics):
         for strategy, part in curves.groupby("strategy"):

@@ -30,7 +30,7 @@ def main() -> None:
     started = time.perf_counter()
     curves = run_experiment(args.out, config)
     for row in summarise(curves)["per_seed"]:
-        log.info("seed %d: random reached test loss %.3f with %.0f labels; BALD needed %s", row["seed"], row["target_loss"], row["random_labels"],
+        log.info("%s, seed %d: random reached %.3f with %.0f labels; BALD needed %s", row["metric"], row["seed"], row["target_loss"], row["random_labels"],
                  "never reached it" if row["label_saving"] is None else f"{row['bald_labels']:.0f} ({100 * row['label_saving']:.0f}% fewer)")
     log.info("Learning curves in %s (%.1f min)", args.out / "learning_curves.png", (time.perf_counter() - started) / 60)
 
