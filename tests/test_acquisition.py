@@ -131,6 +131,9 @@ def test_acquire_files_writes_ranking_upload_list_and_montage(tmp_path):
     assert set(ranked["id_str"]) == set(ids) and pd.read_parquet(out / "ranked.parquet")["id_str"].tolist() == ranked["id_str"].tolist()
     assert np.mean([int(i[1:]) for i in top["id_str"]]) > 17  # mostly the galaxies with the most disagreeing samples
     assert (out / "montage.png").stat().st_size > 0
+    sample_table([], np.zeros((0, 5, len(TREE.label_cols)), np.float32), TREE.label_cols).to_parquet(tmp_path / "none.parquet")
+    empty = acquire_files(tmp_path / "none.parquet", tmp_path / "ready.parquet", out / "e.parquet", out / "e.csv", out / "e.png", TREE, AcquireConfig())
+    assert empty.empty and len(pd.read_csv(out / "e.csv")) == 0 and (out / "e.png").exists()  # no unlabelled galaxies: empty outputs, no crash
     ready.iloc[1:].to_parquet(tmp_path / "ready.parquet")
     with pytest.raises(ValueError, match="not in"):
         acquire_files(tmp_path / "samples.parquet", tmp_path / "ready.parquet", out / "r.parquet", out / "t.csv", out / "m.png", TREE, AcquireConfig())

@@ -146,3 +146,23 @@ def test_hdf5_round_trip_in_zoobot_layout(tiny_shards, trained, tmp_path):
     with pytest.raises(ValueError, match="must be \\(galaxies"):
         write_predictions_hdf5(values[:, :3], ids, TREE.label_cols, tmp_path / "bad.hdf5")
     assert not (tmp_path / "bad.hdf5").exists()
+
+
+def test_an_empty_split_gives_empty_tables_not_a_crash(tiny_shards, trained, tmp_path):
+    """A catalog without unlabelled galaxies still has an `unlabelled` split to predict (predict.splits), just empty."""
+    import shutil
+
+    from zoobot_core.predict import predict_files
+
+    out, _ = trained
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    for path in (shards / "unlabelled").glob("*.tfrecord"):
+        path.unlink()
+    metadata = json.loads((shards / "shards.json").read_text())
+    metadata["counts"]["unlabelled"] = 0
+    (shards / "shards.json").write_text(json.dumps(metadata))
+    predict_files(out, shards, "unlabelled", tmp_path / "p.parquet", tmp_path / "r.parquet", PredictConfig(n_samples=2, tta_views=2), tmp_path / "s.parquet")
+    predictions, samples = pd.read_parquet(tmp_path / "p.parquet"), pd.read_parquet(tmp_path / "s.parquet")
+    assert predictions.empty and samples.empty
+    assert list(samples.columns) == ["id_str", "sample", "view", *TREE.label_cols]

@@ -212,7 +212,7 @@ def acquire_files(
 
     ids, alpha = samples_array(pd.read_parquet(samples_path), tree.label_cols)
     ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc", "resized_loc"])
-    scores = bald_scores(ids, alpha.reshape(len(ids), -1, len(tree.label_cols)), tree, config)
+    scores = bald_scores(ids, alpha, tree, config)
     ranked = rank(scores.merge(ready[["id_str", "file_loc"]], on="id_str", how="left", validate="one_to_one"))
     missing = ranked["file_loc"].isna()
     if missing.any():

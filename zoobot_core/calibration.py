@@ -160,7 +160,7 @@ def calibration_files(
         raise ValueError(f"Prediction samples cover {len(set(ids) & set(test.index))} of {len(test)} test galaxies; rerun predict")
     votes = test.loc[ids, tree.label_cols].to_numpy(np.float64)
     train_votes = pd.read_parquet(shard_dir / "train_catalog.parquet", columns=tree.label_cols).to_numpy(np.float64)
-    table, curve, headline = calibrate(alpha.reshape(len(ids), -1, len(tree.label_cols)), votes, train_votes, tree, config)
+    table, curve, headline = calibrate(alpha, votes, train_votes, tree, config)
     atomic_write_table(table, table_path)
     atomic_write_table(curve, curve_path)
     write_json(headline, headline_path)

@@ -21,7 +21,7 @@ def samples_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[list[st
     The table has one row per (galaxy, sample), each galaxy's samples together, as predict writes it.
     """
     if samples.empty:
-        return [], np.zeros((0, 0, len(label_cols)))
+        return [], np.zeros((0, 1, len(label_cols)))
     ids = samples["id_str"].to_numpy()
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     counts = np.diff(np.r_[starts, len(ids)])

@@ -112,7 +112,7 @@ def sample_table(ids: list[str], samples: np.ndarray, label_cols: list[str], n_v
     `samples` is (galaxies, views x dropout samples, answers), each view's dropout samples together.
     """
     n, n_samples, _ = samples.shape
-    table = pd.DataFrame(samples.reshape(n * n_samples, -1).astype(np.float32), columns=label_cols)
+    table = pd.DataFrame(samples.reshape(n * n_samples, samples.shape[-1]).astype(np.float32), columns=label_cols)
     table.insert(0, "view", np.tile(np.arange(n_samples, dtype=np.int16) // (n_samples // n_views), n))
     table.insert(0, "sample", np.tile(np.arange(n_samples, dtype=np.int16), n))
     table.insert(0, "id_str", np.repeat(np.asarray(ids, dtype=object), n_samples))
