@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import betabinom
+from scipy.stats import betabinom, dirichlet_multinomial
 
 from zoobot_core.calibration import CalibrationConfig, calibrate, calibration_files, central_intervals, coverage, mixture_cdf
 from zoobot_core.dirichlet import beta_binomial_cdf, fit_constant, log_pmf, mixture_log_pmf, samples_array
@@ -26,6 +26,13 @@ def test_beta_binomial_cdf_matches_scipy():
         assert (ours[i, n[i]:] == 1).all()
 
 
+def test_log_pmf_matches_scipy():
+    rng = np.random.default_rng(9)
+    alpha, counts = rng.uniform(0.3, 40, (20, 4)), rng.integers(0, 15, (20, 4))
+    expected = [dirichlet_multinomial.logpmf(c, a, c.sum()) for c, a in zip(counts, alpha)]
+    np.testing.assert_allclose(log_pmf(counts, alpha), expected, rtol=1e-12)
+
+
 def test_mixture_log_pmf_is_the_log_of_the_mean():
     rng = np.random.default_rng(0)
     alpha, counts = rng.uniform(0.5, 20, (4, 6, 3)), rng.integers(0, 9, (4, 3))
@@ -45,7 +52,8 @@ def test_central_interval_holds_at_least_its_level_and_is_the_shortest_central_o
     cdf = beta_binomial_cdf(np.array([30]), np.array([4.0]), np.array([9.0]), 30)
     lower, upper, inside = central_intervals(cdf, 0.8)
     assert inside[0] >= 0.8
-    assert cdf[0, lower[0] - 1] < 0.1 and cdf[0, upper[0] - 1] < 0.9 <= cdf[0, upper[0]]
+    assert cdf[0, lower[0] - 1] < 0.1 <= cdf[0, lower[0]] and cdf[0, upper[0] - 1] < 0.9 <= cdf[0, upper[0]]
+    assert inside[0] == pytest.approx(cdf[0, upper[0]] - cdf[0, lower[0] - 1])
 
 
 def test_predictions_that_generated_the_votes_are_calibrated_and_overconfident_ones_are_not():
@@ -87,21 +95,28 @@ def test_calibrate_table_and_headline_on_a_made_up_tree():
         CalibrationConfig(levels=(0.5, 1.0))
 
 
-def test_calibration_files_writes_every_output(tmp_path):
+def test_calibration_files_matches_ids_and_writes_every_output(tmp_path):
     rng = np.random.default_rng(4)
     ids = [f"G{i}" for i in range(60)]
-    alpha = rng.uniform(1, 20, (60, 5, 5))
-    votes = pd.DataFrame(rng.integers(0, 12, (60, 5)), columns=TREE.label_cols).assign(id_str=ids)
+    alpha = rng.uniform(1, 20, (60, 5, 5)) * rng.uniform(0.2, 5, (60, 1, 1))
+    counts = np.concatenate([_draw_votes(alpha[:, 0, :3], rng.integers(5, 30, 60), rng), _draw_votes(alpha[:, 0, 3:], rng.integers(5, 30, 60), rng)], axis=1)
+    votes = pd.DataFrame(counts, columns=TREE.label_cols).assign(id_str=ids)
     shards = tmp_path / "shards"
     shards.mkdir()
-    votes.to_parquet(shards / "test_catalog.parquet")
+    votes.sample(frac=1, random_state=0).to_parquet(shards / "test_catalog.parquet")  # another order than the samples'
     votes.to_parquet(shards / "train_catalog.parquet")
     sample_table(ids[::-1], alpha[::-1].astype(np.float32), TREE.label_cols).to_parquet(tmp_path / "samples.parquet")
     assert samples_array(pd.read_parquet(tmp_path / "samples.parquet"), TREE.label_cols)[0] == ids[::-1]
     out = tmp_path / "out"
     headline = calibration_files(tmp_path / "samples.parquet", shards, TREE, out / "c.csv", out / "curve.csv", out / "c.json", out / "c.png", CalibrationConfig())
-    assert headline["n_test"] == 60 and (out / "c.png").stat().st_size > 0
-    assert len(pd.read_csv(out / "c.csv")) == 2
+    stored = alpha.astype(np.float32).astype(np.float64)
+    direct = -(mixture_log_pmf(counts[:, :3], stored[:, :, :3]) + mixture_log_pmf(counts[:, 3:], stored[:, :, 3:])).mean()
+    assert headline["n_test"] == 60 and headline["nll_per_galaxy"]["model"] == pytest.approx(direct, rel=1e-9)  # each galaxy's votes met its own samples
+    low, high = headline["nll_per_galaxy"]["difference_interval"]
+    assert low <= headline["nll_per_galaxy"]["difference"] <= high
+    table = pd.read_csv(out / "c.csv")
+    assert len(table) == 2 and (table["coverage_0.5_low"] <= table["coverage_0.5"]).all() and (table["coverage_0.5"] <= table["coverage_0.5_high"]).all()
+    assert (out / "c.png").stat().st_size > 0
     votes.iloc[1:].to_parquet(shards / "test_catalog.parquet")
     with pytest.raises(ValueError, match="rerun predict"):
         calibration_files(tmp_path / "samples.parquet", shards, TREE, out / "c.csv", out / "curve.csv", out / "c.json", out / "c.png", CalibrationConfig())

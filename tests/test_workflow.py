@@ -109,7 +109,8 @@ def test_calibration_and_acquisition(tiny_run):
     assert table["n_galaxies"].max() <= len(test_ids) and (table["n_galaxies"] > 0).all()
     for level in ("0.5", "0.8", "0.95"):
         assert table[f"coverage_{level}"].between(0, 1).all() and (table[f"expected_{level}"] >= float(level)).all()
-    assert np.isfinite(table[["nll_model", "nll_constant"]].to_numpy()).all()
+    assert np.isfinite(table[["nll_model", "nll_constant", "nll_difference_low", "nll_difference_high"]].to_numpy()).all()
+    assert (table["coverage_0.8_low"] <= table["coverage_0.8"]).all() and (table["coverage_0.8"] <= table["coverage_0.8_high"]).all()
     headline = json.loads((tiny_run / "evaluation/calibration.json").read_text())
     assert headline["n_test"] == len(test_ids) and set(headline["coverage"]) == {"0.5", "0.8", "0.95"}
     curve = pd.read_csv(tiny_run / "evaluation/calibration_curve.csv")

@@ -16,7 +16,15 @@ Exact: every outcome y (C(n + K - 1, K - 1) of them: 41 for two answers at n = 4
 Questions with more outcomes than `exact_max_outcomes` (four to six answers at n = 40: 12 thousand
 to 1.2 million) use Monte Carlo over outcomes: `mc_draws` vote splits drawn from pbar, stratified
 evenly over the samples (Dirichlet, then multinomial), each scored exactly by log S - H[w(y)].
-The estimate is unbiased and its error is reported against exact values in docs/results.md.
+(The draws are rounded up to a multiple of the number of samples.) The estimate is unbiased; its
+error against exact values is in docs/benchmarks.md (tests/benchmarks/bench_acquisition.py).
+
+With test-time augmentation (predict.tta_views > 1) the views' samples are pooled like dropout
+samples, so disagreement between rotated views also counts as information.
+
+Weighting each question's information at n volunteers by its reach approximates computing it for
+the n x reach volunteers expected to answer it (information grows less than linearly with votes,
+so the weighting slightly favours questions late in the tree over that alternative).
 
 A galaxy's total is the sum over questions of I, each weighted by the fraction of volunteers
 expected to reach the question (the product of the predicted fractions of the answers leading to it).
@@ -211,6 +219,9 @@ def acquire_files(
     from zoobot_core.io import atomic_path, atomic_write_table
 
     ids, alpha = samples_array(pd.read_parquet(samples_path), tree.label_cols)
+    if ids and alpha.shape[1] < 2:
+        log.warning("One prediction sample per galaxy: there is nothing for samples to disagree about, so every galaxy scores 0 "
+                    "and the ranking is by id. Set predict.n_samples >= 2 (MC dropout) for a useful ranking.")
     ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc", "resized_loc"])
     scores = bald_scores(ids, alpha, tree, config)
     ranked = rank(scores.merge(ready[["id_str", "file_loc"]], on="id_str", how="left", validate="one_to_one"))

@@ -81,17 +81,31 @@ def coverage(cdf: np.ndarray, counts: np.ndarray, levels: tuple[float, ...]) -> 
     return out
 
 
+def _bootstrap(numerator: np.ndarray, denominator: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of sum(numerator) / sum(denominator) over galaxies resampled with replacement."""
+    if len(numerator) == 0:
+        return np.nan, np.nan
+    index = np.random.default_rng(seed).integers(0, len(numerator), (resamples, len(numerator)))
+    ratios = numerator[index].sum(axis=1) / np.maximum(denominator[index].sum(axis=1), 1e-300)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def calibrate(alpha: np.ndarray, votes: np.ndarray, train_votes: np.ndarray, tree: DecisionTree, config: CalibrationConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per-question table, reliability curve and headline numbers for test galaxies.
 
     alpha (G, S, answers) predicted concentrations; votes (G, answers) the test galaxies' counts;
-    train_votes the training galaxies' counts (for the constant predictor).
+    train_votes the training galaxies' counts (for the constant predictor). The model's coverage
+    and its NLL difference from the constant get 95% bootstrap intervals over galaxies.
     """
     levels = tuple(sorted(set(config.levels)))
     all_levels = tuple(sorted(set(levels) | set(CURVE_LEVELS)))
+    g = len(votes)
     rows, curve = [], []
     pooled: dict[str, dict[float, list]] = {"model": {lv: [] for lv in all_levels}, "constant": {lv: [] for lv in all_levels}}
-    total_model, total_constant = np.zeros(len(votes)), np.zeros(len(votes))
+    total_model, total_constant = np.zeros(g), np.zeros(g)
+    hits_per_galaxy = {level: np.zeros(g) for level in levels}
+    pairs_per_galaxy = np.zeros(g)
     for question, (first, last) in zip(tree.questions, tree.question_index_groups):
         observed = votes[:, first : last + 1]
         totals = observed.sum(axis=1)
@@ -103,13 +117,22 @@ def calibrate(alpha: np.ndarray, votes: np.ndarray, train_votes: np.ndarray, tre
         constant_nll = -log_pmf(counts, constant_alpha[None, :]) if mask.any() else np.zeros(0)
         total_model[mask] += model_nll
         total_constant[mask] += constant_nll
+        difference = model_nll - constant_nll
+        low, high = _bootstrap(difference, np.ones_like(difference))
         row = {
             "question": question.name, "n_galaxies": int(mask.sum()), "median_votes": float(np.median(n)) if mask.any() else np.nan,
             "nll_model": float(model_nll.mean()) if mask.any() else np.nan,
             "nll_constant": float(constant_nll.mean()) if mask.any() else np.nan,
+            "nll_difference": float(difference.mean()) if mask.any() else np.nan, "nll_difference_low": low, "nll_difference_high": high,
         }
         model_cdf = mixture_cdf(a, n)
         constant_cdf = mixture_cdf(np.broadcast_to(constant_alpha, (len(n), 1, len(constant_alpha))), n)
+        pairs_per_galaxy[mask] += counts.shape[1]
+        for level in levels:
+            lower, upper, _ = central_intervals(model_cdf, level)
+            hits = ((counts >= lower) & (counts <= upper)).sum(axis=1).astype(float)
+            hits_per_galaxy[level][mask] += hits
+            row[f"coverage_{level:g}_low"], row[f"coverage_{level:g}_high"] = _bootstrap(hits, np.full(len(hits), float(counts.shape[1])))
         for name, cdf in (("model", model_cdf), ("constant", constant_cdf)):
             for level, (hit, inside) in coverage(cdf, counts, all_levels).items():
                 pooled[name][level].append((hit, inside, counts.size))
@@ -130,16 +153,23 @@ def calibrate(alpha: np.ndarray, votes: np.ndarray, train_votes: np.ndarray, tre
             })
     curve_table = pd.DataFrame(curve)
     pooled_rows = curve_table[(curve_table["question"] == "all") & curve_table["level"].isin(levels)]
+    coverage_headline = {}
+    for level in levels:
+        by = {p: {"coverage": float(r["coverage"]), "expected": float(r["expected"])}
+              for p, r in pooled_rows[pooled_rows["level"] == level].set_index("predictor").iterrows()}
+        by.setdefault("model", {})["interval"] = list(_bootstrap(hits_per_galaxy[level], pairs_per_galaxy))
+        coverage_headline[f"{level:g}"] = by
+    difference = total_model - total_constant
     headline = {
-        "n_test": int(len(votes)),
-        "nll_per_galaxy": {"model": float(total_model.mean()), "constant": float(total_constant.mean())} if len(votes) else None,
-        "coverage": {
-            f"{level:g}": {p: {"coverage": float(r["coverage"]), "expected": float(r["expected"])}
-                           for p, r in pooled_rows[pooled_rows["level"] == level].set_index("predictor").iterrows()}
-            for level in levels
-        },
+        "n_test": int(g),
+        "nll_per_galaxy": {
+            "model": float(total_model.mean()), "constant": float(total_constant.mean()),
+            "difference": float(difference.mean()), "difference_interval": list(_bootstrap(difference, np.ones(g))),
+        } if g else None,
+        "coverage": coverage_headline,
         "n_samples": int(alpha.shape[1]) if alpha.ndim == 3 else 0,
         "min_votes": config.min_votes,
+        "intervals": "95% bootstrap over test galaxies (1000 resamples)",
     }
     return table, curve_table, headline
 
@@ -166,9 +196,10 @@ def calibration_files(
     write_json(headline, headline_path)
     plot_calibration(table, curve, figure_path)
     for level, by in headline["coverage"].items():
-        log.info("Central %s intervals: coverage %.3f (a calibrated model: %.3f); constant predictor %.3f (%.3f)",
-                 level, by["model"]["coverage"], by["model"]["expected"], by["constant"]["coverage"], by["constant"]["expected"])
+        log.info("Central %s intervals: coverage %.3f (95%% interval %.3f-%.3f; a calibrated model: %.3f); constant predictor %.3f (%.3f)",
+                 level, by["model"]["coverage"], *by["model"]["interval"], by["model"]["expected"], by["constant"]["coverage"], by["constant"]["expected"])
     if headline["nll_per_galaxy"]:
-        log.info("Held-out Dirichlet-Multinomial NLL per galaxy: model %.3f vs constant %.3f",
-                 headline["nll_per_galaxy"]["model"], headline["nll_per_galaxy"]["constant"])
+        nll = headline["nll_per_galaxy"]
+        log.info("Held-out Dirichlet-Multinomial NLL per galaxy: model %.3f vs constant %.3f (difference %.3f, 95%% interval %.3f to %.3f)",
+                 nll["model"], nll["constant"], nll["difference"], *nll["difference_interval"])
     return headline
