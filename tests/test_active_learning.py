@@ -72,6 +72,9 @@ def test_tiny_experiment_runs_both_strategies_and_resumes(tmp_path):
     assert set(start) < set(bald) and set(start) < set(random) and len(bald) == len(random) == 20
     scores = pd.read_parquet(tmp_path / "rounds/seed0/round0/pool_scores.parquet")
     assert set(bald) - set(start) == set(scores.nlargest(10, "mutual_information")["id_str"])
+    chosen = pd.read_csv(tmp_path / "composition.csv").set_index("chosen_by")
+    assert chosen.loc[["bald", "random"], "n"].tolist() == [10, 10] and chosen.loc["pool", "n"] == 40
+    assert chosen.drop(columns="n").sum(axis=1).round(9).eq(1).all()
     for name in ("learning_curves.csv", "learning_curves.png", "summary.json", "config.json"):
         assert (tmp_path / name).stat().st_size > 0
     again = run_experiment(tmp_path, config)  # every round is on disk: nothing is trained again

@@ -219,6 +219,26 @@ def summarise(curves: pd.DataFrame) -> dict:
     return {"per_seed": per_seed, "mean_curves": mean.reset_index().to_dict(orient="records")}
 
 
+def composition(catalog: pd.DataFrame, rounds_dir: Path, config: ActiveLearningConfig, tree: DecisionTree) -> pd.DataFrame:
+    """What each strategy chose: the share of each true answer to the first question among the galaxies it
+    acquired (all rounds, all seeds), beside the pool's share."""
+    question = tree.questions[0].name
+    truth = catalog.set_index("id_str")[f"true_{question}"]
+    pool = catalog.loc[catalog["role"] == "pool", "id_str"]
+    rows = [{"chosen_by": "pool", **truth.loc[pool].value_counts(normalize=True).to_dict(), "n": len(pool)}]
+    for strategy in STRATEGIES:
+        chosen = []
+        for seed in config.seeds:
+            seed_dir = rounds_dir / f"seed{seed}"
+            start_path, last_path = seed_dir / "round0" / "record.json", seed_dir / f"{strategy}_round{config.rounds}" / "record.json"
+            if start_path.exists() and last_path.exists():
+                start = set(json.loads(start_path.read_text())["labelled"])
+                chosen += [i for i in json.loads(last_path.read_text())["labelled"] if i not in start]
+        if chosen:
+            rows.append({"chosen_by": strategy, **truth.loc[chosen].value_counts(normalize=True).to_dict(), "n": len(chosen)})
+    return pd.DataFrame(rows).fillna(0.0)
+
+
 def run_experiment(out_dir: Path | str, config: ActiveLearningConfig) -> pd.DataFrame:
     """The whole experiment: learning curves (CSV), summary (JSON) and plot (PNG) in out_dir."""
     from zoobot_core.figures import plot_learning_curves
@@ -236,4 +256,5 @@ def run_experiment(out_dir: Path | str, config: ActiveLearningConfig) -> pd.Data
         atomic_write_table(curves, out_dir / "learning_curves.csv")
         write_json(summarise(curves), out_dir / "summary.json")
         plot_learning_curves(curves, out_dir / "learning_curves.png")
+        atomic_write_table(composition(catalog, out_dir / "rounds", config, tree), out_dir / "composition.csv")
     return pd.DataFrame(records)
