@@ -58,7 +58,7 @@ bench: venv
 finetune-bases: venv
 	$(BIN)/python tests/benchmarks/finetune_bases.py
 
-## active-learning: BALD vs random acquisition on the synthetic universe, 3 seeds (about 40 min on 2 cores; docs/results.md)
+## active-learning: BALD vs random acquisition on the synthetic universe, 3 seeds (about 55 min on 2 cores; docs/results.md)
 active-learning: venv
 	$(BIN)/python tests/benchmarks/active_learning.py --out results/active_learning
 
