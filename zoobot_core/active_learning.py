@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot_core.acquisition import AcquireConfig, bald_scores
-from zoobot_core.dirichlet import mixture_log_pmf
+from zoobot_core.dirichlet import question_nll
 from zoobot_core.io import write_json
 from zoobot_core.schemas import DecisionTree, get_tree
 
@@ -89,10 +89,8 @@ def score_on_test(predictions: pd.DataFrame, samples: np.ndarray, ids: list[str]
     from zoobot_core.evaluate import confident_confusion, evaluate_predictions, summary
 
     votes = test_catalog.set_index("id_str").loc[ids, tree.label_cols].to_numpy(np.float64)
-    per_question = {}
-    for question, (first, last) in zip(tree.questions, tree.question_index_groups):
-        counts = votes[:, first : last + 1]
-        per_question[question.name] = np.where(counts.sum(axis=1) > 0, -mixture_log_pmf(counts, samples[:, :, first : last + 1]), 0.0)
+    nll = question_nll(votes, samples, tree)
+    per_question = {question.name: nll[:, q] for q, question in enumerate(tree.questions)}
     headline = summary(evaluate_predictions(predictions, test_catalog, train_catalog, tree))
     confident, _ = confident_confusion(predictions, test_catalog, tree)
     return {
@@ -165,9 +163,6 @@ def run_seed(catalog: pd.DataFrame, out_dir: Path, config: ActiveLearningConfig,
             record_path = round_dir / "record.json"
             if record_path.exists():
                 record = json.loads(record_path.read_text())
-                if "question_losses" not in record:  # kept by an earlier version: add the newer metrics from its saved model
-                    record.update(_score_round(round_dir, tree, config, seed * 1000 + round_index))
-                    write_json(record, record_path)
                 scores = pd.read_parquet(round_dir / "pool_scores.parquet") if (round_dir / "pool_scores.parquet").exists() else None
             elif round_index == 0 and shared is not None:
                 record, scores = shared

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoobot_core.dirichlet import beta_binomial_cdf, fit_constant, log_pmf, mixture_log_pmf
+from zoobot_core.dirichlet import beta_binomial_cdf, fit_constant, log_pmf, question_nll
 from zoobot_core.schemas import DecisionTree
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,17 @@ def central_intervals(cdf: np.ndarray, level: float) -> tuple[np.ndarray, np.nda
     return lower, upper, inside
 
 
+def interval_hits(cdf: np.ndarray, counts: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each count lies in its central `level` interval, the probability the interval holds), both shaped like counts."""
+    lower, upper, inside = central_intervals(cdf, level)
+    return (counts >= lower) & (counts <= upper), inside
+
+
 def coverage(cdf: np.ndarray, counts: np.ndarray, levels: tuple[float, ...]) -> dict[float, tuple[float, float]]:
     """{level: (fraction of counts inside their interval, mean probability inside)} over every (galaxy, answer)."""
     out = {}
     for level in levels:
-        lower, upper, inside = central_intervals(cdf, level)
-        hit = (counts >= lower) & (counts <= upper)
+        hit, inside = interval_hits(cdf, counts, level)
         out[level] = (float(hit.mean()) if hit.size else np.nan, float(inside.mean()) if inside.size else np.nan)
     return out
 
@@ -103,17 +108,18 @@ def calibrate(alpha: np.ndarray, votes: np.ndarray, train_votes: np.ndarray, tre
     g = len(votes)
     rows, curve = [], []
     pooled: dict[str, dict[float, list]] = {"model": {lv: [] for lv in all_levels}, "constant": {lv: [] for lv in all_levels}}
+    model_nll_all = question_nll(votes, alpha, tree)
     total_model, total_constant = np.zeros(g), np.zeros(g)
     hits_per_galaxy = {level: np.zeros(g) for level in levels}
     pairs_per_galaxy = np.zeros(g)
-    for question, (first, last) in zip(tree.questions, tree.question_index_groups):
+    for q, (question, (first, last)) in enumerate(zip(tree.questions, tree.question_index_groups)):
         observed = votes[:, first : last + 1]
         totals = observed.sum(axis=1)
         mask = totals >= config.min_votes
         constant_alpha = fit_constant(train_votes[:, first : last + 1])
         a = alpha[mask, :, first : last + 1]
         counts, n = observed[mask], totals[mask]
-        model_nll = -mixture_log_pmf(counts, a) if mask.any() else np.zeros(0)
+        model_nll = model_nll_all[mask, q]
         constant_nll = -log_pmf(counts, constant_alpha[None, :]) if mask.any() else np.zeros(0)
         total_model[mask] += model_nll
         total_constant[mask] += constant_nll
@@ -128,18 +134,21 @@ def calibrate(alpha: np.ndarray, votes: np.ndarray, train_votes: np.ndarray, tre
         model_cdf = mixture_cdf(a, n)
         constant_cdf = mixture_cdf(np.broadcast_to(constant_alpha, (len(n), 1, len(constant_alpha))), n)
         pairs_per_galaxy[mask] += counts.shape[1]
-        for level in levels:
-            lower, upper, _ = central_intervals(model_cdf, level)
-            hits = ((counts >= lower) & (counts <= upper)).sum(axis=1).astype(float)
-            hits_per_galaxy[level][mask] += hits
-            row[f"coverage_{level:g}_low"], row[f"coverage_{level:g}_high"] = _bootstrap(hits, np.full(len(hits), float(counts.shape[1])))
-        for name, cdf in (("model", model_cdf), ("constant", constant_cdf)):
-            for level, (hit, inside) in coverage(cdf, counts, all_levels).items():
-                pooled[name][level].append((hit, inside, counts.size))
-                if level in levels:
-                    prefix = "" if name == "model" else "constant_"
-                    row[f"{prefix}coverage_{level:g}"], row[f"{prefix}expected_{level:g}"] = hit, inside
-                curve.append({"question": question.name, "predictor": name, "level": level, "coverage": hit, "expected": inside, "n_pairs": counts.size})
+        for level in all_levels:
+            hit, inside = interval_hits(model_cdf, counts, level)
+            coverage_value, expected = (float(hit.mean()), float(inside.mean())) if hit.size else (np.nan, np.nan)
+            pooled["model"][level].append((coverage_value, expected, counts.size))
+            curve.append({"question": question.name, "predictor": "model", "level": level, "coverage": coverage_value, "expected": expected, "n_pairs": counts.size})
+            if level in levels:
+                per_galaxy = hit.sum(axis=1).astype(float)
+                hits_per_galaxy[level][mask] += per_galaxy
+                row[f"coverage_{level:g}"], row[f"expected_{level:g}"] = coverage_value, expected
+                row[f"coverage_{level:g}_low"], row[f"coverage_{level:g}_high"] = _bootstrap(per_galaxy, np.full(len(per_galaxy), float(counts.shape[1])))
+        for level, (hit, inside) in coverage(constant_cdf, counts, all_levels).items():
+            pooled["constant"][level].append((hit, inside, counts.size))
+            if level in levels:
+                row[f"constant_coverage_{level:g}"], row[f"constant_expected_{level:g}"] = hit, inside
+            curve.append({"question": question.name, "predictor": "constant", "level": level, "coverage": hit, "expected": inside, "n_pairs": counts.size})
         rows.append(row)
     table = pd.DataFrame(rows)
     for name in ("model", "constant"):

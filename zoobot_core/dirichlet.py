@@ -50,6 +50,18 @@ def mixture_log_pmf(counts: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (top + np.log(np.exp(per_sample - top).mean(axis=1, keepdims=True)))[:, 0]
 
 
+def question_nll(votes: np.ndarray, alpha: np.ndarray, tree: DecisionTree) -> np.ndarray:
+    """Held-out negative log-likelihood of each question's votes under the sample-mixed predictive:
+    votes (G, answers), alpha (G, S, answers) -> (G, questions); 0 where a galaxy has no votes on a question."""
+    out = np.zeros((len(votes), len(tree.questions)))
+    for q, (first, last) in enumerate(tree.question_index_groups):
+        counts = votes[:, first : last + 1]
+        asked = counts.sum(axis=1) > 0
+        if asked.any():
+            out[asked, q] = -mixture_log_pmf(counts[asked], alpha[asked, :, first : last + 1])
+    return out
+
+
 def beta_binomial_cdf(n: np.ndarray, a: np.ndarray, b: np.ndarray, n_max: int) -> np.ndarray:
     """CDF at y = 0..n_max of Beta-Binomial(n, a, b), shapes broadcast to (...); returns (..., n_max + 1).
 
