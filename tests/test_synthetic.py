@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -45,3 +47,25 @@ def test_images_are_rgb_of_the_requested_size_and_broken_rows_are_broken(tiny_sy
         assert img.mode == "RGB" and img.size == (64, 64)
     assert not (tiny_synthetic / catalog.iloc[-1]["file_loc"]).exists()  # missing_file
     assert (tiny_synthetic / catalog.iloc[-2]["file_loc"]).stat().st_size == 0  # empty_file
+
+
+def test_any_tree_gets_votes_that_follow_it_and_the_decals_galaxies_stay_the_same(tmp_path):
+    """A made-up tree's votes follow its dependencies and its reached questions get a true answer; the images are the
+    same galaxies as under the DECaLS tree (the extra draws use their own random stream)."""
+    made_up = Path(__file__).parent / "configs" / "made_up_tree.yaml"
+    tree = get_tree(str(made_up))
+    mine = make_synthetic_catalog(tmp_path / "m", SyntheticConfig(n_galaxies=30, image_size=32, n_broken=0, unlabelled_fraction=0.0, tree=str(made_up)))
+    decals = make_synthetic_catalog(tmp_path / "d", SyntheticConfig(n_galaxies=30, image_size=32, n_broken=0, unlabelled_fraction=0.0))
+    assert set(tree.label_cols) <= set(mine.columns) and "bar_strong" not in mine.columns
+    for question in tree.questions:
+        total = mine[[tree.column(question.name, a) for a in question.answers]].sum(axis=1)
+        if question.asked_if is None:
+            assert total.between(30, 45).all()
+        else:
+            np.testing.assert_array_equal(total, mine[tree.column(*question.asked_if)])
+    reached = mine["true_ring"] == "yes"
+    assert 0 < reached.sum() < len(mine)
+    assert mine.loc[reached, "true_ring-kind"].isin(["inner", "outer", "both", "nuclear"]).all()
+    assert mine.loc[~reached, "true_ring-kind"].isna().all() and mine["true_lens"].notna().all()
+    pd.testing.assert_series_equal(mine["true_smooth-or-featured"], decals["true_smooth-or-featured"])
+    assert all((tmp_path / "m" / rel).read_bytes() == (tmp_path / "d" / rel).read_bytes() for rel in mine["file_loc"])

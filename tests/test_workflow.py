@@ -175,6 +175,55 @@ def test_own_catalog_with_other_column_names_jpg_and_parquet(tiny_synthetic, tmp
     assert sorted(pd.read_parquet(out / "clusters/clusters.parquet")["id_str"]) == sorted(predictions["id_str"])
 
 
+def test_a_users_own_decision_tree_runs_the_whole_workflow(tmp_path):
+    """catalog.tree names a made-up tree file: synthetic votes, loss, evaluation, calibration, acquisition and the
+    report figures all follow its questions, and the model carries the tree, so predicting needs no tree file."""
+    made_up = REPO / "tests/configs/made_up_tree.yaml"
+    tree = get_tree(str(made_up))
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["run_name"] = "made_up"
+    config["catalog"] = {
+        "path": None, "id_column": "id_str", "file_column": "file_loc", "image_root": None, "tree": str(made_up),
+        "question_suffix": "", "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
+    }
+    (tmp_path / "made_up.yaml").write_text(yaml.safe_dump(config))
+    run_snakemake(tmp_path / "work", tmp_path / "made_up.yaml")
+    out = tmp_path / "work/results/made_up"
+    model_config = json.loads((out / "model/model_config.json").read_text())
+    assert model_config["label_cols"] == tree.label_cols and model_config["tree_definition"] == tree.to_dict()
+    predictions = pd.read_parquet(out / "predictions/test.parquet")
+    assert list(predictions.columns) == ["id_str"] + [f"{c}_{k}" for c in tree.label_cols for k in ("concentration", "fraction", "fraction_std")]
+    for question in tree.questions:
+        fractions = predictions[[f"{tree.column(question.name, a)}_fraction" for a in question.answers]].sum(axis=1)
+        np.testing.assert_allclose(fractions, 1.0, rtol=1e-5)
+    assert pd.read_csv(out / "evaluation/per_question.csv")["question"].tolist() == tree.question_names
+    assert pd.read_csv(out / "evaluation/calibration.csv")["question"].tolist()[: len(tree.questions)] == tree.question_names
+    ranked = pd.read_parquet(out / "acquisition/ranked.parquet")
+    assert {f"{q}_mi" for q in tree.question_names} <= set(ranked.columns) and "bar_mi" not in ranked.columns
+    for figure in ("confusion.png", "per_question.png", "calibration.png", "prediction_examples.png"):
+        assert (out / "report" / figure).stat().st_size > 0, figure
+
+
+def test_a_malformed_tree_file_stops_the_run_at_start(tmp_path):
+    broken = yaml.safe_load((REPO / "tests/configs/made_up_tree.yaml").read_text())
+    broken["questions"][2]["asked_if"] = {"question": "ring", "answer": "maybe"}
+    (tmp_path / "tree.yaml").write_text(yaml.safe_dump(broken))
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["catalog"] = {
+        "path": None, "id_column": "id_str", "file_column": "file_loc", "image_root": None, "tree": str(tmp_path / "tree.yaml"),
+        "question_suffix": "", "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
+    }
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"), "-n"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"Decision tree file {tmp_path / 'tree.yaml'} is not a valid decision tree" in output
+    assert "'ring-kind' is asked_if answer 'maybe' of 'ring', which has no such answer" in output
+
+
 def test_config_errors_are_reported_before_running(tmp_path):
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["images"]["size"] = "big"

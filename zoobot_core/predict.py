@@ -73,7 +73,7 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
 
     model, model_config = load_model(model_dir)
     label_cols = model_config["label_cols"]
-    tree = get_tree(model_config["tree"], model_config["question_suffix"])
+    tree = get_tree(model_config.get("tree_definition", model_config["tree"]), model_config["question_suffix"])
     pre = preprocessing_config(label_cols, model_config["input_size"], model_config["greyscale"])
     extractor = representation_model(model)
     head = model.get_layer(HEAD_NAME)

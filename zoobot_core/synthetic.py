@@ -36,7 +36,7 @@ class SyntheticConfig:
     seed: int = 42
     unlabelled_fraction: float = 0.1
     n_broken: int = 4  # rows whose image is missing/corrupt, to exercise quarantine
-    tree: str = "gz_decals_dr5"
+    tree: str | dict = "gz_decals_dr5"  # a shipped tree's name, a tree YAML file, or a definition (get_tree)
 
 
 @dataclass
@@ -188,6 +188,22 @@ def render_galaxy(m: Morphology, size: int, rng: np.random.Generator) -> np.ndar
     return (np.clip(stretched, 0, 1) * 255).astype(np.uint8)
 
 
+def truth_for_tree(m: Morphology, tree: DecisionTree, rng: np.random.Generator) -> Morphology:
+    """The galaxy's true answer to each of `tree`'s questions that its path through the tree reaches.
+
+    Questions the drawn (DECaLS) morphology answers keep that answer; any other reached question (a
+    made-up tree's, or an answer the morphology has no name for) gets a uniform draw from `rng`, which
+    is used for nothing else, so the DECaLS trees' galaxies and votes do not depend on it.
+    """
+    truth: dict[str, str] = {}
+    for question in tree.questions:
+        if question.asked_if is not None and truth.get(question.asked_if[0]) != question.asked_if[1]:
+            continue  # not reached by this galaxy's true path
+        known = m.answers.get(question.name)
+        truth[question.name] = known if known in question.answers else question.answers[int(rng.integers(len(question.answers)))]
+    return Morphology(truth, m.clarity)
+
+
 def simulate_votes(m: Morphology, tree: DecisionTree, rng: np.random.Generator) -> dict[str, int]:
     """Volunteer vote counts for every answer column, walking the tree from its first question."""
     votes: dict[str, int] = {}
@@ -243,16 +259,17 @@ def make_synthetic_catalog(out_dir: Path | str, config: SyntheticConfig) -> pd.D
     for index in tqdm(range(config.n_galaxies), desc="rendering synthetic galaxies", mininterval=5):
         rng = np.random.default_rng([config.seed, index])
         morphology = draw_morphology(rng)
+        truth = truth_for_tree(morphology, tree, np.random.default_rng([config.seed, index, 1]))
         id_str = f"SYN{index:07d}"
         rel_path = f"images/{id_str}.png"
         if index in broken_at:
             _write_broken(out_dir / rel_path, broken_at[index], rng)
         else:
             Image.fromarray(render_galaxy(morphology, config.image_size, rng)).save(out_dir / rel_path)
-        votes = simulate_votes(morphology, tree, rng)
+        votes = simulate_votes(truth, tree, rng)
         labelled = rng.random() >= config.unlabelled_fraction
         row = {"id_str": id_str, "file_loc": rel_path}
-        row.update({f"true_{q.name}": morphology.answers.get(q.name) for q in tree.questions})
+        row.update({f"true_{q.name}": truth.answers.get(q.name) for q in tree.questions})
         row.update({col: (count if labelled else None) for col, count in votes.items()})
         rows.append(row)
     catalog = pd.DataFrame(rows)

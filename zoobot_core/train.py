@@ -192,6 +192,7 @@ def train_from_shards(
         history.to_csv(tmp, index=False)
     model_config = {
         "tree": tree.name,
+        "tree_definition": tree.to_dict(),  # the whole tree: a model trained on a user's tree file needs no file to predict
         "question_suffix": tree.suffix,
         "label_cols": label_cols,
         "input_size": size,

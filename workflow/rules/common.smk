@@ -1,3 +1,4 @@
+import functools
 import json
 from pathlib import Path
 
@@ -22,8 +23,13 @@ wildcard_constraints:
     dataset="labelled|survey",
 
 
+@functools.cache
 def decision_tree():
-    """The configured Galaxy Zoo tree, its columns spelled with the configured suffix."""
+    """The configured Galaxy Zoo tree (a shipped name or the user's YAML file), columns spelled with the configured suffix.
+
+    Read and checked when the workflow is parsed: a malformed tree file stops the run at start, naming the problem.
+    Rules pass its definition (DecisionTree.to_dict) as a param, so editing a tree file reruns what depends on it.
+    """
     return get_tree(config["catalog"]["tree"], config["catalog"]["question_suffix"])
 
 

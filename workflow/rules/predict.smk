@@ -73,7 +73,7 @@ rule evaluate:
         mem_mb=2000,
         runtime=10,
     params:
-        tree=config["catalog"]["tree"],
+        tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
         confident_fraction=config["evaluate"]["confident_fraction"],
         min_votes=config["evaluate"]["min_votes"],

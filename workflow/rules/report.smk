@@ -53,7 +53,7 @@ rule report_figures:
         mem_mb=2000,
         runtime=30,
     params:
-        tree=config["catalog"]["tree"],
+        tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
     script:
         "../scripts/report_figures.py"

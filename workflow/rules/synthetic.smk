@@ -17,6 +17,6 @@ rule make_synthetic_catalog:
         unlabelled_fraction=config["synthetic"]["unlabelled_fraction"],
         n_broken=config["synthetic"]["n_broken"],
         seed=config["seed"],
-        tree=config["catalog"]["tree"],
+        tree=decision_tree().to_dict(),
     script:
         "../scripts/make_synthetic_catalog.py"

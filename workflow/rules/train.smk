@@ -23,7 +23,7 @@ rule train_model:
         runtime=24 * 60,
         gpu=config["train"]["gpus"],
     params:
-        tree=config["catalog"]["tree"],
+        tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
         train=config["train"],
         seed=config["seed"],

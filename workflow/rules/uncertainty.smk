@@ -23,7 +23,7 @@ rule calibration:
         mem_mb=2000,
         runtime=20,
     params:
-        tree=config["catalog"]["tree"],
+        tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
         levels=config["calibration"]["levels"],
         min_votes=config["calibration"]["min_votes"],
@@ -55,7 +55,7 @@ rule acquire:
         mem_mb=4000,
         runtime=60,
     params:
-        tree=config["catalog"]["tree"],
+        tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
         n_volunteers=config["acquire"]["n_volunteers"],
         top_n=config["acquire"]["top_n"],
