@@ -176,3 +176,30 @@ def test_a_label_threshold_turns_scores_into_binary_classes(catalog_dir):
     validated, quarantine = validate_catalog(_write(catalog_dir, rows), config)
     assert validated.set_index("id_str")["ring"].to_dict() == {"g0": 1, "g1": 1, "g2": 0, "g3": 0}
     assert quarantine.set_index("id_str")["reason"].to_dict() == {"g4": "missing_labels"}
+
+
+SDSS_IDS = ["1237648720693755918", "1237648720693755919", "0000000000000000007"]
+
+
+def test_long_numeric_ids_are_read_as_text_with_every_digit(catalog_dir):
+    """GZ2 catalogs key on 19-digit dr7objids: with one blank id the column used to be read as floats, collapsing
+    neighbouring ids into one and quarantining them all as duplicates. Ids and paths are text, always."""
+    rows = [{"objid": i, "file_loc": f"img/g{k}.png", "a_yes": 1, "a_no": 2} for k, i in enumerate(SDSS_IDS)]
+    rows.append({"objid": None, "file_loc": "img/g3.png", "a_yes": 1, "a_no": 2})
+    path = catalog_dir / "gz2.csv"
+    path.write_text("objid,file_loc,a_yes,a_no\n" + "".join(f"{r['objid'] or ''},{r['file_loc']},1,2\n" for r in rows))
+    validated, quarantine = validate_catalog(path, _cfg(id_column="objid"))
+    assert sorted(validated["id_str"]) == sorted(SDSS_IDS)  # leading zeros kept too
+    assert quarantine["reason"].tolist() == ["missing_id"]
+
+
+def test_parquet_ids_keep_their_digits_or_the_error_says_they_were_lost(catalog_dir):
+    ints = pd.DataFrame({"objid": [int(i) for i in SDSS_IDS[:2]], "file_loc": ["img/g0.png", "img/g1.png"], "a_yes": [1, 1], "a_no": [2, 2]})
+    validated, _ = validate_catalog(_write(catalog_dir, ints, "ints.parquet"), _cfg(id_column="objid"))
+    assert sorted(validated["id_str"]) == SDSS_IDS[:2]
+    small_floats = ints.assign(objid=[587.0, 588.0])  # whole numbers a float holds exactly: read as 587, 588
+    validated, _ = validate_catalog(_write(catalog_dir, small_floats, "small.parquet"), _cfg(id_column="objid"))
+    assert sorted(validated["id_str"]) == ["587", "588"]
+    lost = ints.assign(objid=ints["objid"].astype(float))
+    with pytest.raises(ValueError, match="'objid' of .*lost.parquet is stored as floating point.*write it as integers or text"):
+        validate_catalog(_write(catalog_dir, lost, "lost.parquet"), _cfg(id_column="objid"))

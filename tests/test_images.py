@@ -31,6 +31,25 @@ def test_16bit_images_keep_their_contrast(tmp_path):
     assert out[16, 16, 0] == 255 and out[0, 0, 0] == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int32], ids=["float", "32bit-int"])
+def test_negative_pixels_of_sky_subtracted_images_are_black_not_wrapped(tmp_path, dtype):
+    """Sky-subtracted data has negative pixels; cast straight to 8 bits, -5 used to become 244 (bright noise)."""
+    array = np.full((32, 32), -5, dtype=dtype)
+    array[8:24, 8:24] = 1000
+    array[0, 1] = -30000
+    Image.fromarray(array).save(tmp_path / "sky.tif")
+    out = np.asarray(load_rgb(tmp_path / "sky.tif", 32))
+    assert out[16, 16, 0] == 255 and out[0, 0, 0] == 0 and out[0, 1, 0] == 0 and out.max(axis=2)[:8].max() == 0
+
+
+def test_non_finite_float_pixels_become_black_or_white(tmp_path):
+    array = np.full((16, 16), 0.5, dtype=np.float32)
+    array[0, 0], array[0, 1], array[0, 2] = np.nan, np.inf, -np.inf
+    Image.fromarray(array).save(tmp_path / "nan.tif")
+    out = np.asarray(load_rgb(tmp_path / "nan.tif", 16))[0, :4, 0]
+    assert out.tolist() == [0, 255, 0, 255]  # brightest finite pixel (0.5) is white
+
+
 def test_jpeg_input_is_read(tmp_path):
     Image.new("RGB", (100, 100), (200, 10, 10)).save(tmp_path / "g.jpg", quality=95)
     out = np.asarray(load_rgb(tmp_path / "g.jpg", 25))

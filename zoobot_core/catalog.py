@@ -109,7 +109,7 @@ def validate_catalog(
     User columns other than the id/path are kept unchanged.
     """
     catalog_path = Path(catalog_path)
-    raw = read_table(catalog_path)
+    raw = read_table(catalog_path, text_columns=(config.id_column, config.file_column))
     if len(raw) == 0:
         raise CatalogError(f"Catalog {catalog_path} has no rows; point catalog.path at a catalog with galaxies in it")
     needed = [config.id_column, config.file_column, *config.label_cols]

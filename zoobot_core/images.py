@@ -45,6 +45,15 @@ def safe_filename(id_str: str) -> str:
     return f"{cleaned.lstrip('.')}_{hashlib.sha1(id_str.encode()).hexdigest()[:10]}"
 
 
+def scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """A 16-bit, 32-bit or float image as 8 bits: divided by its brightest finite pixel, then clipped to 0-255, so
+    negative pixels (sky-subtracted data) are black instead of wrapping around (-5 became 244) and NaN/inf are 0/255."""
+    finite = np.isfinite(array)
+    top = array[finite].max() if finite.any() and array[finite].max() > 0 else 1.0
+    scaled = np.nan_to_num(array / top, nan=0.0, posinf=1.0, neginf=0.0)
+    return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def load_rgb(path: Path | str, size: int, draft_tolerance: float = 1.0, reducing_gap: float | None = 2.0) -> Image.Image:
     """Open an image (format read from its content, not its extension), convert it to 8-bit RGB and
     resize it to size x size (LANCZOS).
@@ -58,9 +67,7 @@ def load_rgb(path: Path | str, size: int, draft_tolerance: float = 1.0, reducing
             least = max(1, int(np.ceil(size * draft_tolerance)))
             img.draft("RGB", (least, least))
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            array = np.asarray(img, dtype=np.float64)
-            top = array.max() if array.max() > 0 else 1.0
-            img = Image.fromarray((array / top * 255).astype(np.uint8))
+            img = Image.fromarray(scale_to_uint8(np.asarray(img, dtype=np.float64)))
         rgb = img.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)

@@ -79,13 +79,34 @@ def write_json(data: dict, path: Path | str) -> None:
         tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def read_table(path: Path | str) -> pd.DataFrame:
-    """Read a CSV or Parquet table by its suffix."""
+def _as_text(column: pd.Series, name: str, path: Path) -> pd.Series:
+    """A Parquet column as text, exactly: integers keep every digit; floats only if they hold whole numbers below
+    2**53 (beyond that, digits were already lost when the file was written, and the error says so)."""
+    import numpy as np
+
+    if pd.api.types.is_float_dtype(column):
+        values = column.dropna().to_numpy(dtype=float)
+        if len(values) and (np.abs(values).max() >= 2**53 or (values != np.round(values)).any()):
+            raise ValueError(
+                f"Column {name!r} of {path} is stored as floating point, so ids such as 19-digit SDSS objids have lost "
+                f"digits (e.g. {values[0]!r}); write it as integers or text (pandas: df[{name!r}].astype('string'))"
+            )
+        column = column.astype("Int64")
+    return column.astype("string")
+
+
+def read_table(path: Path | str, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV or Parquet table by its suffix; `text_columns` (ids, paths) are read as text, never as numbers,
+    so 19-digit object ids keep every digit and '007' stays '007'."""
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+        table = pd.read_parquet(path)
+        for name in text_columns:
+            if name in table.columns:
+                table[name] = _as_text(table[name], name, path)
+        return table
     if path.suffix.lower() in (".csv", ".txt"):
-        return pd.read_csv(path, keep_default_na=True)
+        return pd.read_csv(path, keep_default_na=True, dtype={name: "string" for name in text_columns})
     raise ValueError(f"Catalog {path} must be .csv or .parquet (got suffix {path.suffix!r}); convert it or rename it")
 
 
