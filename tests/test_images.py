@@ -91,7 +91,7 @@ def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
     validated = pd.DataFrame({"id_str": ["a", "b"], "file_loc": [str(tmp_path / "a.png")] * 2, "chunk": [0, 0]})
     calls = []
 
-    def exploding_load(path, size, draft_tolerance=1.0, reducing_gap=2.0):
+    def exploding_load(path, size, draft_tolerance=1.0, reducing_gap=2.0, fits=None):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt  # an interruption mid-chunk
@@ -139,3 +139,16 @@ def test_draft_decoding_stays_close_to_full_decoding(tmp_path):
     draft = np.asarray(load_rgb(tmp_path / "g.jpg", 224, draft_tolerance=0.9), float)
     psnr = 10 * np.log10(255**2 / np.mean((full - draft) ** 2))
     assert psnr > 35
+
+
+def test_the_resize_benchmark_runs_with_every_input_format():
+    """tests/benchmarks/bench_resize.py (make bench) at 4 cutouts, so it cannot rot; FITS rates sit beside PNG/JPEG."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "benchmarks" / "bench_resize.py"
+    result = subprocess.run([sys.executable, str(script), "--n", "4", "--repeats", "1", "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:3] for line in result.stdout.splitlines() if line.startswith("| ") and "px" not in line]
+    assert {(fmt.strip(), px.strip()) for fmt, px in rows} >= {(f, p) for f in ("jpg", "png", "fits", "fits.gz") for p in ("128", "224")}

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED, QUARANTINE_COLUMNS, check_quarantine_fraction
+from zoobot_core.fits_images import BadImage, FitsConfig, is_fits, load_fits_rgb
 from zoobot_core.io import atomic_dir, atomic_write_table
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ class ResizeConfig:
     png_compress_level: int = 1  # 0-9: 1 encodes ~2x faster than Pillow's default 6, files ~10-20% larger
     draft_tolerance: float = 0.9  # JPEGs may be decoded at 1/2, 1/4, 1/8 scale if that is >= tolerance * size
     reducing_gap: float | None = 2.0  # Pillow: integer box reduction first while the rest is >= this factor; None: none
+    fits: FitsConfig = FitsConfig()  # how FITS cutouts become RGB (fits_images.py)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fits, dict):  # from the config / a rule's params
+            object.__setattr__(self, "fits", FitsConfig(**self.fits))
 
 
 def safe_filename(id_str: str) -> str:
@@ -54,14 +60,20 @@ def scale_to_uint8(array: np.ndarray) -> np.ndarray:
     return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def load_rgb(path: Path | str, size: int, draft_tolerance: float = 1.0, reducing_gap: float | None = 2.0) -> Image.Image:
+def load_rgb(
+    path: Path | str, size: int, draft_tolerance: float = 1.0, reducing_gap: float | None = 2.0, fits: FitsConfig | None = None
+) -> Image.Image:
     """Open an image (format read from its content, not its extension), convert it to 8-bit RGB and
     resize it to size x size (LANCZOS).
 
     Greyscale is replicated to RGB, alpha is dropped, 16-bit and float images are scaled to 8 bits.
+    FITS files (.fits, .fits.gz) are stretched to RGB as `fits` says (fits_images.py); BadImage if unusable.
     JPEGs are decoded at reduced scale (draft) down to `draft_tolerance * size`. Pillow's
     `reducing_gap` (2.0: identical to plain LANCZOS at 424 -> 128/224 px; 1.0: faster, ~44 dB).
     """
+    if is_fits(path):
+        rgb = load_fits_rgb(path, fits or FitsConfig())
+        return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
     with Image.open(path) as img:
         if img.format == "JPEG":
             least = max(1, int(np.ceil(size * draft_tolerance)))
@@ -86,8 +98,10 @@ def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, s
     """Resize one image to `target`; (None, None) on success, else (reason, message)."""
     id_str, file_loc, target, config = task
     try:
-        save_image(load_rgb(file_loc, config.size, config.draft_tolerance, config.reducing_gap), target, config)
+        save_image(load_rgb(file_loc, config.size, config.draft_tolerance, config.reducing_gap, config.fits), target, config)
         return None, None
+    except BadImage as err:
+        return err.reason, str(err)
     except UNREADABLE_ERRORS as err:
         return "unreadable_image", f"{type(err).__name__}: {err}"
 

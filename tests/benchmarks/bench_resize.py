@@ -1,4 +1,5 @@
-"""Resize benchmark: ours vs a naive Pillow loop vs decoding alone, on 424 px cutouts like DECaLS'.
+"""Resize benchmark: ours vs a naive Pillow loop vs decoding alone, on 424 px cutouts like DECaLS'
+(PNG, JPEG, and FITS float32 g, r, z-like cubes, plain and gzip-compressed).
 
 Run: `make bench` (or `.venv/bin/python tests/benchmarks/bench_resize.py`). Uses the real sample in
 ../shared when present, else renders synthetic 424 px galaxies. Prints galaxies/s per core
@@ -9,6 +10,7 @@ worker processes.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import statistics
 import tempfile
@@ -17,15 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from astropy.io import fits
+from astropy.visualization import make_lupton_rgb
 from PIL import Image
 
+from zoobot_core.fits_images import FitsConfig
 from zoobot_core.images import ResizeConfig, load_rgb, resize_chunk, save_image
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/gz_decals_rings_sample/images"
 
 
 def inputs(workdir: Path, n: int) -> dict[str, list[Path]]:
-    """424 px PNGs (the real sample, or synthetic ones) and JPEG (quality 90) copies of them."""
+    """424 px PNGs (the real sample, or synthetic ones), JPEG (quality 90) copies of them, and FITS copies:
+    a float32 (3, 424, 424) cube of the pixels as fluxes (0-2), plain and gzip-compressed."""
     pngs = sorted(SAMPLE.glob("*.png"))[:n]
     if not pngs:
         from zoobot_core.synthetic import draw_morphology, render_galaxy
@@ -38,7 +44,15 @@ def inputs(workdir: Path, n: int) -> dict[str, list[Path]]:
     for p in pngs:
         jpgs.append(workdir / f"{p.stem}.jpg")
         Image.open(p).convert("RGB").save(jpgs[-1], quality=90)
-    return {"png": pngs, "jpg": jpgs}
+    fits_files, gz_files = [], []
+    for p in pngs:
+        cube = np.moveaxis(np.asarray(Image.open(p).convert("RGB"), np.float32)[::-1] / 127.5, -1, 0)  # rows bottom-up, as FITS
+        fits_files.append(workdir / f"{p.stem}.fits")
+        fits.PrimaryHDU(cube).writeto(fits_files[-1])
+        gz_files.append(workdir / f"{p.stem}.fits.gz")
+        with open(fits_files[-1], "rb") as src, gzip.open(gz_files[-1], "wb") as dst:
+            dst.write(src.read())
+    return {"png": pngs, "jpg": jpgs, "fits": fits_files, "fits.gz": gz_files}
 
 
 def rate(fn, files: list[Path], repeats: int) -> float:
@@ -52,9 +66,22 @@ def rate(fn, files: list[Path], repeats: int) -> float:
     return len(files) / statistics.median(times)
 
 
+def decode_only(path: Path) -> object:
+    """Read the pixels and nothing else."""
+    if ".fits" in path.name:
+        return fits.getdata(path)
+    return Image.open(path).convert("RGB")
+
+
 def naive(path: Path, size: int) -> bytes:
+    """The textbook loop: open, (FITS: astropy's Lupton stretch at our default settings), LANCZOS, PNG."""
     buffer = io.BytesIO()
-    Image.open(path).convert("RGB").resize((size, size), Image.LANCZOS).save(buffer, format="PNG")
+    if ".fits" in path.name:
+        data = fits.getdata(path).astype(np.float64)
+        image = Image.fromarray(make_lupton_rgb(data[0], data[1], data[2], stretch=FitsConfig().stretch, Q=FitsConfig().q)[::-1])
+    else:
+        image = Image.open(path).convert("RGB")
+    image.resize((size, size), Image.LANCZOS).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -87,10 +114,10 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         png_cfg, jpg_cfg = ResizeConfig(file_format="png"), ResizeConfig(file_format="jpg")
         fast_cfg = ResizeConfig(file_format="png", png_compress_level=0, reducing_gap=1.0)
-        for fmt in ("jpg", "png"):
+        for fmt in ("jpg", "png", "fits", "fits.gz"):
             for size in (128, 224):
                 fs = files[fmt]
-                decode = rate(lambda f: Image.open(f).convert("RGB"), fs, args.repeats)
+                decode = rate(decode_only, fs, args.repeats)
                 base = rate(lambda f, s=size: naive(f, s), fs, args.repeats)
                 ours_png = rate(lambda f, s=size: ours(f, s, png_cfg), fs, args.repeats)
                 ours_jpg = rate(lambda f, s=size: ours(f, s, jpg_cfg), fs, args.repeats)

@@ -54,6 +54,7 @@ use rule resize_images as resize_finetune_images with:
         png_compress_level=config["images"]["png_compress_level"],
         draft_tolerance=config["images"]["draft_tolerance"],
         reducing_gap=config["images"]["reducing_gap"],
+        fits=config["images"]["fits"],
 
 
 use rule gather_images as gather_finetune_images with:

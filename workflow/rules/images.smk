@@ -19,6 +19,7 @@ rule resize_images:
         png_compress_level=config["images"]["png_compress_level"],
         draft_tolerance=config["images"]["draft_tolerance"],
         reducing_gap=config["images"]["reducing_gap"],
+        fits=config["images"]["fits"],
     script:
         "../scripts/resize_images.py"
 
