@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import tensorboard_scalars
@@ -66,3 +67,20 @@ def test_killed_training_resumes_from_its_last_finished_epoch(tiny_shards, tmp_p
     pd.testing.assert_frame_equal(final.head(kept), first_run)
     retrained = len(re.findall(r"epoch \d+/5:", (tmp_path / "second.log").read_text()))
     assert retrained in (5 - killed_at, 5 - killed_at + 1)
+
+    # the resumed run ends where an uninterrupted one does: each epoch's shuffle and augmentations depend on
+    # (seed, epoch) alone, not on how many epochs this process has run
+    straight = tmp_path / "straight"
+    assert _train(tiny_shards, straight, tmp_path / "straight.log", epochs=5).wait(timeout=600) == 0
+    pd.testing.assert_frame_equal(final, pd.read_csv(straight / "history.csv"), check_exact=True)
+    resumed_weights, straight_weights = (_weights(path / "model.keras") for path in (out, straight))
+    assert len(resumed_weights) == len(straight_weights) > 100
+    for a, b in zip(resumed_weights, straight_weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def _weights(path: Path) -> list:
+    """Every weight array of a saved model, in order."""
+    from zoobot_core.runtime import load_keras_model
+
+    return [np.asarray(w) for w in load_keras_model(path).get_weights()]

@@ -90,14 +90,20 @@ def get_dataset(
         raise ValueError(f"image_encoding must be 'encoded' or 'raw', got {image_encoding!r}")
     if image_encoding == "raw" and requested_img_size is None:
         raise ValueError("Raw-pixel shards need requested_img_size (the size in shards.json) to be reshaped")
-    features = {"id_str": tf.io.FixedLenFeature([], tf.string), "matrix": tf.io.FixedLenFeature([], tf.string)}
-    features.update({col: tf.io.FixedLenFeature([], tf.float32) for col in label_cols})
     # unshuffled: files one after another, so records come in manifest order; shuffled: interleave files
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) if shuffle else None)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+
+    return ds.batch(batch_size, drop_remainder=drop_remainder).map(_parser(label_cols, image_encoding, requested_img_size), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _parser(label_cols: Sequence[str], image_encoding: str, requested_img_size: int | None):
+    """A function parsing a batch of serialized records into {'matrix', 'id_str', <label col>...}."""
+    features = {"id_str": tf.io.FixedLenFeature([], tf.string), "matrix": tf.io.FixedLenFeature([], tf.string)}
+    features.update({col: tf.io.FixedLenFeature([], tf.float32) for col in label_cols})
 
     def parse(records: tf.Tensor) -> dict:
         # a whole batch at once: one parse_example call instead of one parse per record
@@ -110,4 +116,42 @@ def get_dataset(
             item["matrix"] = tf.map_fn(lambda e: _decode(e, requested_img_size), item["matrix"], fn_output_signature=spec, parallel_iterations=16)
         return item
 
-    return ds.batch(batch_size, drop_remainder=drop_remainder).map(parse, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return parse
+
+
+def epoch_seed(seed: int | tf.Tensor, epoch: int | tf.Tensor) -> tf.Tensor:
+    """The shuffle seed of one epoch: a function of (seed, epoch) alone, so a resumed run replays the same orders."""
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def get_training_dataset(
+    tfrecord_locs: Sequence[str],
+    label_cols: Sequence[str],
+    batch_size: int,
+    first_epoch: int,
+    epochs: int,
+    seed: int,
+    requested_img_size: int | None = None,
+    shuffle_buffer: int = 2048,
+    image_encoding: str = "encoded",
+) -> tf.data.Dataset:
+    """Training batches for epochs first_epoch .. epochs-1, one after another (fit with steps_per_epoch = batches per epoch).
+
+    Each epoch shuffles the shard order and the records (buffer `shuffle_buffer`) with a seed derived from
+    (seed, epoch) only: epoch 7 sees the same order whether the run started at epoch 0 or resumed at 5.
+    """
+    files = [str(p) for p in tfrecord_locs]
+    if not files:
+        raise ValueError("get_training_dataset got no TFRecord files; check the shard directory and split")
+    if image_encoding == "raw" and requested_img_size is None:
+        raise ValueError("Raw-pixel shards need requested_img_size (the size in shards.json) to be reshaped")
+    parse = _parser(label_cols, image_encoding, requested_img_size)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        seed_e = epoch_seed(seed, epoch)
+        shards = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed_e)
+        records = shards.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=min(len(files), 8), deterministic=True)
+        return records.shuffle(shuffle_buffer, seed=seed_e).batch(batch_size)
+
+    epochs_ds = tf.data.Dataset.range(first_epoch, epochs)
+    return epochs_ds.flat_map(one_epoch).map(parse, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

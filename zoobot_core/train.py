@@ -96,6 +96,31 @@ def _early_stopping(patience: int, previous: pd.DataFrame):
     return ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False)
 
 
+def _backed_up_epoch(backup_dir: Path) -> int:
+    """The epoch a restored BackupAndRestore backup resumes at (0 without one)."""
+    metadata = backup_dir / "training_metadata.json"
+    return int(json.loads(metadata.read_text())["epoch"]) if metadata.exists() else 0
+
+
+def seed_states(model) -> list:
+    """The model's random-number states (augmentation layers, dropout), in a stable order."""
+    return sorted((v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")), key=lambda v: v.path)
+
+
+def _epoch_seeds(seed: int):
+    """Reset every random layer's state at each epoch's start to a value derived from (seed, epoch, layer):
+    augmentations and dropout of epoch e are then the same in a resumed run as in an uninterrupted one."""
+    import keras
+
+    class EpochSeeds(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            for index, state in enumerate(seed_states(self.model)):
+                derived = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint32)[0]
+                state.assign(np.array([derived, 0], dtype=state.dtype))
+
+    return EpochSeeds()
+
+
 def preprocessing_config(label_cols: list[str], size: int, greyscale: bool):
     """The PreprocessingConfig used for training and, from the saved model config, for prediction."""
     from zoobot_core.preprocess import PreprocessingConfig
@@ -121,7 +146,7 @@ def train_from_shards(
     import keras
     import tensorflow as tf
 
-    from zoobot_core.datasets import get_dataset
+    from zoobot_core.datasets import get_dataset, get_training_dataset
     from zoobot_core.losses import DirichletMultinomialLoss
     from zoobot_core.model import get_model
     from zoobot_core.preprocess import preprocess_dataset
@@ -143,14 +168,21 @@ def train_from_shards(
     size = metadata["size"]
     pre = preprocessing_config(label_cols, size, config.greyscale)
 
-    def dataset(split: str, shuffle: bool):
-        raw = get_dataset(
-            shard_io.shard_paths(shard_dir, split), label_cols, config.batch_size, shuffle=shuffle,
-            requested_img_size=size, seed=config.seed, image_encoding=shard_io.image_encoding(shard_dir),
+    encoding = shard_io.image_encoding(shard_dir)
+    train_batches = math.ceil(counts["train"] / config.batch_size)
+
+    def train_dataset(first_epoch: int):
+        """Epochs first_epoch.. of shuffled train batches, each epoch's order a function of (seed, epoch) alone."""
+        raw = get_training_dataset(
+            shard_io.shard_paths(shard_dir, "train"), label_cols, config.batch_size, first_epoch, config.epochs, config.seed,
+            requested_img_size=size, image_encoding=encoding,
         )
+        return preprocess_dataset(raw, pre)
+
+    def val_dataset():
+        raw = get_dataset(shard_io.shard_paths(shard_dir, "val"), label_cols, config.batch_size, requested_img_size=size, image_encoding=encoding)
         # a known number of batches: Keras then neither guesses the epoch length nor warns that the data "ran out"
-        batches = math.ceil(counts[split] / config.batch_size)
-        return preprocess_dataset(raw, pre).apply(tf.data.experimental.assert_cardinality(batches))
+        return preprocess_dataset(raw, pre).apply(tf.data.experimental.assert_cardinality(math.ceil(counts["val"] / config.batch_size)))
 
     crop = int(round(size * config.crop_fraction))
     strategy = distribution_strategy(config.distribute, devices)
@@ -164,6 +196,12 @@ def train_from_shards(
         # optimizer slots made now, not inside the first traced step: tf.function would otherwise trace
         # the whole train step twice (it retraces after creating variables); saves ~15 s per run on 2 CPUs
         model.optimizer.build(model.trainable_variables)
+    # double_checkpoint: a backup torn by a kill mid-write falls back to the one before it. Restored here, before fit,
+    # to learn the epoch to resume at (the train data starts there); fit restores the same backup again.
+    backup = keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True)
+    backup.set_model(model)
+    backup.on_train_begin()
+    first_epoch = _backed_up_epoch(state_dir / "backup")
     best_path = state_dir / "best.keras"
     history_path = state_dir / HISTORY
     previous = _finished_epochs(history_path)
@@ -171,6 +209,7 @@ def train_from_shards(
     # repeats that epoch on resume rather than losing it
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
+        _epoch_seeds(config.seed),
         _best_checkpoint(best_path, float(previous["val_loss"].min()) if len(previous) else np.inf),
         _early_stopping(config.patience, previous),
         keras.callbacks.CSVLogger(str(history_path), append=True),
@@ -178,14 +217,16 @@ def train_from_shards(
         *([keras.callbacks.TensorBoard(str(state_dir / TENSORBOARD), write_graph=False, profile_batch=0)] if config.tensorboard else []),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: log.info(
             "epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))),
-        # double_checkpoint: a backup torn by a kill mid-write falls back to the one before it
-        keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True),
+        backup,
     ]
     log.info(
         "Training on %d galaxies (%d val), %d px -> crop %d, %d epochs max, %s (%s), %d replica(s)",
         counts["train"], counts["val"], size, crop, config.epochs, config.precision, type(model.optimizer).__name__, strategy.num_replicas_in_sync,
     )
-    model.fit(dataset("train", True), validation_data=dataset("val", False), epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)  # the dataset is already shuffled, seeded
+    model.fit(
+        train_dataset(first_epoch), validation_data=val_dataset(), epochs=config.epochs, steps_per_epoch=train_batches,
+        callbacks=callbacks, verbose=0, shuffle=False,  # the dataset is already shuffled, per epoch
+    )
     history = pd.read_csv(history_path).drop_duplicates("epoch", keep="last").reset_index(drop=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / HISTORY) as tmp:
