@@ -186,11 +186,16 @@ def test_a_users_own_decision_tree_runs_the_whole_workflow(tmp_path):
         "path": None, "id_column": "id_str", "file_column": "file_loc", "image_root": None, "tree": str(made_up),
         "question_suffix": "", "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
     }
+    # and the reproducibility settings reach the training job: oneDNN's instruction-set cap and a fixed thread count
+    config["onednn_max_isa"] = "AVX2"
+    config["train"]["threads"] = 3
     (tmp_path / "made_up.yaml").write_text(yaml.safe_dump(config))
     run_snakemake(tmp_path / "work", tmp_path / "made_up.yaml")
     out = tmp_path / "work/results/made_up"
     model_config = json.loads((out / "model/model_config.json").read_text())
     assert model_config["label_cols"] == tree.label_cols and model_config["tree_definition"] == tree.to_dict()
+    environment = model_config["environment"]
+    assert environment["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and environment["tensorflow"]["intra_op_threads"] == 3  # on 2 cores
     predictions = pd.read_parquet(out / "predictions/test.parquet")
     assert list(predictions.columns) == ["id_str"] + [f"{c}_{k}" for c in tree.label_cols for k in ("concentration", "fraction", "fraction_std")]
     for question in tree.questions:
@@ -272,6 +277,13 @@ def test_provenance_records_config_versions_and_checksums(tiny_run):
     assert provenance["inputs"]["n_images"] == len(images) == 58
     first = images.iloc[0]
     assert hashlib.sha256((tiny_run.parent.parent / first["file_loc"]).read_bytes()).hexdigest() == first["sha256"]
+    # what decides the model's last bits, as the training job saw it (README: Reproducible reruns)
+    trained = provenance["training_environment"]
+    assert trained == json.loads((tiny_run / "model/model_config.json").read_text())["environment"]
+    assert trained["cpu"]["machine"] and trained["cpu"]["usable_cores"] >= 1 and isinstance(trained["cpu"]["isa"], list)
+    assert trained["keras_backend"] == "tensorflow" and trained["tensorflow"]["intra_op_threads"] == 2  # --cores 2
+    assert isinstance(trained["tensorflow"]["onednn"], bool) and "TF_ENABLE_ONEDNN_OPTS" in trained["env"]
+    assert provenance["cpu"]["logical_cores"] >= 1
 
 
 def test_a_second_run_from_scratch_gives_the_same_shards_and_numbers(tiny_run, second_tiny_run):

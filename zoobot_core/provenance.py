@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID
+from zoobot_core.hardware import cpu_description
 from zoobot_core.io import atomic_write_table, file_sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,13 @@ def write_provenance(
     repo: Path | str,
     hash_images: bool = True,
     workers: int = 4,
+    model_config_path: Path | str | None = None,
 ) -> dict:
-    """Write provenance.json (and the per-image checksums as Parquet); return the provenance dict."""
+    """Write provenance.json (and the per-image checksums as Parquet); return the provenance dict.
+
+    With `model_config_path`, the training job's environment (CPU, instruction sets, GPUs, oneDNN, threads)
+    is copied in: on a cluster it is another machine than this job's, and it decides the model's last bits.
+    """
     manifest = pd.read_parquet(Path(shard_dir) / "manifest.parquet")
     shards = manifest.drop_duplicates("shard")[["shard", "shard_sha256"]].sort_values("shard")
     provenance = {
@@ -79,6 +85,7 @@ def write_provenance(
         "seed": config.get("seed"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "packages": package_versions(),
         "project": git_state(repo),
         "inputs": {"catalog": str(catalog_path), "catalog_sha256": file_sha256(catalog_path)},
@@ -89,6 +96,10 @@ def write_provenance(
             "manifest_sha256": file_sha256(Path(shard_dir) / "manifest.parquet"),
         },
     }
+    if model_config_path is not None:
+        import json
+
+        provenance["training_environment"] = json.loads(Path(model_config_path).read_text()).get("environment")
     if hash_images:
         images = image_checksums(pd.read_parquet(validated_path), workers)
         atomic_write_table(images, images_out)

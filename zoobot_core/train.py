@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot_core import shards as shard_io
-from zoobot_core.hardware import distribution_strategy, precision_policy
+from zoobot_core.hardware import compute_environment, distribution_strategy, precision_policy
 from zoobot_core.io import atomic_dir, atomic_path, atomic_write_table, write_json
 from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, TRAINED_ON, configure_tensorflow
 from zoobot_core.schemas import DecisionTree
@@ -240,6 +240,7 @@ def train_from_shards(
         "greyscale": config.greyscale,
         "best_epoch": int(history.loc[history["val_loss"].idxmin(), "epoch"]),
         "train_config": asdict(config),
+        "environment": compute_environment(),  # CPU, instruction sets, GPUs, oneDNN, threads: what decides the last bits
     }
     write_json(model_config, out_dir / MODEL_CONFIG)
     with atomic_dir(out_dir / TENSORBOARD) as tmp:  # empty when config.tensorboard is off

@@ -3,6 +3,7 @@ rule provenance:
         catalog=catalog_input,
         validated="results/{run}/catalog/validated.parquet",
         shards="results/{run}/shards",
+        model_config="results/{run}/model/model_config.json",
     output:
         provenance="results/{run}/provenance.json",
         images="results/{run}/provenance_images.parquet",

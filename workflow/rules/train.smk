@@ -17,7 +17,7 @@ rule train_model:
         "benchmarks/{run}/train_model.tsv"
     conda:
         "../envs/zoobot.yaml"
-    threads: 4
+    threads: config["train"]["threads"]
     resources:
         mem_mb=16000,
         runtime=24 * 60,
@@ -27,6 +27,7 @@ rule train_model:
         question_suffix=config["catalog"]["question_suffix"],
         train=config["train"],
         seed=config["seed"],
+        onednn_max_isa=config["onednn_max_isa"],  # set for every job in common.smk; here so a change retrains
         state_dir=lambda wildcards: f"results/{wildcards.run}/train_state",
     script:
         "../scripts/train_model.py"

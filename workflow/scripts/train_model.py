@@ -7,12 +7,13 @@ from zoobot_core.schemas import get_tree
 from zoobot_core.train import TrainConfig, train_from_shards
 
 setup_logging(snakemake.log[0])
-settings = {k: v for k, v in snakemake.params.train.items() if k != "gpus"}
+settings = {k: v for k, v in snakemake.params.train.items() if k not in ("gpus", "threads")}
 train_from_shards(
     snakemake.input.shards,
     Path(snakemake.output.model).parent,
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
     TrainConfig(seed=snakemake.params.seed, **settings),
     state_dir=snakemake.params.state_dir,
-    threads=snakemake.threads,
+    # the configured count, not the cores Snakemake granted: the same config then trains the same bits on any machine
+    threads=snakemake.params.train["threads"],
 )
