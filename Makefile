@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench finetune-bases active-learning lint format clean system-deps lock
+.PHONY: venv run test bench finetune-bases active-learning cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -73,3 +73,7 @@ format: venv
 
 clean:
 	rm -rf results logs benchmarks .snakemake
+
+## cross-cpu: does CPU training give the same bits across instruction sets and thread counts? (about 40 min; docs/results.md)
+cross-cpu: venv
+	$(BIN)/python tests/benchmarks/cross_cpu.py --shards results/demo/shards --out results/cross_cpu
