@@ -144,8 +144,12 @@ def train_worker(shards: Path, out: Path, epochs: int, threads: int) -> None:
     train_log = logging.getLogger("zoobot_core.train")
     train_log.setLevel(logging.INFO)
     train_log.addHandler(Marker())
+    from zoobot_core import shards as shard_io
+
+    crop = round(shard_io.read_metadata(shards)["size"] * 0.75)
     config = TrainConfig(
-        epochs=epochs, batch_size=32, patience=99, seed=42, greyscale=False, batchnorm_momentum=0.9, deterministic=True, tensorboard=False
+        epochs=epochs, batch_size=32, patience=99, seed=42, greyscale=False, batchnorm_momentum=0.9, deterministic=True, tensorboard=False,
+        resize_size=None if crop >= 32 else 32,  # EfficientNetB0's smallest input: tiny test shards are resized up to it
     )
     start = time.perf_counter()
     train_from_shards(shards, out, get_tree("gz_decals_dr5"), config, state_dir=out.with_name(out.name + "_state"), threads=threads)
