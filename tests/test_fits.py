@@ -132,6 +132,10 @@ def test_a_few_nan_pixels_can_be_allowed_and_are_black(tmp_path):
         read_fits_planes(path, ZRG)
     rgb = np.asarray(load_fits_rgb(path, FitsConfig(bands=(2, 1, 0), max_nonfinite_fraction=0.01)))
     assert rgb[SIZE - 1, :4].max() == 0 and rgb[SIZE // 2, SIZE // 2].max() > 100
+    # black whatever the scales and minimum: they are painted after scaling
+    scaled = FitsConfig(bands=(2, 1, 0), scales=(3.0, 2.0, 5.0), minimum=0.05, max_nonfinite_fraction=0.01)
+    assert read_fits_planes(path, scaled)[:, 0, :4].tolist() == [[0.05] * 4] * 3
+    assert np.asarray(load_fits_rgb(path, scaled))[SIZE - 1, :4].max() == 0
 
 
 def test_corrupt_fits_is_unreadable_not_a_crash(tmp_path):
@@ -144,6 +148,14 @@ def test_corrupt_fits_is_unreadable_not_a_crash(tmp_path):
         with pytest.raises(BadImage) as raised:
             read_fits_planes(path, ZRG)
         assert raised.value.reason == "unreadable_image"
+    # a .fits.gz cut short, in its first bytes or in its data, or with corrupt deflate data: quarantined, the chunk goes on
+    compressed = gzip.compress(open(good, "rb").read())
+    (tmp_path / "short.fits.gz").write_bytes(compressed[:12])
+    (tmp_path / "cut.fits.gz").write_bytes(compressed[: len(compressed) // 2])
+    (tmp_path / "bad.fits.gz").write_bytes(compressed[:10] + bytes(b ^ 0xFF for b in compressed[10:200]) + compressed[200:])
+    validated = pd.DataFrame({"id_str": ["s", "c", "b"], "file_loc": [str(tmp_path / n) for n in ("short.fits.gz", "cut.fits.gz", "bad.fits.gz")], "chunk": 0})
+    index = resize_chunk(validated, 0, tmp_path / "chunk", ResizeConfig(size=16, fits={"bands": [2, 1, 0]}))
+    assert index["reason"].tolist() == ["unreadable_image"] * 3 and index[RESIZED].isna().all()
 
 
 def test_fits_config_mistakes_are_caught_when_the_config_is_read():

@@ -26,8 +26,8 @@ def test_default_training_beats_the_constant_predictor(tmp_path):
     images.resize_chunk(validated, 0, tmp_path / "chunk_0", images.ResizeConfig(size=size))
     ready, _ = images.gather_resized(validated, quarantine, [tmp_path / "chunk_0"], 0.0)
     shards.write_shards(ready, tmp_path / "shards", shards.ShardSettings(size=size, label_cols=tuple(tree.label_cols), seed=11, train_fraction=0.8, val_fraction=0.1))
-    settings = {k: v for k, v in config["train"].items() if k != "gpus"} | {"epochs": 10, "patience": 10}
-    train.train_from_shards(tmp_path / "shards", tmp_path / "model", tree, train.TrainConfig(seed=11, **settings), threads=2)
+    settings = {k: v for k, v in config["train"].items() if k not in ("gpus", "threads")} | {"epochs": 10, "patience": 10}
+    train.train_from_shards(tmp_path / "shards", tmp_path / "model", tree, train.TrainConfig(seed=11, **settings), threads=config["train"]["threads"])
     predictions, *_ = predict.predict_shards(tmp_path / "model", tmp_path / "shards", "test", predict.PredictConfig(n_samples=3))
     metrics = evaluate.evaluate_predictions(
         predictions, pd.read_parquet(tmp_path / "shards/test_catalog.parquet"), pd.read_parquet(tmp_path / "shards/train_catalog.parquet"), tree

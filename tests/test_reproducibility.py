@@ -7,7 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+from zoobot_core.hardware import cpu_description
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif("avx2" not in cpu_description()["isa"], reason="the experiment caps oneDNN at AVX2, which this CPU lacks (not x86-64 with AVX2)"),
+]
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "cross_cpu.py"
 

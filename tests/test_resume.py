@@ -84,3 +84,38 @@ def _weights(path: Path) -> list:
     from zoobot_core.runtime import load_keras_model
 
     return [np.asarray(w) for w in load_keras_model(path).get_weights()]
+
+
+def test_the_backup_is_one_file_whose_own_epoch_decides_and_an_unreadable_one_restarts(tmp_path):
+    """Keras writes weights then metadata: a kill between them left epoch N's weights beside epoch N-1's metadata, a kill
+    inside the metadata write an unreadable file. The backup now commits the weights with their epoch inside, atomically."""
+    import keras
+
+    from zoobot_core.train import BACKUP_METADATA, BACKUP_WEIGHTS, _atomic_backup, _restore_backup
+
+    def model() -> keras.Model:
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        m.compile(optimizer="adam", loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    backup_dir = tmp_path / "backup"
+    saved = model()
+    saving = _atomic_backup(backup_dir)
+    saving.set_model(saved)
+    saving._current_epoch = 3  # as after epoch 2's on_epoch_end
+    saving._save_model()
+    assert sorted(p.name for p in backup_dir.iterdir()) == sorted([BACKUP_METADATA, BACKUP_WEIGHTS])  # no temporary files left
+
+    (backup_dir / BACKUP_METADATA).write_text('{"epoch": 2, "ba')  # torn metadata, one epoch behind
+    restored = model()
+    loading = _atomic_backup(backup_dir)
+    loading.set_model(restored)
+    assert _restore_backup(loading, backup_dir) == 3
+    for a, b in zip(saved.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    (backup_dir / BACKUP_WEIGHTS).write_bytes(b"not hdf5")  # unreadable weights: start over rather than crash
+    fresh = _atomic_backup(backup_dir)
+    fresh.set_model(model())
+    assert _restore_backup(fresh, backup_dir) == 0 and not backup_dir.exists()

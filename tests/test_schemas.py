@@ -110,10 +110,11 @@ def test_a_malformed_tree_is_refused_naming_the_problem(edit, message):
 
 
 def test_answers_that_would_share_a_column_are_refused():
+    """'_' is not allowed in names, so columns are unique; an answer called total-votes would be the question's total column."""
     data = {"name": "clash", "questions": [{"name": "a-b", "answers": ["c", "d"]}, {"name": "a", "answers": ["b-c", "e"]}]}
     assert tree_from_dict(data).label_cols == ["a-b_c", "a-b_d", "a_b-c", "a_e"]  # distinct: no clash
-    data["questions"][1]["name"] = "a-b"
-    with pytest.raises(TreeError, match="listed twice"):
+    data["questions"][1]["answers"] = ["total-votes", "e"]
+    with pytest.raises(TreeError, match="'total-votes', which is the name of its vote-total column"):
         tree_from_dict(data)
 
 
@@ -125,5 +126,6 @@ def test_tree_file_errors_name_the_file(tmp_path):
     bad.write_text("name: t\nquestions: [\n")
     with pytest.raises(TreeError, match=f"{bad} is not valid YAML"):
         load_tree_file(bad)
-    with pytest.raises(KeyError, match="name a shipped tree, one of .*gz_decals_dr5.* or give the path"):
+    with pytest.raises(KeyError, match="name a shipped tree, one of .*gz_decals_dr5.* or give the path") as raised:
         get_tree(str(tmp_path / "missing.yaml"))
+    assert isinstance(raised.value, TreeError) and str(raised.value).startswith("Unknown decision tree")  # not a quoted repr

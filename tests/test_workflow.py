@@ -281,7 +281,7 @@ def test_provenance_records_config_versions_and_checksums(tiny_run):
     trained = provenance["training_environment"]
     assert trained == json.loads((tiny_run / "model/model_config.json").read_text())["environment"]
     assert trained["cpu"]["machine"] and trained["cpu"]["usable_cores"] >= 1 and isinstance(trained["cpu"]["isa"], list)
-    assert trained["keras_backend"] == "tensorflow" and trained["tensorflow"]["intra_op_threads"] == 2  # --cores 2
+    assert trained["keras_backend"] == "tensorflow" and trained["tensorflow"]["intra_op_threads"] == 2  # tiny.yaml's train.threads
     assert isinstance(trained["tensorflow"]["onednn"], bool) and "TF_ENABLE_ONEDNN_OPTS" in trained["env"]
     assert provenance["cpu"]["logical_cores"] >= 1
 

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +74,12 @@ def is_fits(path: Path | str) -> bool:
         try:
             with gzip.open(path, "rb") as f:
                 return f.read(len(FITS_MAGIC)) == FITS_MAGIC
-        except OSError:
+        except (OSError, EOFError, zlib.error):  # a .fits.gz cut short or corrupt: not readable as FITS
             return False
     return False
 
 
-def _image_hdu(hdul, hdu: int | str | None, path: Path | str):
+def _image_hdu(hdul: "fits.HDUList", hdu: int | str | None, path: Path | str) -> "fits.ImageHDU":
     """The HDU to read: by index or EXTNAME, or the first one holding an image of 2+ dimensions."""
     names = [h.name for h in hdul]
     if hdu is None:
@@ -99,7 +105,7 @@ def read_fits_planes(path: Path | str, config: FitsConfig) -> np.ndarray:
             data = np.array(_image_hdu(hdul, config.hdu, path).data, dtype=np.float64)
     except BadImage:
         raise
-    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as err:
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as err:
         raise BadImage("unreadable_image", f"{path}: not a readable FITS file ({type(err).__name__}: {err})") from None
     if data.ndim == 2:
         data = data[np.newaxis]
@@ -119,14 +125,14 @@ def read_fits_planes(path: Path | str, config: FitsConfig) -> np.ndarray:
             "fits_nonfinite",
             f"{path}: {bad_fraction:.1%} of pixels are NaN or infinite (allowed: images.fits.max_nonfinite_fraction = {config.max_nonfinite_fraction})",
         )
-    planes = np.where(finite, planes, config.minimum)
+    planes = np.where(finite, planes, 0.0)
     if not np.any(planes != planes.flat[0]):
         raise BadImage("blank_image", f"{path}: every pixel is {planes.flat[0]:g}; no galaxy to see")
     if config.scales is not None:
         if len(config.scales) != len(bands):
             raise BadImage("fits_bands", f"{path}: {len(bands)} bands but {len(config.scales)} images.fits.scales; give one scale per band")
         planes = planes * np.asarray(config.scales, dtype=np.float64)[:, None, None]
-    return planes
+    return np.where(finite, planes, config.minimum)  # NaN/inf pixels black, whatever the scales
 
 
 def stretch_to_rgb(planes: np.ndarray, config: FitsConfig) -> np.ndarray:
@@ -145,8 +151,7 @@ def stretch_to_rgb(planes: np.ndarray, config: FitsConfig) -> np.ndarray:
     return np.ascontiguousarray(rgb[::-1])
 
 
-def load_fits_rgb(path: Path | str, config: FitsConfig):
+def load_fits_rgb(path: Path | str, config: FitsConfig) -> "Image.Image":
     """A FITS cutout as an 8-bit RGB PIL image at its own resolution."""
-    from PIL import Image
 
     return Image.fromarray(stretch_to_rgb(read_fits_planes(path, config), config))

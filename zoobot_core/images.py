@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ RESIZED = "resized_loc"
 INDEX_NAME = "index.parquet"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
-UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, zlib.error)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def _as_text(column: pd.Series, name: str, path: Path) -> pd.Series:
         if len(values) and (np.abs(values).max() >= 2**53 or (values != np.round(values)).any()):
             raise ValueError(
                 f"Column {name!r} of {path} is stored as floating point, so ids such as 19-digit SDSS objids have lost "
-                f"digits (e.g. {values[0]!r}); write it as integers or text (pandas: df[{name!r}].astype('string'))"
+                f"digits (e.g. {float(values[0])!r}); write it as integers or text (pandas: df[{name!r}].astype('string'))"
             )
         column = column.astype("Int64")
     return column.astype("string")

@@ -92,7 +92,14 @@ class TreeError(ValueError):
     """A decision tree file or definition that cannot be used; the message names the problem and the file."""
 
 
-def _schema_errors(data: object, source: str) -> list[str]:
+class UnknownTreeError(TreeError, KeyError):
+    """A tree name that is neither shipped nor a file (a KeyError too, as unknown names always were)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # not KeyError's quoted repr
+
+
+def _schema_errors(data: object) -> list[str]:
     """Every JSON-schema violation of a tree definition, as readable lines."""
     import jsonschema
     import yaml
@@ -129,7 +136,7 @@ def tree_from_dict(data: Mapping, source: str = "tree definition") -> DecisionTr
     names an existing question and one of its answers; no dependency cycles; each question listed
     after the question it depends on; no two answers sharing a vote-count column name.
     """
-    problems = _schema_errors(data, source)
+    problems = _schema_errors(data)
     if problems:
         raise TreeError(f"{source} is not a valid decision tree:\n  " + "\n  ".join(problems))
     questions = data["questions"]
@@ -160,13 +167,9 @@ def tree_from_dict(data: Mapping, source: str = "tree definition") -> DecisionTr
         for child, parent in parents.items():
             if order[parent] > order[child]:
                 problems.append(f"question {child!r} depends on {parent!r}, which is listed after it: list {parent!r} first")
-    columns: dict[str, str] = {}
-    for q in questions:
-        for a in q["answers"]:
-            column = f"{q['name']}_{a}"
-            if column in columns and columns[column] != q["name"]:
-                problems.append(f"answers of {columns[column]!r} and {q['name']!r} would share the column {column!r}: rename one")
-            columns[column] = q["name"]
+    for q in questions:  # GZ catalogs spell each question's total as <question>_total-votes
+        if "total-votes" in q["answers"]:
+            problems.append(f"question {q['name']!r} has an answer 'total-votes', which is the name of its vote-total column: rename it")
     if problems:
         raise TreeError(f"{source} is not a valid decision tree:\n  " + "\n  ".join(problems))
     built = tuple(
@@ -211,7 +214,10 @@ def get_tree(spec: str | Path | Mapping | DecisionTree, suffix: str = "") -> Dec
         return load_tree_file(shipped).with_suffix(suffix)
     if Path(spec).is_file():
         return load_tree_file(spec).with_suffix(suffix)
-    raise KeyError(f"Unknown decision tree {str(spec)!r}: name a shipped tree, one of {shipped_trees()}, or give the path of a tree YAML file")
+    raise UnknownTreeError(
+        f"Unknown decision tree {str(spec)!r}: name a shipped tree, one of {shipped_trees()}, or give the path of a tree YAML file "
+        f"(a relative path is read from the working directory, {Path.cwd()})"
+    )
 
 
 class _ShippedTrees(Mapping):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,9 @@ from zoobot_core.hardware import compute_environment, distribution_strategy, pre
 from zoobot_core.io import atomic_dir, atomic_path, atomic_write_table, write_json
 from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, TRAINED_ON, configure_tensorflow
 from zoobot_core.schemas import DecisionTree
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +101,62 @@ def _early_stopping(patience: int, previous: pd.DataFrame):
     return ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False)
 
 
-def _backed_up_epoch(backup_dir: Path) -> int:
-    """The epoch a restored BackupAndRestore backup resumes at (0 without one)."""
-    metadata = backup_dir / "training_metadata.json"
-    return int(json.loads(metadata.read_text())["epoch"]) if metadata.exists() else 0
+BACKUP_WEIGHTS = "latest.weights.h5"
+BACKUP_METADATA = "training_metadata.json"
 
 
-def seed_states(model) -> list:
+def _atomic_backup(backup_dir: Path) -> "keras.callbacks.BackupAndRestore":
+    """Keras' BackupAndRestore, its backup committed as one file: the weights (and optimizer state), with the
+    epoch they end written inside. Keras writes weights and metadata one after the other, so a kill between
+    the two left epoch N's weights beside epoch N-1's metadata, and a kill inside the metadata write an
+    unreadable file; here both are renamed into place whole, and the weights' own epoch is the one that counts."""
+    import h5py
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self) -> None:
+            Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+            with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+                self.model.save_weights(tmp, overwrite=True)
+                with h5py.File(tmp, "a") as f:
+                    f.attrs["epoch"] = self._current_epoch
+            write_json({"epoch": self._current_epoch, "batch": self._last_batch_seen}, self._training_metadata_path)
+
+    return AtomicBackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
+
+
+def _restore_backup(backup: "keras.callbacks.BackupAndRestore", backup_dir: Path) -> int:
+    """Load the backup into the model (weights, optimizer state) and return the epoch to resume at: 0 without one,
+    or when it cannot be read (then it is removed and training starts over, with a warning)."""
+    import h5py
+
+    weights = backup_dir / BACKUP_WEIGHTS
+    if not weights.exists():
+        return 0
+    try:
+        with h5py.File(weights, "r") as f:
+            epoch = int(f.attrs["epoch"])
+        write_json({"epoch": epoch, "batch": 0}, backup_dir / BACKUP_METADATA)  # the weights' own epoch decides
+        backup.on_train_begin()
+    except (OSError, KeyError, ValueError) as err:
+        log.warning("Cannot read the training backup in %s (%s); training starts over", backup_dir, err)
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        return 0
+    return epoch
+
+
+def seed_states(model: "keras.Model") -> list:
     """The model's random-number states (augmentation layers, dropout), in a stable order."""
     return sorted((v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")), key=lambda v: v.path)
 
 
-def _epoch_seeds(seed: int):
+def _epoch_seeds(seed: int) -> "keras.callbacks.Callback":
     """Reset every random layer's state at each epoch's start to a value derived from (seed, epoch, layer):
     augmentations and dropout of epoch e are then the same in a resumed run as in an uninterrupted one."""
     import keras
 
     class EpochSeeds(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             for index, state in enumerate(seed_states(self.model)):
                 derived = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint32)[0]
                 state.assign(np.array([derived, 0], dtype=state.dtype))
@@ -161,7 +204,9 @@ def train_from_shards(
     if counts["train"] == 0 or counts["val"] == 0:
         raise ValueError(f"Need labelled galaxies in both train and val shards to train; have {counts}. Use a larger catalog.")
     manifest = pd.read_parquet(shard_dir / shard_io.MANIFEST, columns=["shard_sha256"])
-    fingerprint = {"train_config": asdict(config), "shards": sorted(manifest["shard_sha256"].unique())}
+    # a backup left under other threads or another instruction-set cap would resume into other bits: start over
+    numeric = {"threads": threads, **{k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")}}
+    fingerprint = {"train_config": asdict(config), "shards": sorted(manifest["shard_sha256"].unique()), "numeric": numeric}
     if _prepare_state_dir(state_dir, fingerprint):
         log.info("Resuming from the last finished epoch saved in %s", state_dir)
     configure_tensorflow(config.seed, config.deterministic, threads)
@@ -196,12 +241,10 @@ def train_from_shards(
         # optimizer slots made now, not inside the first traced step: tf.function would otherwise trace
         # the whole train step twice (it retraces after creating variables); saves ~15 s per run on 2 CPUs
         model.optimizer.build(model.trainable_variables)
-    # double_checkpoint: a backup torn by a kill mid-write falls back to the one before it. Restored here, before fit,
-    # to learn the epoch to resume at (the train data starts there); fit restores the same backup again.
-    backup = keras.callbacks.BackupAndRestore(str(state_dir / "backup"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True)
+    # restored here, before fit, to learn the epoch to resume at (the train data starts there); fit restores it again
+    backup = _atomic_backup(state_dir / "backup")
     backup.set_model(model)
-    backup.on_train_begin()
-    first_epoch = _backed_up_epoch(state_dir / "backup")
+    first_epoch = _restore_backup(backup, state_dir / "backup")
     best_path = state_dir / "best.keras"
     history_path = state_dir / HISTORY
     previous = _finished_epochs(history_path)
