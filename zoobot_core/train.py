@@ -267,7 +267,8 @@ def train_from_shards(
         counts["train"], counts["val"], size, crop, config.epochs, config.precision, type(model.optimizer).__name__, strategy.num_replicas_in_sync,
     )
     model.fit(
-        train_dataset(first_epoch), validation_data=val_dataset(), epochs=config.epochs, steps_per_epoch=train_batches,
+        # min: a backup of the last epoch leaves fit nothing to do, but it still wants a dataset
+        train_dataset(min(first_epoch, config.epochs - 1)), validation_data=val_dataset(), epochs=config.epochs, steps_per_epoch=train_batches,
         callbacks=callbacks, verbose=0, shuffle=False,  # the dataset is already shuffled, per epoch
     )
     history = pd.read_csv(history_path).drop_duplicates("epoch", keep="last").reset_index(drop=True)
