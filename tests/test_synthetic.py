@@ -24,17 +24,22 @@ def test_a_galaxy_does_not_depend_on_how_many_are_drawn(tmp_path):
     pd.testing.assert_frame_equal(small, large.iloc[:5])
 
 
+def _assert_votes_follow(tree, catalog: pd.DataFrame) -> None:
+    """Root questions get 30-45 volunteers; every other question's total is its parent answer's count."""
+    for question in tree.questions:
+        total = catalog[[tree.column(question.name, a) for a in question.answers]].sum(axis=1)
+        if question.asked_if is None:
+            assert total.between(30, 45).all()
+        else:
+            np.testing.assert_array_equal(total, catalog[tree.column(*question.asked_if)])
+
+
 def test_votes_follow_the_decision_tree(tiny_synthetic):
     tree = get_tree("gz_decals_dr5")
     catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
     labelled = catalog.dropna(subset=tree.label_cols)
     assert 0 < len(labelled) < len(catalog)  # some are unlabelled
-    for question in tree.questions:
-        total = labelled[[tree.column(question.name, a) for a in question.answers]].sum(axis=1)
-        if question.asked_if is None:
-            assert total.between(30, 45).all()
-        else:
-            np.testing.assert_array_equal(total, labelled[tree.column(*question.asked_if)])
+    _assert_votes_follow(tree, labelled)
     smooth = labelled["true_smooth-or-featured"] == "smooth"
     frac_smooth = labelled["smooth-or-featured_smooth"] / labelled[[f"smooth-or-featured_{a}" for a in ("smooth", "featured-or-disk", "artifact")]].sum(axis=1)
     assert frac_smooth[smooth].mean() > 0.6 > frac_smooth[~smooth].mean()
@@ -57,12 +62,7 @@ def test_any_tree_gets_votes_that_follow_it_and_the_decals_galaxies_stay_the_sam
     mine = make_synthetic_catalog(tmp_path / "m", SyntheticConfig(n_galaxies=30, image_size=32, n_broken=0, unlabelled_fraction=0.0, tree=str(made_up)))
     decals = make_synthetic_catalog(tmp_path / "d", SyntheticConfig(n_galaxies=30, image_size=32, n_broken=0, unlabelled_fraction=0.0))
     assert set(tree.label_cols) <= set(mine.columns) and "bar_strong" not in mine.columns
-    for question in tree.questions:
-        total = mine[[tree.column(question.name, a) for a in question.answers]].sum(axis=1)
-        if question.asked_if is None:
-            assert total.between(30, 45).all()
-        else:
-            np.testing.assert_array_equal(total, mine[tree.column(*question.asked_if)])
+    _assert_votes_follow(tree, mine)
     reached = mine["true_ring"] == "yes"
     assert 0 < reached.sum() < len(mine)
     assert mine.loc[reached, "true_ring-kind"].isin(["inner", "outer", "both", "nuclear"]).all()

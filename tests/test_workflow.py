@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -175,6 +176,25 @@ def test_own_catalog_with_other_column_names_jpg_and_parquet(tiny_synthetic, tmp
     assert sorted(pd.read_parquet(out / "clusters/clusters.parquet")["id_str"]) == sorted(predictions["id_str"])
 
 
+def _synthetic_catalog_with_tree(tree: Path) -> dict:
+    """The catalog section of a config whose synthetic votes follow the decision tree file `tree`."""
+    return {
+        "path": None, "id_column": "id_str", "file_column": "file_loc", "image_root": None, "tree": str(tree),
+        "question_suffix": "", "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
+    }
+
+
+def _dry_run_fails(tmp_path: Path, config: dict) -> str:
+    """Dry-run the workflow on `config`; assert it fails and return what it printed."""
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"), "-n"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
 def test_a_users_own_decision_tree_runs_the_whole_workflow(tmp_path):
     """catalog.tree names a made-up tree file: synthetic votes, loss, evaluation, calibration, acquisition and the
     report figures all follow its questions, and the model carries the tree, so predicting needs no tree file."""
@@ -182,10 +202,7 @@ def test_a_users_own_decision_tree_runs_the_whole_workflow(tmp_path):
     tree = get_tree(str(made_up))
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["run_name"] = "made_up"
-    config["catalog"] = {
-        "path": None, "id_column": "id_str", "file_column": "file_loc", "image_root": None, "tree": str(made_up),
-        "question_suffix": "", "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
-    }
+    config["catalog"] = _synthetic_catalog_with_tree(made_up)
     # and the reproducibility settings reach the training job: oneDNN's instruction-set cap and a fixed thread count
     config["onednn_max_isa"] = "AVX2"
     config["train"]["threads"] = 3
@@ -214,17 +231,8 @@ def test_a_malformed_tree_file_stops_the_run_at_start(tmp_path):
     broken["questions"][2]["asked_if"] = {"question": "ring", "answer": "maybe"}
     (tmp_path / "tree.yaml").write_text(yaml.safe_dump(broken))
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-    config["catalog"] = {
-        "path": None, "id_column": "id_str", "file_column": "file_loc", "image_root": None, "tree": str(tmp_path / "tree.yaml"),
-        "question_suffix": "", "allow_unlabelled": True, "max_quarantine_fraction": 0.05,
-    }
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"), "-n"],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    config["catalog"] = _synthetic_catalog_with_tree(tmp_path / "tree.yaml")
+    output = _dry_run_fails(tmp_path, config)
     assert f"Decision tree file {tmp_path / 'tree.yaml'} is not a valid decision tree" in output
     assert "'ring-kind' is asked_if answer 'maybe' of 'ring', which has no such answer" in output
 
@@ -232,13 +240,7 @@ def test_a_malformed_tree_file_stops_the_run_at_start(tmp_path):
 def test_config_errors_are_reported_before_running(tmp_path):
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["images"]["size"] = "big"
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/Snakefile"), "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"), "-n"],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = _dry_run_fails(tmp_path, config)
     assert "'big'" in output and "['images']['size']" in output
 
 

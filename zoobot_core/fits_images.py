@@ -119,20 +119,22 @@ def read_fits_planes(path: Path | str, config: FitsConfig) -> np.ndarray:
         raise BadImage("fits_bands", f"{path}: {n_planes} planes; set images.fits.bands to the 3 to use as R, G, B (or 1 for greyscale)")
     planes = data[list(bands)]
     finite = np.isfinite(planes)
-    bad_fraction = 1.0 - finite.mean()
-    if bad_fraction > config.max_nonfinite_fraction:
-        raise BadImage(
-            "fits_nonfinite",
-            f"{path}: {bad_fraction:.1%} of pixels are NaN or infinite (allowed: images.fits.max_nonfinite_fraction = {config.max_nonfinite_fraction})",
-        )
-    planes = np.where(finite, planes, 0.0)
-    if not np.any(planes != planes.flat[0]):
+    all_finite = bool(finite.all())
+    if not all_finite:
+        bad_fraction = 1.0 - finite.mean()
+        if bad_fraction > config.max_nonfinite_fraction:
+            raise BadImage(
+                "fits_nonfinite",
+                f"{path}: {bad_fraction:.1%} of pixels are NaN or infinite (allowed: images.fits.max_nonfinite_fraction = {config.max_nonfinite_fraction})",
+            )
+        planes = np.where(finite, planes, 0.0)
+    if planes.min() == planes.max():
         raise BadImage("blank_image", f"{path}: every pixel is {planes.flat[0]:g}; no galaxy to see")
     if config.scales is not None:
         if len(config.scales) != len(bands):
             raise BadImage("fits_bands", f"{path}: {len(bands)} bands but {len(config.scales)} images.fits.scales; give one scale per band")
         planes = planes * np.asarray(config.scales, dtype=np.float64)[:, None, None]
-    return np.where(finite, planes, config.minimum)  # NaN/inf pixels black, whatever the scales
+    return planes if all_finite else np.where(finite, planes, config.minimum)  # NaN/inf pixels black, whatever the scales
 
 
 def stretch_to_rgb(planes: np.ndarray, config: FitsConfig) -> np.ndarray:
