@@ -116,6 +116,7 @@ def test_the_backup_is_one_file_whose_own_epoch_decides_and_an_unreadable_one_re
         np.testing.assert_array_equal(a, b)
 
     (backup_dir / BACKUP_WEIGHTS).write_bytes(b"not hdf5")  # unreadable weights: start over rather than crash
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss\n0,1.0,1.0\n")  # and forget the epochs it recorded
     fresh = _atomic_backup(backup_dir)
     fresh.set_model(model())
-    assert _restore_backup(fresh, backup_dir) == 0 and not backup_dir.exists()
+    assert _restore_backup(fresh, backup_dir) == 0 and not backup_dir.exists() and not (tmp_path / "history.csv").exists()

@@ -127,7 +127,8 @@ def _atomic_backup(backup_dir: Path) -> "keras.callbacks.BackupAndRestore":
 
 def _restore_backup(backup: "keras.callbacks.BackupAndRestore", backup_dir: Path) -> int:
     """Load the backup into the model (weights, optimizer state) and return the epoch to resume at: 0 without one,
-    or when it cannot be read (then it is removed and training starts over, with a warning)."""
+    or when it cannot be read (then it and the epochs' record beside it, history and best model, are removed, and
+    training starts over, with a warning)."""
     import h5py
 
     weights = backup_dir / BACKUP_WEIGHTS
@@ -140,7 +141,10 @@ def _restore_backup(backup: "keras.callbacks.BackupAndRestore", backup_dir: Path
         backup.on_train_begin()
     except (OSError, KeyError, ValueError) as err:
         log.warning("Cannot read the training backup in %s (%s); training starts over", backup_dir, err)
-        shutil.rmtree(backup_dir, ignore_errors=True)
+        for leftover in (backup_dir, backup_dir.parent / TENSORBOARD):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in (backup_dir.parent / HISTORY, backup_dir.parent / "best.keras"):
+            leftover.unlink(missing_ok=True)
         return 0
     return epoch
 
