@@ -203,3 +203,77 @@ def test_parquet_ids_keep_their_digits_or_the_error_says_they_were_lost(catalog_
     lost = ints.assign(objid=ints["objid"].astype(float))
     with pytest.raises(ValueError, match="'objid' of .*lost.parquet is stored as floating point.*write it as integers or text"):
         validate_catalog(_write(catalog_dir, lost, "lost.parquet"), _cfg(id_column="objid"))
+
+
+def test_hostile_paths_are_quarantined_with_reasons_not_a_crash(tmp_path):
+    """Any path a catalog row can hold ends in quarantine with its reason; one bad row never stops the catalog."""
+    import os
+
+    images = tmp_path / "img"
+    for i in range(3):
+        _image(images / f"g{i}.png")
+    os.symlink("loop_b", images / "loop_a")
+    os.symlink("loop_a", images / "loop_b")
+    (images / "a_folder").mkdir()
+    os.mkfifo(images / "a_fifo")
+    store = tmp_path / "store"  # a content store (DVC, git-annex): the catalog's files are links into it
+    (store / "objects").mkdir(parents=True)
+    Image.new("RGB", (20, 20)).save(store / "objects" / "ab12", format="PNG")  # content-addressed: no extension
+    os.symlink(store / "objects" / "ab12", images / "linked.png")
+    rows = [
+        ("ok", "img/g0.png"), ("loop", "img/loop_a"), ("folder", "img/a_folder"), ("fifo", "img/a_fifo"),
+        ("device", "/dev/null"), ("long", "img/" + "x" * 5000 + ".png"), ("nul", "img/g1\x00.png"), ("linked", "img/linked.png"),
+    ]
+    (tmp_path / "cat.csv").write_bytes(
+        b"id_str,file_loc,a_yes,a_no\n"
+        + b"".join(f"{i},{p},1,2\n".encode("utf-8", "surrogateescape") for i, p in rows)
+        + b"latin1,img/caf\xe9.png,1,2\n"  # a name in Latin-1 bytes, not UTF-8
+    )
+    validated, quarantine = validate_catalog(tmp_path / "cat.csv", _cfg(image_root=str(tmp_path)))
+    assert sorted(validated["id_str"]) == ["linked", "ok"]  # the content-store link is accepted
+    assert validated.set_index("id_str").loc["linked", "file_loc"] == str(tmp_path / "img/linked.png")
+    reasons = dict(zip(quarantine["id_str"], quarantine["reason"]))
+    assert reasons == {
+        "loop": "bad_path", "folder": "not_a_file", "fifo": "not_a_file", "device": "path_outside_root",
+        "long": "bad_path", "nul": "bad_path", "latin1": "bad_path",
+    }
+    messages = dict(zip(quarantine["id_str"], quarantine["message"]))
+    assert "symbolic links" in messages["loop"] and "a directory" in messages["folder"] and "a fifo" in messages["fifo"]
+    assert "too long" in messages["long"] and "not valid UTF-8" in messages["latin1"]
+    assert quarantine.set_index("id_str").loc["latin1", "file_loc"].endswith("caf\\xe9.png")  # shown escaped, storable
+    quarantine.to_parquet(tmp_path / "q.parquet")  # the tables can be written
+    validated_root = validate_catalog(tmp_path / "cat.csv", _cfg(image_root="/dev"))[1]
+    assert dict(zip(validated_root["id_str"], validated_root["reason"]))["device"] == "not_a_file"  # a device under the root
+
+
+def test_an_unreadable_file_is_quarantined(tmp_path):
+    import os
+
+    _image(tmp_path / "img" / "secret.png")
+    os.chmod(tmp_path / "img" / "secret.png", 0)
+    if os.access(tmp_path / "img" / "secret.png", os.R_OK):
+        pytest.skip("running as root: every file is readable, so permissions cannot be tested here")
+    path = _write(tmp_path, [{"id_str": "s", "file_loc": "img/secret.png", "a_yes": 1, "a_no": 1}])
+    _, quarantine = validate_catalog(path, _cfg())
+    assert quarantine["reason"].tolist() == ["unreadable_file"]
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"id_str,file_loc,a_yes,a_no\ng0,img/g0.png,1,2\ng1,img/g1.png,1,2,9\n", "ragged.csv", "line 3"),
+        (b"", "empty.csv", "is empty"),
+        (None, "truncated.parquet", "re-export or re-download it"),
+    ],
+    ids=["ragged-line", "empty-file", "truncated-parquet"],
+)
+def test_a_malformed_catalog_file_stops_with_its_name_and_line(catalog_dir, content, name, message):
+    path = catalog_dir / name
+    if content is None:
+        _write(catalog_dir, [{"id_str": "g0", "file_loc": "img/g0.png", "a_yes": 1, "a_no": 2}], name)
+        path.write_bytes(path.read_bytes()[:-20])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CatalogError, match=message) as raised:
+        validate_catalog(path, _cfg())
+    assert str(path) in str(raised.value)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from zoobot_core.io import atomic_write_table, read_table
+from zoobot_core.io import atomic_write_table, printable, read_table
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,9 @@ REASONS = {
     "path_outside_root": "image paths must lie under the image root; fix the path or image_root",
     "missing_file": "the image file does not exist; fix the path or image_root",
     "empty_file": "the image file is empty (0 bytes); re-download it",
+    "bad_path": "the path cannot be used as written (a symlink loop, too long, not UTF-8); fix the path or the file",
+    "not_a_file": "the path is not a regular file (a directory, fifo or device); point it at the image file",
+    "unreadable_file": "this process may not read the file; fix its permissions",
     "unreadable_image": "the file could not be decoded as an image; re-download or re-export it",
     "fits_missing_hdu": "the FITS file has no image in the HDU asked for; set images.fits.hdu or re-download it",
     "fits_bands": "the FITS image does not have the bands asked for; set images.fits.bands (3 planes as R, G, B, or 1)",
@@ -90,17 +95,44 @@ def _class_labels(df: pd.DataFrame, labels: pd.DataFrame, config: CatalogConfig,
     return labels
 
 
-def _resolve_path(path: str, root: Path) -> Path:
-    p = Path(path)
-    return (p if p.is_absolute() else root / p).resolve()
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _is_under(path: Path, root: Path) -> bool:
+def inspect_image_path(path: str, roots: tuple[Path, ...]) -> tuple[str | None, str, str]:
+    """(quarantine reason or None, message, absolute path) for one catalog path, never raising.
+
+    The path must lie under an image root as written, without following symlinks (so links into a content
+    store such as DVC or git-annex are accepted), then stat (following them) must find a readable, non-empty
+    regular file. Symlink loops, directories, fifos, devices, names too long and bytes that are not UTF-8 are
+    reasons, not crashes.
+    """
     try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return "bad_path", f"path {shown} is not valid UTF-8; {REASONS['bad_path']}", shown
+    candidate = Path(path) if Path(path).is_absolute() else roots[0] / path
+    absolute = Path(os.path.normpath(candidate))
+    if not any(absolute == root or root in absolute.parents for root in roots):
+        return "path_outside_root", f"path escapes image root {roots[0]}; {REASONS['path_outside_root']}", str(absolute)
+    try:
+        info = os.stat(absolute)
+    except FileNotFoundError:
+        return "missing_file", REASONS["missing_file"], str(absolute)
+    except PermissionError as err:
+        return "unreadable_file", f"{err.strerror}; {REASONS['unreadable_file']}", str(absolute)
+    except (OSError, ValueError) as err:  # ELOOP (symlink loop), ENAMETOOLONG, ENOTDIR, an embedded NUL byte...
+        text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return "bad_path", f"{text}; {REASONS['bad_path']}", str(absolute)
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+        return "not_a_file", f"the path is {kind}; {REASONS['not_a_file']}", str(absolute)
+    if info.st_size == 0:
+        return "empty_file", REASONS["empty_file"], str(absolute)
+    if not os.access(absolute, os.R_OK):
+        return "unreadable_file", f"permission denied; {REASONS['unreadable_file']}", str(absolute)
+    return None, "", str(absolute)
 
 
 def validate_catalog(
@@ -113,7 +145,14 @@ def validate_catalog(
     User columns other than the id/path are kept unchanged.
     """
     catalog_path = Path(catalog_path)
-    raw = read_table(catalog_path, text_columns=(config.id_column, config.file_column))
+    try:
+        raw = read_table(catalog_path, text_columns=(config.id_column, config.file_column), keep_bytes=(config.file_column,))
+    except pd.errors.EmptyDataError:
+        raise CatalogError(f"Catalog {catalog_path} is empty (not even a header line); point catalog.path at your catalog") from None
+    except pd.errors.ParserError as err:
+        raise CatalogError(f"Catalog {catalog_path} is not well-formed CSV: {err}. Fix that line: every line needs the header's columns") from None
+    except (OSError, ValueError) as err:  # pyarrow: a truncated or corrupt Parquet file
+        raise CatalogError(f"Cannot read catalog {catalog_path} ({type(err).__name__}: {err}); re-export or re-download it") from None
     if len(raw) == 0:
         raise CatalogError(f"Catalog {catalog_path} has no rows; point catalog.path at a catalog with galaxies in it")
     needed = [config.id_column, config.file_column, *config.label_cols]
@@ -124,11 +163,12 @@ def validate_catalog(
             "Map your column names in the config (catalog.id_column / file_column / label_columns) "
             "or choose the decision tree and question_suffix your vote columns use."
         )
-    root = Path(config.image_root).resolve() if config.image_root else catalog_path.parent.resolve()
+    given_root = Path(config.image_root) if config.image_root else catalog_path.parent
+    root = given_root.resolve()
     df = raw.rename(columns={config.id_column: ID, config.file_column: FILE})
     df.insert(0, "row", np.arange(len(df)))
     df[ID] = df[ID].astype("string").str.strip()
-    df[FILE] = df[FILE].astype("string").str.strip()
+    df[FILE] = df[FILE].astype(pd.StringDtype("python")).str.strip()  # may hold undecodable bytes until inspected
     quarantined: list[pd.DataFrame] = []
     ok = pd.Series(True, index=df.index)
 
@@ -143,12 +183,14 @@ def validate_catalog(
     reject(df[ID].duplicated(keep=False) & df[ID].notna(), "duplicate_id", f"{config.id_column!r} repeated; {REASONS['duplicate_id']}")
     reject(df[FILE].isna() | (df[FILE] == ""), "missing_path", f"empty {config.file_column!r}; {REASONS['missing_path']}")
 
-    resolved = df[FILE].where(ok).map(lambda p: _resolve_path(p, root) if isinstance(p, str) else None)
-    reject(resolved.map(lambda p: p is not None and not _is_under(p, root)), "path_outside_root",
-           f"path escapes image root {root}; {REASONS['path_outside_root']}")
-    reject(resolved.map(lambda p: p is not None and not p.is_file()), "missing_file", REASONS["missing_file"])
-    reject(resolved.map(lambda p: p is not None and p.is_file() and p.stat().st_size == 0), "empty_file", REASONS["empty_file"])
-    df[FILE] = resolved.map(lambda p: str(p) if p is not None else None).astype("string")
+    # the root as written and as resolved: a root that is itself a symlink (/data -> /mnt/...) accepts paths either way
+    roots = tuple(dict.fromkeys((Path(os.path.abspath(given_root)), root)))
+    checked = [inspect_image_path(p, roots) if ok.iat[i] and isinstance(p, str) else (None, "", printable(p)) for i, p in enumerate(df[FILE])]
+    df[FILE] = pd.array([c[2] for c in checked], dtype="string")  # absolute, and printable for the tables
+    reasons = pd.Series([c[0] for c in checked], index=df.index)
+    for reason in [r for r in dict.fromkeys(reasons) if r]:
+        mask = reasons == reason
+        reject(mask, reason, pd.Series([c[1] for c in checked], index=df.index)[mask])
 
     labels = df[list(config.label_cols)].apply(pd.to_numeric, errors="coerce") if config.label_cols else pd.DataFrame(index=df.index)
     if config.label_cols:

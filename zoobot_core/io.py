@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -34,11 +35,24 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _remove_stale(path: Path) -> None:
+    """Remove temporaries beside `path` that an earlier writer of it left when it was killed (SIGKILL: no cleanup ran).
+    Safe because one job writes one output at a time (Snakemake's rule)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        log.info("Removing %s, left by an interrupted earlier write", stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds.
+    Temporary directories an earlier, killed writer of `path` left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -95,9 +109,20 @@ def _as_text(column: pd.Series, name: str, path: Path) -> pd.Series:
     return column.astype("string")
 
 
-def read_table(path: Path | str, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+def printable(value: object) -> object:
+    """A string read with surrogateescape, its undecodable bytes written as \\xNN (storable in Parquet); others as they are."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
+def read_table(path: Path | str, text_columns: tuple[str, ...] = (), keep_bytes: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a CSV or Parquet table by its suffix; `text_columns` (ids, paths) are read as text, never as numbers,
-    so 19-digit object ids keep every digit and '007' stays '007'."""
+    so 19-digit object ids keep every digit and '007' stays '007'. In a CSV, bytes that are not UTF-8 are written
+    as \\xNN, except in the `keep_bytes` columns (paths), which keep them (as surrogates) for the caller to judge."""
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         table = pd.read_parquet(path)
@@ -106,7 +131,13 @@ def read_table(path: Path | str, text_columns: tuple[str, ...] = ()) -> pd.DataF
                 table[name] = _as_text(table[name], name, path)
         return table
     if path.suffix.lower() in (".csv", ".txt"):
-        return pd.read_csv(path, keep_default_na=True, dtype={name: "string" for name in text_columns})
+        # bytes that are not UTF-8 (a path from another file system's encoding) are kept, escaped, not a crash of the whole read
+        table = pd.read_csv(path, keep_default_na=True, dtype={name: pd.StringDtype("python") if name in keep_bytes else "string" for name in text_columns},
+                            encoding_errors="surrogateescape")  # Python strings can hold the escaped bytes; Arrow's cannot
+        for name in table.columns.difference(list(keep_bytes)):
+            if table[name].dtype == object or isinstance(table[name].dtype, pd.StringDtype):
+                table[name] = table[name].map(printable, na_action="ignore").astype(table[name].dtype)
+        return table
     raise ValueError(f"Catalog {path} must be .csv or .parquet (got suffix {path.suffix!r}); convert it or rename it")
 
 
