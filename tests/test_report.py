@@ -49,8 +49,16 @@ def test_the_report_renders_in_headless_chromium(report_html, tmp_path):
     for element in (">1. Catalog<", ">2. Images<", ">3. Training<", ">5. Predictions<", ">6. Clusters<"):
         assert dom.count(element) > raw.count(element), element
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--hide-scrollbars", "--window-size=1400,1000", f"--screenshot={shot}", report_html.as_uri()], capture_output=True, timeout=120, check=True)
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert pixels.shape == (1000, 1400)
-    # sidebar and page differ in shade, and there is text and graph on the page: not a blank or error page
-    assert abs(pixels[:, :200].mean() - pixels[:, 400:].mean()) > 10 and (pixels[:, 280:] < 120).mean() > 0.002
+
+    def screenshot() -> np.ndarray:
+        subprocess.run([*flags, "--hide-scrollbars", "--window-size=1400,1000", f"--screenshot={shot}", report_html.as_uri()], capture_output=True, timeout=120, check=True)
+        return np.asarray(Image.open(shot).convert("L"), dtype=float)
+
+    def rendered(pixels: np.ndarray) -> bool:
+        # sidebar and page differ in shade, and there is text and graph on the page: not a blank or error page
+        return abs(pixels[:, :200].mean() - pixels[:, 400:].mean()) > 10 and (pixels[:, 280:] < 120).mean() > 0.002
+
+    pixels = screenshot()
+    if not rendered(pixels):  # on a loaded 2-core machine chromium once captured before the sidebar was painted
+        pixels = screenshot()
+    assert pixels.shape == (1000, 1400) and rendered(pixels)
