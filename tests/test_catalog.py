@@ -228,9 +228,10 @@ def test_hostile_paths_are_quarantined_with_reasons_not_a_crash(tmp_path):
         b"id_str,file_loc,a_yes,a_no\n"
         + b"".join(f"{i},{p},1,2\n".encode("utf-8", "surrogateescape") for i, p in rows)
         + b"latin1,img/caf\xe9.png,1,2\n"  # a name in Latin-1 bytes, not UTF-8
+        + b"g\xe9,img/g2.png,1,2\n"  # an id in Latin-1 bytes: kept, escaped
     )
     validated, quarantine = validate_catalog(tmp_path / "cat.csv", _cfg(image_root=str(tmp_path)))
-    assert sorted(validated["id_str"]) == ["linked", "ok"]  # the content-store link is accepted
+    assert sorted(validated["id_str"]) == ["g\\xe9", "linked", "ok"]  # the content-store link is accepted
     assert validated.set_index("id_str").loc["linked", "file_loc"] == str(tmp_path / "img/linked.png")
     reasons = dict(zip(quarantine["id_str"], quarantine["reason"]))
     assert reasons == {

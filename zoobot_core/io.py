@@ -131,12 +131,20 @@ def read_table(path: Path | str, text_columns: tuple[str, ...] = (), keep_bytes:
                 table[name] = _as_text(table[name], name, path)
         return table
     if path.suffix.lower() in (".csv", ".txt"):
-        # bytes that are not UTF-8 (a path from another file system's encoding) are kept, escaped, not a crash of the whole read
-        table = pd.read_csv(path, keep_default_na=True, dtype={name: pd.StringDtype("python") if name in keep_bytes else "string" for name in text_columns},
-                            encoding_errors="surrogateescape")  # Python strings can hold the escaped bytes; Arrow's cannot
-        for name in table.columns.difference(list(keep_bytes)):
-            if table[name].dtype == object or isinstance(table[name].dtype, pd.StringDtype):
-                table[name] = table[name].map(printable, na_action="ignore").astype(table[name].dtype)
+        try:
+            return pd.read_csv(path, keep_default_na=True, dtype={name: "string" for name in text_columns})
+        except UnicodeDecodeError:
+            pass
+        # bytes that are not UTF-8 (a name from another file system's encoding): read again keeping them as surrogates
+        # (Python strings can hold them; Arrow's cannot), then escape them outside the keep_bytes columns
+        with pd.option_context("future.infer_string", False):  # text as Python objects, not Arrow strings
+            table = pd.read_csv(path, keep_default_na=True, dtype={name: object for name in text_columns}, encoding_errors="surrogateescape")
+        for name in table.columns:
+            if table[name].dtype == object:
+                if name in keep_bytes:
+                    table[name] = table[name].astype(pd.StringDtype("python"))
+                else:
+                    table[name] = table[name].map(printable, na_action="ignore").astype("string")
         return table
     raise ValueError(f"Catalog {path} must be .csv or .parquet (got suffix {path.suffix!r}); convert it or rename it")
 
