@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench finetune-bases active-learning cross-cpu lint format clean system-deps lock
+.PHONY: venv run test bench bench-chain bench-gpu scale finetune-bases active-learning cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -53,6 +53,19 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_cluster.py
 	cd tests/benchmarks && ../../$(BIN)/python bench_finetune_scores.py
 	$(BIN)/python tests/benchmarks/bench_acquisition.py
+	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000
+
+## bench-chain: images to shards, the whole `snakemake --until write_shards` command against Zoobot's one-process loop, at 3,000 and 30,000 real cutouts (about 25 min on 2 cores; docs/benchmarks.md)
+bench-chain: venv
+	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --out results/bench_chain.json
+
+## bench-gpu: EfficientNetB0 + the Dirichlet-Multinomial loss, train and predict img/s at 224 and 300 px, float32 / bfloat16 / float16, with and without XLA, two batch sizes, and the input side; for a GPU machine (KERAS_BACKEND=jax works without TensorFlow; docs/benchmarks.md)
+bench-gpu: venv
+	$(BIN)/python tests/benchmarks/bench_gpu.py --out results/bench_gpu.json
+
+## scale: 300,000 real cutouts (hard links) through validation, the shards and the ready catalog, with every rule's time and peak memory (docs/benchmarks.md)
+scale: venv
+	$(BIN)/python tests/benchmarks/scale.py --n 300000 --out results/scale.json
 
 ## finetune-bases: finetuning on the real rings (../shared) by base (none, the demo model, a 128 px one) and seed, beside the baselines (docs/results.md)
 finetune-bases: venv

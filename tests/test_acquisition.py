@@ -121,9 +121,9 @@ def test_acquire_files_writes_ranking_upload_list_and_montage(tmp_path):
     spread = np.linspace(0.01, 0.8, 30)[:, None, None]  # the last galaxies' samples disagree most
     alpha = rng.uniform(2, 30, (30, 1, len(TREE.label_cols))) * np.exp(spread * rng.standard_normal((30, 5, len(TREE.label_cols))))
     sample_table(ids, alpha.astype(np.float32), TREE.label_cols).to_parquet(tmp_path / "samples.parquet")
-    for i in ids:
-        Image.new("RGB", (16, 16), (i.__hash__() % 255, 80, 80)).save(tmp_path / f"{i}.png")
-    ready = pd.DataFrame({"id_str": ids, "file_loc": [str(tmp_path / f"original_{i}.png") for i in ids], "resized_loc": [str(tmp_path / f"{i}.png") for i in ids]})
+    for k, i in enumerate(ids):
+        Image.new("RGB", (40, 40), (8 * k, 80, 80)).save(tmp_path / f"original_{i}.png")
+    ready = pd.DataFrame({"id_str": ids, "file_loc": [str(tmp_path / f"original_{i}.png") for i in ids]})
     ready.to_parquet(tmp_path / "ready.parquet")
     out = tmp_path / "out"
     ranked = acquire_files(tmp_path / "samples.parquet", tmp_path / "ready.parquet", out / "ranked.parquet", out / "top.csv", out / "montage.png",

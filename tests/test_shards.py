@@ -144,3 +144,92 @@ def test_raw_shards_need_a_size_and_a_known_encoding(tiny_shards):
         get_dataset(shard_paths(tiny_shards, "train"), [], image_encoding="raw")
     with pytest.raises(ValueError, match="image_encoding"):
         get_dataset(shard_paths(tiny_shards, "train"), [], image_encoding="jpeg2000")
+
+
+def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unreadable_ones(tiny_synthetic, tmp_path):
+    """write_shards(resize=...): one pass from the catalog's files; the same bytes with 1 or 2 workers; raw
+    pixels are exactly images.load_rgb's; PNG-encoded shards decode to the same pixels; an unreadable image is
+    listed with its reason and gather_images quarantines it, so every row is accounted for."""
+    from zoobot_core.catalog import CatalogConfig, validate_catalog
+    from zoobot_core.images import ResizeConfig, load_rgb
+    from zoobot_core.shards import UNREADABLE, gather_shards_file
+
+    tree = get_tree("gz_decals_dr5")
+    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    validated.loc[0, "file_loc"] = str(broken)
+    validated.to_parquet(tmp_path / "validated.parquet")
+    quarantine.to_parquet(tmp_path / "quarantine_validation.parquet")
+    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=8, train_fraction=0.6, val_fraction=0.2, image_encoding="raw")
+    resize = ResizeConfig(size=32)
+    manifest = write_shards(validated, tmp_path / "one", settings, source_col="file_loc", resize=resize)
+    write_shards(validated, tmp_path / "two", settings, workers=2, source_col="file_loc", resize=resize)
+    for path in (tmp_path / "one").rglob("*"):
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes(), path
+    unreadable = pd.read_parquet(tmp_path / "one" / UNREADABLE)
+    # ours, and the synthetic catalog's own deliberately truncated and corrupt files
+    assert validated.loc[0, "id_str"] in set(unreadable["id_str"]) and len(unreadable) == 3
+    assert set(unreadable["reason"]) == {"unreadable_image"} and unreadable["message"].str.len().gt(0).all()
+    assert len(manifest) == len(validated) - 3 and not set(unreadable["id_str"]) & set(manifest["id_str"])
+    assert manifest.groupby("shard").size().max() == 8  # shards close up behind the missing image
+    batch = next(iter(get_dataset(shard_paths(tmp_path / "one", "train"), tree.label_cols, batch_size=4, requested_img_size=32, image_encoding="raw")))
+    files = dict(zip(validated["id_str"], validated["file_loc"]))
+    for id_str, pixels in zip(batch["id_str"].numpy(), batch["matrix"].numpy()):
+        np.testing.assert_array_equal(pixels, np.asarray(load_rgb(files[id_str.decode()], 32), dtype=np.float32))
+    png = ShardSettings(**{**settings.__dict__, "image_encoding": "encoded"})
+    write_shards(validated, tmp_path / "png", png, workers=2, source_col="file_loc", resize=resize)
+    encoded = next(iter(get_dataset(shard_paths(tmp_path / "png", "train"), tree.label_cols, batch_size=4, requested_img_size=32)))
+    np.testing.assert_array_equal(encoded["matrix"].numpy(), batch["matrix"].numpy())
+    counts = gather_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "one",
+                                tmp_path / "ready.parquet", tmp_path / "quarantine.parquet", tmp_path / "accounting.json", 0.2)
+    assert counts["n_in"] == len(validated) + len(quarantine) == counts["n_ok"] + counts["n_quarantined"]
+    assert counts["quarantined_by_reason"]["unreadable_image"] == 3
+    ready = pd.read_parquet(tmp_path / "ready.parquet")
+    assert sorted(ready["id_str"]) == sorted(manifest["id_str"])
+    assert dict(zip(ready["id_str"], ready["split"])) == dict(zip(manifest["id_str"], manifest["split"]))
+
+
+def test_images_come_back_in_order_with_a_bounded_number_in_flight():
+    from concurrent.futures import ProcessPoolExecutor
+
+    from zoobot_core.shards import _ordered_results
+
+    items = [str(i) for i in range(50)]
+    with ProcessPoolExecutor(2) as pool:
+        assert list(_ordered_results(pool, int, items, workers=2, window=3)) == list(range(50))
+    assert list(_ordered_results(None, int, items, workers=1)) == list(range(50))
+
+
+def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
+    """tests/benchmarks/bench_chain.py (make bench-chain) at 24 galaxies, so it cannot rot: Zoobot's loop and the
+    whole `snakemake --until write_shards` command both run and are timed."""
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).parent / "benchmarks" / "bench_chain.py"
+    subprocess.run([sys.executable, str(script), "--n", "24", "--cases", "jpg:32,png:32", "--repeats", "1", "--cores", "2",
+                    "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "chain.json")], check=True, capture_output=True, timeout=600)
+    rows = json.loads((tmp_path / "chain.json").read_text())
+    assert [(r["input"], r["size"]) for r in rows] == [("jpg", 32), ("png", 32)]
+    for row in rows:
+        assert row["zoobot_img_s"] > 0 and row["ours_img_s"] > 0 and "write_shards" in row["ours_rules_s"]
+
+
+def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read(tiny_synthetic, tmp_path):
+    from zoobot_core.catalog import CatalogConfig, CatalogError, validate_catalog
+    from zoobot_core.images import ResizeConfig
+    from zoobot_core.shards import survey_shards_file
+
+    tree = get_tree("gz_decals_dr5")
+    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=1.0))
+    assert len(quarantine)  # the synthetic catalog's missing and empty files
+    validated.to_parquet(tmp_path / "validated.parquet")
+    quarantine.to_parquet(tmp_path / "quarantine_validation.parquet")
+    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), image_encoding="raw")
+    with pytest.raises(CatalogError, match=r"max_quarantine_fraction.*missing_file"):
+        survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.0)
+    assert not (tmp_path / "shards").exists()
+    survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.5)
+    assert read_metadata(tmp_path / "shards")["image_encoding"] == "raw"

@@ -34,9 +34,9 @@ def test_every_output_of_the_tiny_run_is_made_through_slurm(slurm_run):
         assert sorted(predictions["id_str"]) == sorted(manifest.loc[manifest["split"] == split, "id_str"])
     assert (run / "evaluation/metrics.json").exists() and (run / "clusters/montage.png").stat().st_size > 0
     # each rule ran as its own SLURM job, not locally
-    for rule in ("make_synthetic_catalog", "validate_catalog", "resize_images", "write_shards", "train_model", "predict", "cluster"):
+    for rule in ("make_synthetic_catalog", "validate_catalog", "write_shards", "gather_images", "train_model", "predict", "cluster"):
         assert _job_logs(workdir, rule), f"no SLURM job log for rule {rule}"
-    assert len(_job_logs(workdir, "resize_images")) == 3  # one job per chunk
+    assert len(_job_logs(workdir, "write_shards")) == 1  # every image resized in one job, not hundreds of small ones
 
 
 def test_only_gpu_rules_get_a_gpu(slurm_run):
@@ -45,7 +45,7 @@ def test_only_gpu_rules_get_a_gpu(slurm_run):
     assert "CUDA_VISIBLE_DEVICES=0" in (logs / "train_model.log").read_text()  # SLURM gave the train job the (fake) GPU
     for split in ("train", "test"):
         assert "CUDA_VISIBLE_DEVICES=0" in (logs / f"predict/{split}.log").read_text()
-    for cpu_log in [logs / "write_shards.log", *sorted((logs / "resize_images").glob("*.log"))]:
+    for cpu_log in [logs / "write_shards.log", logs / "validate_catalog.log"]:
         text = cpu_log.read_text()
         assert "SLURM job" in text and "CUDA_VISIBLE_DEVICES=<unset>" in text, cpu_log
 

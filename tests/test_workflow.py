@@ -29,9 +29,8 @@ def test_catalog_accounting_adds_up(tiny_run):
     ready = pd.read_parquet(tiny_run / "catalog/ready.parquet")
     assert len(ready) == counts["n_ok"] == 58 and ready["id_str"].is_unique
     assert counts["n_labelled"] + counts["n_unlabelled"] == 58 and counts["n_unlabelled"] > 0
-    assert set(ready["chunk"]) == {0, 1, 2}
-    with Image.open(tiny_run.parent.parent / ready["resized_loc"].iloc[0]) as img:  # relative to the run's directory
-        assert img.size == (32, 32) and img.mode == "RGB"
+    assert set(ready["split"]) == {"train", "val", "test", "unlabelled"}  # where write_shards put each galaxy
+    assert "resized_loc" not in ready  # no resized copies: the images go straight into the shards
 
 
 def test_shards_cover_every_ready_galaxy_once(tiny_run):
@@ -244,10 +243,11 @@ def test_config_errors_are_reported_before_running(tmp_path):
     assert "'big'" in output and "['images']['size']" in output
 
 
-def test_after_a_crash_while_resizing_only_the_missing_chunk_is_redone(tiny_run):
-    """A crash during resizing leaves some chunks done and nothing downstream: the rerun resizes only the rest."""
+def test_after_a_crash_while_writing_shards_validation_is_not_redone(tiny_run):
+    """A crash while resizing into shards leaves no shards and nothing downstream: the rerun writes the shards and
+    gathers, and does not validate the catalog again."""
     workdir = tiny_run.parent.parent
-    lost = [tiny_run / "images/chunk_1", *(tiny_run / "catalog" / n for n in ("ready.parquet", "quarantine.parquet", "accounting.json"))]
+    lost = [tiny_run / "shards", *(tiny_run / "catalog" / n for n in ("ready.parquet", "quarantine.parquet", "accounting.json"))]
     aside = workdir / "aside"
     aside.mkdir()
     for path in lost:
@@ -260,8 +260,42 @@ def test_after_a_crash_while_resizing_only_the_missing_chunk_is_redone(tiny_run)
     out = dry.stdout + dry.stderr
     rows = out[out.index("Job stats"):].splitlines()[3:]  # after the title, header and rule lines
     jobs = dict(line.split() for line in rows[: rows.index("")] if not line.startswith("total"))
-    assert jobs == {"resize_images": "1", "gather_images": "1"}
-    assert "chunk=1" in out and "chunk=0" not in out and "chunk=2" not in out
+    assert jobs == {"write_shards": "1", "gather_images": "1"}
+
+
+def _jobs_after_edit(tiny_run: Path, tmp_path: Path, edit) -> dict[str, int]:
+    """Dry-run the finished tiny run with an edited copy of its config: the jobs Snakemake would run, by rule."""
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    edit(config)
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(config))
+    dry = run_snakemake(tiny_run.parent.parent, tmp_path / "edited.yaml", "-n", "--profile", str(REPO / "workflow/profiles/workstation"))
+    out = dry.stdout + dry.stderr
+    if "Job stats" not in out:
+        return {}
+    rows = out[out.index("Job stats"):].splitlines()[3:]
+    return {rule: int(n) for rule, n in (line.split() for line in rows[: rows.index("")]) if rule != "total"}
+
+
+EXPENSIVE = {"validate_catalog", "write_shards", "train_model", "predict"}
+
+
+@pytest.mark.parametrize(
+    "setting, edit",
+    [
+        ("catalog.max_quarantine_fraction", lambda c: c.setdefault("catalog", {}).update(max_quarantine_fraction=0.5)),
+        ("train.tensorboard", lambda c: c.setdefault("train", {}).update(tensorboard=not c["train"].get("tensorboard", True))),
+        ("train.gpus", lambda c: c.setdefault("train", {}).update(gpus=1)),
+    ],
+)
+def test_a_setting_that_changes_no_output_reruns_nothing_expensive(tiny_run, tmp_path, setting, edit):
+    """Reruns cost what the change costs: the quarantine limit re-gathers (seconds), the GPU request
+    and the TensorBoard switch retrain nothing; no edit validates, resizes, trains or predicts again."""
+    unchanged = _jobs_after_edit(tiny_run, tmp_path, lambda c: None)
+    assert unchanged == {}, f"the finished run is not up to date: {unchanged}"
+    jobs = _jobs_after_edit(tiny_run, tmp_path, edit)
+    assert not EXPENSIVE & set(jobs), f"{setting}: {jobs}"
+    if setting == "catalog.max_quarantine_fraction":
+        assert "gather_images" in jobs
 
 
 def test_provenance_records_config_versions_and_checksums(tiny_run):

@@ -44,6 +44,7 @@ from scipy.special import gammaln
 from tqdm import tqdm
 
 from zoobot_core.dirichlet import expected_vote_fractions
+from zoobot_core.images import ResizeConfig
 from zoobot_core.schemas import DecisionTree
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def rank(scores: pd.DataFrame) -> pd.DataFrame:
 
 def acquire_files(
     samples_path: Path | str, ready_path: Path | str, ranked_path: Path | str, top_path: Path | str, montage_path: Path | str,
-    tree: DecisionTree, config: AcquireConfig,
+    tree: DecisionTree, config: AcquireConfig, resize: ResizeConfig | None = None,
 ) -> pd.DataFrame:
     """The acquire rule: rank one split's galaxies by BALD; write the ranked table (Parquet), the top
     `top_n` as an upload list (CSV: rank, id_str, file_loc, mutual_information) and a montage of the top ones."""
@@ -222,7 +223,7 @@ def acquire_files(
     if ids and alpha.shape[1] < 2:
         log.warning("One prediction sample per galaxy: there is nothing for samples to disagree about, so every galaxy scores 0 "
                     "and the ranking is by id. Set predict.n_samples >= 2 (MC dropout) for a useful ranking.")
-    ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc", "resized_loc"])
+    ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc"])
     scores = bald_scores(ids, alpha, tree, config)
     ranked = rank(scores.merge(ready[["id_str", "file_loc"]], on="id_str", how="left", validate="one_to_one"))
     missing = ranked["file_loc"].isna()
@@ -232,8 +233,10 @@ def acquire_files(
     atomic_write_table(ranked, ranked_path)
     with atomic_path(top_path) as tmp:
         ranked.head(config.top_n)[["rank", "id_str", "file_loc", "mutual_information"]].to_csv(tmp, index=False)
-    resized = dict(zip(ready["id_str"], ready["resized_loc"]))
-    plot_acquisition_montage(ranked.head(config.montage), resized, tree, montage_path)
+    from zoobot_core.images import ImageViewer
+
+    files = dict(zip(ready["id_str"], ready["file_loc"]))
+    plot_acquisition_montage(ranked.head(config.montage), files, tree, montage_path, view=ImageViewer(resize or ResizeConfig()))
     if len(ranked):
         log.info("Ranked %d galaxies by mutual information (top %.3f nats, median %.3f); wrote the top %d to %s",
                  len(ranked), ranked["mutual_information"].iloc[0], ranked["mutual_information"].median(), min(config.top_n, len(ranked)), top_path)

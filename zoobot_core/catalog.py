@@ -274,3 +274,4 @@ def validate_catalog_file(catalog_path: Path | str, validated_path: Path | str, 
     """The validate_catalog rule: validate a catalog file and write both tables."""
     validated, quarantine = validate_catalog(catalog_path, config)
     write_validation(validated, quarantine, validated_path, quarantine_path)
+

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+
+from zoobot_core.images import ImageViewer, ResizeConfig, view_file
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,10 @@ def typical_members(clusters: pd.DataFrame, n: int) -> dict[int, list[str]]:
     return {int(c): group.nsmallest(n, "distance")["id_str"].tolist() for c, group in clusters.groupby("cluster") if c >= 0}
 
 
-def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path | str, examples_per_cluster: int) -> None:
-    """One row per cluster of its most typical galaxies, saved as PNG."""
+def plot_montage(
+    clusters: pd.DataFrame, image_paths: dict[str, str], path: Path | str, examples_per_cluster: int, view: Callable[[str], np.ndarray] = view_file
+) -> None:
+    """One row per cluster of its most typical galaxies (each read by `view`), saved as PNG."""
     from zoobot_core.figures import pyplot, save_figure
 
     plt = pyplot()
@@ -84,7 +88,7 @@ def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if col < len(ids):
-                ax.imshow(np.asarray(Image.open(image_paths[ids[col]]).convert("RGB")))
+                ax.imshow(view(image_paths[ids[col]]))
             if col == 0:
                 ax.set_ylabel(f"cluster {cluster}\n(n={sizes[cluster]})", fontsize=8)
     fig.suptitle("Most typical galaxies of each cluster (closest to its centre)", fontsize=10)
@@ -92,18 +96,19 @@ def plot_montage(clusters: pd.DataFrame, image_paths: dict[str, str], path: Path
 
 
 def cluster_files(
-    representation_paths: list[str], ready_path: Path | str, clusters_path: Path | str, pca_path: Path | str, montage_path: Path | str, config: ClusterConfig
+    representation_paths: list[str], ready_path: Path | str, clusters_path: Path | str, pca_path: Path | str, montage_path: Path | str, config: ClusterConfig,
+    resize: ResizeConfig | None = None,
 ) -> pd.DataFrame:
     """The cluster rule: cluster every given split's representations; write the cluster table, the
-    PCA-compressed representations (id_str, split, pca_*) and the montage."""
+    PCA-compressed representations (id_str, split, pca_*) and the montage (the catalog's images resized as `resize` says)."""
     from zoobot_core.io import atomic_write_table
 
     parts = [pd.read_parquet(p).assign(split=Path(p).stem) for p in representation_paths]
     representations = pd.concat(parts, ignore_index=True)
     clusters = cluster_representations(representations, config)
-    ready = pd.read_parquet(ready_path, columns=["id_str", "resized_loc"])
+    ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc"])
     atomic_write_table(clusters, clusters_path)
     pca_cols = [c for c in clusters.columns if c.startswith("pca_")]
     atomic_write_table(clusters[["id_str", *pca_cols]].assign(split=representations["split"].to_numpy())[["id_str", "split", *pca_cols]], pca_path)
-    plot_montage(clusters, dict(zip(ready["id_str"], ready["resized_loc"])), montage_path, config.examples_per_cluster)
+    plot_montage(clusters, dict(zip(ready["id_str"], ready["file_loc"])), montage_path, config.examples_per_cluster, ImageViewer(resize or ResizeConfig()))
     return clusters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pandas as pd
 from PIL import Image
 
 from zoobot_core.evaluate import vote_fractions
+from zoobot_core.fits_images import is_fits, load_fits_rgb
+from zoobot_core.images import ImageViewer, ResizeConfig, view_file
 from zoobot_core.io import atomic_path
 from zoobot_core.schemas import DecisionTree
 
@@ -51,16 +54,21 @@ def plot_accounting(accounting: dict, path: Path | str) -> None:
     save_figure(fig, path)
 
 
-def plot_resize_examples(ready: pd.DataFrame, path: Path | str, n: int = 6) -> None:
-    """Original images above, the resized ones the model sees below (the first n ready galaxies by id)."""
+def plot_resize_examples(ready: pd.DataFrame, path: Path | str, view: ImageViewer, n: int = 6) -> None:
+    """Original images above, below as the model sees them (`view`: resized, FITS stretched), the first n ready galaxies by id."""
     plt = pyplot()
     rows = ready.sort_values("id_str").head(n)
     fig, axes = plt.subplots(2, len(rows), figsize=(1.8 * len(rows), 4.8), squeeze=False)
     for col, (_, row) in enumerate(rows.iterrows()):
-        for r, key in enumerate(("file_loc", "resized_loc")):
-            with Image.open(row[key]) as img:
-                axes[r, col].imshow(np.asarray(img.convert("RGB")))
-                size = img.size
+        for r in range(2):
+            if r:
+                image = view(row["file_loc"])
+            elif is_fits(row["file_loc"]):  # a FITS original through the configured stretch, at its own size
+                image = np.asarray(load_fits_rgb(row["file_loc"], view.config.fits))
+            else:
+                image = view_file(row["file_loc"])
+            axes[r, col].imshow(image)
+            size = image.shape[:2][::-1]
             axes[r, col].set_xticks([]), axes[r, col].set_yticks([])
             axes[r, col].set_title(f"{row['id_str']}\noriginal, {size[0]} px" if r == 0 else f"resized, {size[0]} px", fontsize=7)
     fig.suptitle("Before and after resizing", fontsize=10)
@@ -99,7 +107,8 @@ def plot_per_question(per_question: pd.DataFrame, path: Path | str) -> None:
 
 
 def plot_prediction_examples(
-    predictions: pd.DataFrame, test_catalog: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, n: int = 6
+    predictions: pd.DataFrame, test_catalog: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, n: int = 6,
+    view: Callable[[str], np.ndarray] = view_file,
 ) -> None:
     """Test galaxies with the first question's predicted vote fractions (± MC-dropout spread) beside the volunteers'."""
     plt = pyplot()
@@ -111,8 +120,7 @@ def plot_prediction_examples(
     fig, axes = plt.subplots(2, len(merged), figsize=(2.2 * len(merged), 4.6), squeeze=False)
     x = np.arange(len(cols))
     for i, (_, row) in enumerate(merged.iterrows()):
-        with Image.open(image_paths[row["id_str"]]) as img:
-            axes[0, i].imshow(np.asarray(img.convert("RGB")))
+        axes[0, i].imshow(view(image_paths[row["id_str"]]))
         axes[0, i].set_xticks([]), axes[0, i].set_yticks([])
         axes[0, i].set_title(row["id_str"], fontsize=7)
         ax = axes[1, i]
@@ -139,6 +147,7 @@ def report_figures(
     shard_dir: Path | str,
     tree: DecisionTree,
     out: dict[str, Path | str],
+    resize: ResizeConfig | None = None,
 ) -> None:
     """The report_figures rule: every figure of the report, written to out['accounting'], ['resize'],
     ['history'], ['per_question'], ['confusion'], ['predictions'], and the quarantine table as CSV to out['quarantine']."""
@@ -146,13 +155,14 @@ def report_figures(
     with atomic_path(out["quarantine"]) as tmp:
         pd.read_parquet(quarantine_path).to_csv(tmp, index=False)
     plot_accounting(json.loads(Path(accounting_path).read_text()), out["accounting"])
-    plot_resize_examples(ready, out["resize"])
+    view = ImageViewer(resize or ResizeConfig())
+    plot_resize_examples(ready, out["resize"], view)
     plot_history(pd.read_csv(history_path), out["history"])
     plot_per_question(pd.read_csv(per_question_path), out["per_question"])
     plot_confusion(pd.read_csv(confusion_path), pd.read_csv(confident_path), out["confusion"])
     plot_prediction_examples(
         pd.read_parquet(predictions_path), pd.read_parquet(Path(shard_dir) / "test_catalog.parquet"),
-        dict(zip(ready["id_str"], ready["resized_loc"])), tree, out["predictions"],
+        dict(zip(ready["id_str"], ready["file_loc"])), tree, out["predictions"], view=view,
     )
     log.info("Report figures written: %s", ", ".join(str(p) for p in out.values()))
 
@@ -354,7 +364,9 @@ def plot_calibration(table: pd.DataFrame, curve: pd.DataFrame, path: Path | str)
     save_figure(fig, path)
 
 
-def plot_acquisition_montage(ranked: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, columns: int = 6) -> None:
+def plot_acquisition_montage(
+    ranked: pd.DataFrame, image_paths: dict[str, str], tree: DecisionTree, path: Path | str, columns: int = 6, view: Callable[[str], np.ndarray] = view_file
+) -> None:
     """The galaxies to label next, most informative first: rank, id, mutual information and the question contributing most."""
     plt = pyplot()
     n = len(ranked)
@@ -368,8 +380,7 @@ def plot_acquisition_montage(ranked: pd.DataFrame, image_paths: dict[str, str], 
             ax.axis("off")
             continue
         row = ranked.iloc[i]
-        with Image.open(image_paths[row["id_str"]]) as img:
-            ax.imshow(np.asarray(img.convert("RGB")))
+        ax.imshow(view(image_paths[row["id_str"]]))
         weighted = row[mi_cols].to_numpy(float) * row[reach_cols].to_numpy(float)
         top_question = tree.questions[int(np.argmax(weighted))].name
         ax.set_title(f"#{int(row['rank'])} {row['id_str']}\nI = {row['mutual_information']:.3f} nats\nmost: {top_question}", fontsize=6.5)

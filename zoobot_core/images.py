@@ -87,6 +87,24 @@ def load_rgb(
     return rgb
 
 
+def view_file(path: Path | str) -> np.ndarray:
+    """An already-resized image file as RGB uint8, for figures."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class ImageViewer:
+    """A catalog image as the model sees it (resized as `config` says, FITS stretched), for figures: the
+    workflow keeps no resized copies, so montages read the catalog's files."""
+
+    config: ResizeConfig
+
+    def __call__(self, path: Path | str) -> np.ndarray:
+        config = self.config
+        return np.asarray(load_rgb(path, config.size, config.draft_tolerance, config.reducing_gap, config.fits))
+
+
 def save_image(image: Image.Image, path: Path | str, config: ResizeConfig) -> None:
     """Encode as the configured format (JPEG quality / PNG compression from the config)."""
     if config.file_format == "jpg":
@@ -145,13 +163,22 @@ def gather_resized(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Join the chunks' indexes onto the validated catalog; return (ready catalog, full quarantine table)."""
     index = pd.concat([pd.read_parquet(Path(d) / INDEX_NAME) for d in chunk_dirs], ignore_index=True)
+    return gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun resize_images")
+
+
+def gather_index(
+    validated: pd.DataFrame, validation_quarantine: pd.DataFrame, index: pd.DataFrame, max_quarantine_fraction: float, fix: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ready catalog and the full quarantine table, from an image index (one row per validated galaxy:
+    id_str, a quarantine reason and message where its image could not be used, any other columns joined on)."""
     missing = set(validated[ID]) - set(index[ID])
     if missing:
-        raise RuntimeError(f"{len(missing)} validated galaxies (e.g. {sorted(missing)[:3]}) are in no resized chunk; rerun resize_images")
+        raise RuntimeError(f"{len(missing)} validated galaxies (e.g. {sorted(missing)[:3]}) have no resized image; {fix}")
     merged = validated.merge(index, on=ID, how="left", validate="one_to_one")
-    failed = merged[merged[RESIZED].isna()]
+    bad = merged["reason"].notna()
+    failed = merged[bad]
     image_quarantine = failed[["row", ID, FILE]].assign(stage="resize", reason=failed["reason"], message=failed["message"])
-    ready = merged[merged[RESIZED].notna()].drop(columns=["reason", "message"]).reset_index(drop=True)
+    ready = merged[~bad].drop(columns=["reason", "message"]).reset_index(drop=True)
     parts = [q for q in (validation_quarantine, image_quarantine) if len(q)]
     quarantine = pd.concat(parts, ignore_index=True)[QUARANTINE_COLUMNS] if parts else pd.DataFrame(columns=QUARANTINE_COLUMNS)
     quarantine = quarantine.sort_values("row").reset_index(drop=True)
@@ -175,13 +202,26 @@ def gather_files(
     accounting_path: Path | str,
     max_quarantine_fraction: float,
 ) -> dict:
-    """The gather_images rule: write the ready catalog, the full quarantine table and the row accounting."""
-    from zoobot_core.catalog import accounting
-    from zoobot_core.io import write_json
-
+    """The finetuning chain's gather rule: the ready catalog, the full quarantine table and the row accounting."""
     validated = pd.read_parquet(validated_path)
     validation_quarantine = pd.read_parquet(validation_quarantine_path)
     ready, quarantine = gather_resized(validated, validation_quarantine, chunk_dirs, max_quarantine_fraction)
+    return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)
+
+
+def write_gathered(
+    validated: pd.DataFrame,
+    validation_quarantine: pd.DataFrame,
+    ready: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    ready_path: Path | str,
+    quarantine_path: Path | str,
+    accounting_path: Path | str,
+) -> dict:
+    """Write the ready catalog, the full quarantine table and the row accounting (in = ready + quarantined)."""
+    from zoobot_core.catalog import accounting
+    from zoobot_core.io import write_json
+
     counts = accounting(len(validated) + len(validation_quarantine), ready, quarantine)
     atomic_write_table(ready, ready_path)
     atomic_write_table(quarantine, quarantine_path)

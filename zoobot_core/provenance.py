@@ -100,7 +100,13 @@ def write_provenance(
         import json
 
         provenance["training_environment"] = json.loads(Path(model_config_path).read_text()).get("environment")
-    if hash_images:
+    if hash_images and "source_sha256" in manifest:  # taken by write_shards as it read each image
+        files = pd.read_parquet(validated_path, columns=[ID, FILE])
+        images = manifest[[ID, "source_sha256"]].rename(columns={"source_sha256": "sha256"}).merge(files, on=ID, how="left", validate="one_to_one")
+        images = images[[ID, FILE, "sha256"]].sort_values(ID).reset_index(drop=True)
+        atomic_write_table(images, images_out)
+        provenance["inputs"].update(n_images=len(images), images_digest=digest([f"{i} {c}" for i, c in zip(images[ID], images["sha256"])]))
+    elif hash_images:
         images = image_checksums(pd.read_parquet(validated_path), workers)
         atomic_write_table(images, images_out)
         provenance["inputs"].update(n_images=len(images), images_digest=digest([f"{i} {c}" for i, c in zip(images[ID], images["sha256"])]))

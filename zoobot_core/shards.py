@@ -7,7 +7,9 @@ import io
 import json
 import logging
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +21,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED
-from zoobot_core.images import RESIZED, load_rgb
+from zoobot_core.fits_images import BadImage
+from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_rgb
 from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
+from zoobot_core.tfrecord import TFRecordWriter, example_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ SPLITS = ("train", "val", "test")
 UNLABELLED = "unlabelled"
 MANIFEST = "manifest.parquet"
 METADATA = "shards.json"
+UNREADABLE = "unreadable.parquet"
 
 
 def hash_fraction(id_str: str, seed: int) -> float:
@@ -44,16 +49,9 @@ def assign_splits(ids: pd.Series, seed: int, train_fraction: float, val_fraction
     return pd.Series(np.where(u < train_fraction, "train", np.where(u < train_fraction + val_fraction, "val", "test")), index=ids.index)
 
 
-def _example(id_str: str, encoded: bytes, labels: dict[str, float]):
-    import tensorflow as tf
-
-    feature = {
-        "id_str": tf.train.Feature(bytes_list=tf.train.BytesList(value=[id_str.encode()])),
-        "matrix": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-    }
-    for col, value in labels.items():
-        feature[col] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+def _example(id_str: str, encoded: bytes, labels: dict[str, float]) -> bytes:
+    """One galaxy's serialized tf.train.Example: id_str, the image ('matrix') and one float per label column."""
+    return example_bytes({"id_str": id_str.encode(), "matrix": encoded, **{col: [value] for col, value in labels.items()}})
 
 
 @dataclass(frozen=True)
@@ -76,15 +74,81 @@ def _image_bytes(path: str, read_encoded: Callable[[str], bytes], raw_size: int 
     return encoded if raw_size is None else _raw_pixels(encoded, raw_size)
 
 
-def _write_shard(path: Path, ids: list[str], labels: np.ndarray, label_cols: tuple[str, ...], images: Iterable[bytes]) -> str:
-    """Write one shard file (labels: one row of floats per id, columns label_cols); return its SHA-256."""
-    import tensorflow as tf
+def resized_bytes(path: str, config: ResizeConfig, raw: bool) -> tuple[bytes, str]:
+    """One source image resized as `config` says (images.load_rgb): its uint8 RGB pixels (raw) or PNG bytes
+    (png_compress_level), what the survey's shards store, made straight from the catalog's file; and the
+    file's SHA-256 (provenance), taken here where the image is read anyway."""
+    rgb = load_rgb(path, config.size, config.draft_tolerance, config.reducing_gap, config.fits)
+    checksum = file_sha256(path)  # the file is in the page cache now: no second trip to the disk
+    if raw:
+        return rgb.tobytes(), checksum
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", compress_level=config.png_compress_level)
+    return buffer.getvalue(), checksum
 
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for id_str, row, image in zip(ids, labels.tolist(), images, strict=True):
-            # deterministic: protobuf maps (the features) otherwise serialize in a per-process order
-            writer.write(_example(id_str, image, dict(zip(label_cols, row))).SerializeToString(deterministic=True))
-    return file_sha256(path)
+
+def _load_or_reason(load: Callable[[str], bytes | tuple[bytes, str]], path: str) -> tuple[bytes | None, str | None, str | None, str | None]:
+    """(bytes, source SHA-256 or None, None, None), or (None, None, quarantine reason, message) for an image that cannot be used."""
+    try:
+        loaded = load(path)
+    except BadImage as err:
+        return None, None, err.reason, str(err)
+    except UNREADABLE_ERRORS as err:
+        return None, None, "unreadable_image", f"{type(err).__name__}: {err}"
+    return (*loaded, None, None) if isinstance(loaded, tuple) else (loaded, None, None, None)
+
+
+def _ordered_results(pool: ProcessPoolExecutor | None, fn: Callable, items: list[str], workers: int, window: int = 256) -> Iterator:
+    """fn over items in order; with a pool, at most two windows of `window` items in flight, so memory stays
+    bounded however long the list (ProcessPoolExecutor.map alone would queue every result)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    chunksize = max(1, min(32, window // (4 * workers)))
+    pending: deque = deque()
+    starts = iter(range(0, len(items), window))
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is not None:
+            pending.append(pool.map(fn, items[start : start + window], chunksize=chunksize))
+
+    submit()
+    submit()
+    while pending:
+        batch = pending.popleft()
+        submit()
+        yield from batch
+
+
+class _ShardWriter:
+    """Streams one split's examples into files of `shard_size` records (<split>/<split>_NNNNN.tfrecord)."""
+
+    def __init__(self, root: Path, split: str, label_cols: tuple[str, ...], shard_size: int) -> None:
+        self.root, self.split, self.label_cols, self.shard_size = root, split, label_cols, shard_size
+        self.writer, self.name, self.records, self.checksums, self.index = None, "", [], [], 0
+        self.manifest: list[dict] = []
+
+    def add(self, id_str: str, image: bytes, labels: list[float], source_sha256: str | None = None) -> None:
+        if self.writer is None:
+            self.name = f"{self.split}/{self.split}_{self.index:05d}.tfrecord"
+            self.writer = TFRecordWriter(self.root / self.name)
+        self.writer.write(_example(id_str, image, dict(zip(self.label_cols, labels))))
+        self.records.append(id_str)
+        self.checksums.append(source_sha256)
+        if len(self.records) == self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        checksum = file_sha256(self.root / self.name)
+        self.manifest += [
+            {ID: i, "split": self.split, "shard": self.name, "index_in_shard": k, "shard_sha256": checksum, "source_sha256": source}
+            for k, (i, source) in enumerate(zip(self.records, self.checksums))
+        ]
+        self.writer, self.records, self.checksums, self.index = None, [], [], self.index + 1
 
 
 def write_shards(
@@ -95,17 +159,21 @@ def write_shards(
     workers: int = 1,
     source_col: str = RESIZED,
     split_col: str | None = None,
+    resize: ResizeConfig | None = None,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
     Labelled galaxies go to train/val/test by hash, unlabelled ones to 'unlabelled' (or, with
     `split_col`, to the split that column names: train, val, test or unlabelled). Within a
-    split, galaxies are ordered by their hash (a seeded, rerun-stable shuffle). Images are stored
-    as the encoded bytes of the files in `source_col` (PNG/JPEG), or as `encoded_bytes(path)` when
-    given (a module-level function or functools.partial when workers > 1, so it can go to another
-    process). When there is decoding to do (raw shards, or `encoded_bytes`), `workers` processes
-    do it while this one serializes and writes; plain encoded bytes are copied here, which is faster
-    than passing them between processes. The bytes written do not depend on `workers`.
+    split, galaxies are ordered by their hash (a seeded, rerun-stable shuffle). Images are, in order of precedence:
+    the files in `source_col` resized as `resize` says, straight into the shards (resized_bytes: the
+    workflow's path, one pass over the survey); `encoded_bytes(path)` (a module-level function or
+    functools.partial when workers > 1); or the encoded bytes of already-resized files in `source_col`.
+    With decoding to do, `workers` processes decode and resize while this one serializes and writes.
+    The bytes written do not depend on `workers`.
+
+    An image that cannot be read is not written: its id, reason and message go to `unreadable.parquet`
+    beside the shards (gather_images quarantines it) and the shards of its split close up behind it.
     The whole directory appears at once when writing succeeds.
     """
     shard_dir = Path(shard_dir)
@@ -124,28 +192,44 @@ def write_shards(
             df.loc[labelled, "split"] = assign_splits(df.loc[labelled, ID], settings.seed, settings.train_fraction, settings.val_fraction)
     df["_order"] = df[ID].map(lambda i: hash_fraction(i, settings.seed + 1))
     df = df.sort_values(["split", "_order", ID]).reset_index(drop=True)
-    decoding = settings.image_encoding == "raw" or encoded_bytes is not None
-    load = partial(_image_bytes, read_encoded=encoded_bytes or _read_bytes, raw_size=settings.size if settings.image_encoding == "raw" else None)
-    manifest_parts = []
+    raw = settings.image_encoding == "raw"
+    if resize is not None:
+        if resize.size != settings.size:
+            raise ValueError(f"Resize size {resize.size} differs from the shards' size {settings.size}")
+        load = partial(resized_bytes, config=resize, raw=raw)
+    else:
+        load = partial(_image_bytes, read_encoded=encoded_bytes or _read_bytes, raw_size=settings.size if raw else None)
+    decoding = raw or encoded_bytes is not None or resize is not None
+    failed: list[dict] = []
+    writers = []
     with atomic_dir(shard_dir) as tmp, _image_pool(workers if decoding else 1) as pool:
         for split in (*SPLITS, UNLABELLED):
             rows = df[df["split"] == split]
             (tmp / split).mkdir()
             label_cols = tuple(settings.label_cols) if split != UNLABELLED else ()
-            n_shards = -(-len(rows) // settings.shard_size)
-            for shard_index in tqdm(range(n_shards), desc=f"{split} shards", unit="shard", mininterval=10, disable=n_shards < 2):
-                part = rows.iloc[shard_index * settings.shard_size : (shard_index + 1) * settings.shard_size]
-                name = f"{split}/{split}_{shard_index:05d}.tfrecord"
-                paths = part[source_col].astype(str).tolist()
-                images = pool.map(load, paths, chunksize=32) if pool else map(load, paths)
-                labels = part[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(part), 0))
-                checksum = _write_shard(tmp / name, part[ID].tolist(), labels, label_cols, images)
-                manifest_parts.append(part[[ID, "split"]].assign(shard=name, index_in_shard=np.arange(len(part)), shard_sha256=checksum))
-        manifest = pd.concat(manifest_parts, ignore_index=True) if manifest_parts else pd.DataFrame(columns=[ID, "split", "shard", "index_in_shard", "shard_sha256"])
+            writer = _ShardWriter(tmp, split, label_cols, settings.shard_size)
+            writers.append(writer)
+            labels = rows[list(label_cols)].to_numpy(dtype=np.float64).tolist() if label_cols else [[]] * len(rows)
+            results = _ordered_results(pool, partial(_load_or_reason, load), rows[source_col].astype(str).tolist(), max(workers, 1))
+            progress = tqdm(zip(rows[ID], labels, results), total=len(rows), desc=f"{split} shards", unit="galaxy", mininterval=10, disable=len(rows) < 1000)
+            for id_str, row_labels, (image, checksum, reason, message) in progress:
+                if image is None:
+                    failed.append({ID: id_str, "reason": reason, "message": message})
+                    log.warning("Cannot read image of %s: %s", id_str, message)
+                else:
+                    writer.add(id_str, image, row_labels, checksum)
+            writer.close()
+        manifest_rows = [row for w in writers for row in w.manifest]
+        manifest = pd.DataFrame(manifest_rows, columns=[ID, "split", "shard", "index_in_shard", "shard_sha256", "source_sha256"])
+        if manifest["source_sha256"].isna().all():  # only the workflow's path reads the catalog's own files
+            manifest = manifest.drop(columns="source_sha256")
         atomic_write_table(manifest, tmp / MANIFEST)
+        unreadable = pd.DataFrame(failed, columns=[ID, "reason", "message"])
+        atomic_write_table(unreadable, tmp / UNREADABLE)
+        written = df[~df[ID].isin(unreadable[ID])]
         for split in (*SPLITS, UNLABELLED):
-            keep = [c for c in df.columns if c not in ("_order",)]
-            atomic_write_table(df.loc[df["split"] == split, keep].reset_index(drop=True), tmp / f"{split}_catalog.parquet")
+            keep = [c for c in written.columns if c not in ("_order",)]
+            atomic_write_table(written.loc[written["split"] == split, keep].reset_index(drop=True), tmp / f"{split}_catalog.parquet")
         metadata = {
             "size": settings.size,
             "channels": settings.channels,
@@ -155,10 +239,11 @@ def write_shards(
             "val_fraction": settings.val_fraction,
             "shard_size": settings.shard_size,
             "image_encoding": settings.image_encoding,
-            "counts": {s: int((df["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
+            "counts": {s: int((written["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
+            "unreadable": len(unreadable),
         }
         write_json(metadata, tmp / METADATA)
-    log.info("Wrote shards to %s: %s", shard_dir, metadata["counts"])
+    log.info("Wrote shards to %s: %s; %d image(s) unreadable", shard_dir, metadata["counts"], len(unreadable))
     return manifest
 
 
@@ -172,8 +257,10 @@ def _image_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers <= 1:
         yield None
         return
-    # spawn, not fork: the parent may already run TensorFlow's threads, which do not survive a fork
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # fork (fast, and a Snakemake script cannot be re-imported by spawned workers) unless this process already
+    # runs TensorFlow, whose threads do not survive a fork (writing shards itself never imports it)
+    method = "fork" if "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         yield pool
 
 
@@ -278,3 +365,46 @@ class ShardConfig:
 def write_shards_file(ready_path: Path | str, shard_dir: Path | str, settings: ShardSettings, workers: int = 1) -> pd.DataFrame:
     """The write_shards rule: shard the ready catalog's resized images with `workers` processes."""
     return write_shards(pd.read_parquet(ready_path), shard_dir, settings, workers=workers)
+
+
+def survey_shards_file(
+    validated_path: Path | str,
+    validation_quarantine_path: Path | str,
+    shard_dir: Path | str,
+    settings: ShardSettings,
+    resize: ResizeConfig,
+    max_quarantine_fraction: float,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """The write_shards rule: the validated catalog's images, resized in `workers` processes, straight into shards
+    (one pass: no resized copies on disk); unreadable images are listed in unreadable.parquet for gather_images.
+    A catalog whose validation quarantined more than `max_quarantine_fraction` of its rows stops first, before
+    any image is read (CatalogError naming the reasons)."""
+    from zoobot_core.catalog import check_quarantine_fraction
+
+    validated = pd.read_parquet(validated_path)
+    quarantine = pd.read_parquet(validation_quarantine_path)
+    check_quarantine_fraction(len(validated) + len(quarantine), quarantine, max_quarantine_fraction, "the catalog")
+    return write_shards(validated, shard_dir, settings, workers=workers, source_col=FILE, resize=resize)
+
+
+def gather_shards_file(
+    validated_path: Path | str,
+    validation_quarantine_path: Path | str,
+    shard_dir: Path | str,
+    ready_path: Path | str,
+    quarantine_path: Path | str,
+    accounting_path: Path | str,
+    max_quarantine_fraction: float,
+) -> dict:
+    """The gather_images rule: the ready catalog (every galaxy in the shards, with its split), the full
+    quarantine table (validation's rows and unreadable images) and the row accounting."""
+    from zoobot_core.images import gather_index, write_gathered
+
+    validated = pd.read_parquet(validated_path)
+    validation_quarantine = pd.read_parquet(validation_quarantine_path)
+    written = pd.read_parquet(Path(shard_dir) / MANIFEST, columns=[ID, "split"])
+    unreadable = pd.read_parquet(Path(shard_dir) / UNREADABLE)
+    index = pd.concat([written.assign(reason=None, message=None), unreadable.assign(split=None)], ignore_index=True)
+    ready, quarantine = gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun write_shards")
+    return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from zoobot_core.images import ImageViewer, ResizeConfig, view_file
 from zoobot_core.io import atomic_write_table
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def nearest_neighbours(table: pd.DataFrame, query_ids: Sequence[str], k: int = 8
     return pd.DataFrame(rows, columns=["query_id", "rank", "id_str", "distance"])
 
 
-def plot_neighbours(neighbours: pd.DataFrame, image_paths: dict[str, str], path: Path | str) -> None:
-    """One row per query: the query galaxy, then its neighbours nearest first."""
+def plot_neighbours(neighbours: pd.DataFrame, image_paths: dict[str, str], path: Path | str, view: Callable[[str], np.ndarray] = view_file) -> None:
+    """One row per query: the query galaxy, then its neighbours nearest first (each read by `view`)."""
     from zoobot_core.figures import pyplot, save_figure
 
     plt = pyplot()
@@ -60,8 +60,7 @@ def plot_neighbours(neighbours: pd.DataFrame, image_paths: dict[str, str], path:
             ax.set_xticks([]), ax.set_yticks([])
             if col < len(shown):
                 galaxy, label = shown[col]
-                with Image.open(image_paths[galaxy]) as img:
-                    ax.imshow(np.asarray(img.convert("RGB")))
+                ax.imshow(view(image_paths[galaxy]))
                 ax.set_title(label, fontsize=6)
                 if col == 0:
                     ax.set_ylabel(query, fontsize=6)
@@ -71,12 +70,15 @@ def plot_neighbours(neighbours: pd.DataFrame, image_paths: dict[str, str], path:
     save_figure(fig, path)
 
 
-def similar_files(clusters_path: Path | str, ready_path: Path | str, query_ids: Sequence[str], k: int, table_path: Path | str, plot_path: Path | str) -> pd.DataFrame:
-    """The similar rule: neighbours of the configured query galaxies, as a table and a montage."""
+def similar_files(
+    clusters_path: Path | str, ready_path: Path | str, query_ids: Sequence[str], k: int, table_path: Path | str, plot_path: Path | str,
+    resize: ResizeConfig | None = None,
+) -> pd.DataFrame:
+    """The similar rule: neighbours of the configured query galaxies, as a table and a montage (images resized as `resize` says)."""
     table = pd.read_parquet(clusters_path)
     neighbours = nearest_neighbours(table, query_ids, k)
     atomic_write_table(neighbours, table_path)
-    ready = pd.read_parquet(ready_path, columns=["id_str", "resized_loc"])
-    plot_neighbours(neighbours, dict(zip(ready["id_str"], ready["resized_loc"])), plot_path)
+    ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc"])
+    plot_neighbours(neighbours, dict(zip(ready["id_str"], ready["file_loc"])), plot_path, ImageViewer(resize or ResizeConfig()))
     log.info("Nearest neighbours of %d query galaxies written to %s", len(query_ids), table_path)
     return neighbours

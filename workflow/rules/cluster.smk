@@ -15,12 +15,15 @@ rule cluster:
         ),
     log:
         "logs/{run}/cluster.log",
+    benchmark:
+        "benchmarks/{run}/cluster.tsv"
     conda:
         "../envs/zoobot.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
     params:
+        view=view_settings(),
         n_components=config["cluster"]["n_components"],
         n_clusters=config["cluster"]["n_clusters"],
         examples_per_cluster=config["cluster"]["examples_per_cluster"],
@@ -44,12 +47,15 @@ rule similar:
         ),
     log:
         "logs/{run}/similar.log",
+    benchmark:
+        "benchmarks/{run}/similar.tsv"
     conda:
         "../envs/zoobot.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
     params:
+        view=view_settings(),
         query_ids=config["cluster"]["query_ids"],
         k=config["cluster"]["n_neighbours"],
     script:

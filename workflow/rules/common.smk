@@ -59,12 +59,36 @@ def chunk_folders(validated, pattern, **wildcards):
     return expand(pattern, chunk=chunks, **wildcards)
 
 
-def resized_chunks(wildcards):
-    """One resized-image folder per chunk of the validated catalog (known after validation)."""
-    validated = checkpoints.validate_catalog.get(run=wildcards.run).output.validated
-    return chunk_folders(
-        validated, "results/{run}/images/chunk_{chunk}", run=wildcards.run
+def sorted_settings(settings):
+    """A config section with its keys sorted (recursively): Snakemake compares params as written, so the order of
+    keys in a user's YAML file must not decide whether a rule reruns."""
+    if isinstance(settings, dict):
+        return {key: sorted_settings(settings[key]) for key in sorted(settings)}
+    return settings
+
+
+def training_settings():
+    """train.* as train_model's params (its rerun triggers): all but the GPU request and the TensorBoard switch,
+    which do not change the weights."""
+    return sorted_settings(
+        {k: v for k, v in config["train"].items() if k not in ("gpus", "tensorboard")}
     )
+
+
+def view_settings():
+    """How catalog images become what the model sees (images.ResizeConfig): size, the speed knobs, FITS.
+    Figures pass it to show galaxies so; no resized copies are kept."""
+    keys = ("draft_tolerance", "fits", "reducing_gap", "size")
+    return sorted_settings({key: config["images"][key] for key in keys})
+
+
+def resize_settings():
+    """How write_shards resizes each catalog image; the PNG level only matters to PNG-encoded shards, so it
+    is a rerun trigger only for them."""
+    settings = view_settings()
+    if config["shards"]["image_encoding"] == "encoded":
+        settings["png_compress_level"] = config["images"]["png_compress_level"]
+    return settings
 
 
 def all_outputs():

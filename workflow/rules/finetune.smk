@@ -39,7 +39,7 @@ checkpoint validate_finetune_catalog:
         "../scripts/validate_catalog.py"
 
 
-use rule resize_images as resize_finetune_images with:
+rule resize_finetune_images:
     input:
         validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
     output:
@@ -48,6 +48,12 @@ use rule resize_images as resize_finetune_images with:
         "logs/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.log",
     benchmark:
         "benchmarks/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         size=lambda wildcards: finetune_image_size(),
         file_format=config["images"]["format"],
@@ -55,9 +61,11 @@ use rule resize_images as resize_finetune_images with:
         draft_tolerance=config["images"]["draft_tolerance"],
         reducing_gap=config["images"]["reducing_gap"],
         fits=config["images"]["fits"],
+    script:
+        "../scripts/resize_images.py"
 
 
-use rule gather_images as gather_finetune_images with:
+rule gather_finetune_images:
     input:
         validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
         quarantine="results/{run}/finetune/{dataset}/catalog/quarantine_validation.parquet",
@@ -68,11 +76,18 @@ use rule gather_images as gather_finetune_images with:
         accounting="results/{run}/finetune/{dataset}/catalog/accounting.json",
     log:
         "logs/{run}/finetune/{dataset}/gather_images.log",
+    conda:
+        "../envs/zoobot.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         max_quarantine_fraction=config["finetune"]["max_quarantine_fraction"],
+    script:
+        "../scripts/gather_chunks.py"
 
 
-use rule write_shards as write_survey_shards with:
+rule write_survey_shards:
     input:
         ready="results/{run}/finetune/survey/catalog/ready.parquet",
     output:
@@ -81,6 +96,12 @@ use rule write_shards as write_survey_shards with:
         "logs/{run}/finetune/survey/write_shards.log",
     benchmark:
         "benchmarks/{run}/finetune/survey/write_shards.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         size=lambda wildcards: finetune_image_size(),
         label_cols=[],
@@ -90,6 +111,8 @@ use rule write_shards as write_survey_shards with:
         train_fraction=0.8,
         val_fraction=0.1,
         seed=config["seed"],
+    script:
+        "../scripts/write_shards.py"
 
 
 rule finetune_model:

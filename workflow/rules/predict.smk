@@ -39,6 +39,8 @@ rule predictions_hdf5:
         hdf5="results/{run}/predictions/{split}.hdf5",
     log:
         "logs/{run}/predictions_hdf5/{split}.log",
+    benchmark:
+        "benchmarks/{run}/predictions_hdf5/{split}.tsv"
     conda:
         "../envs/zoobot.yaml"
     resources:

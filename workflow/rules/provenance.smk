@@ -9,6 +9,8 @@ rule provenance:
         images="results/{run}/provenance_images.parquet",
     log:
         "logs/{run}/provenance.log",
+    benchmark:
+        "benchmarks/{run}/provenance.tsv"
     conda:
         "../envs/zoobot.yaml"
     threads: 2
@@ -16,7 +18,7 @@ rule provenance:
         mem_mb=2000,
         runtime=120,
     params:
-        config=config,
+        config=sorted_settings(config),
         repo=str(Path(workflow.basedir).parent),
         hash_images=config["provenance"]["hash_images"],
     script:

@@ -47,12 +47,15 @@ rule report_figures:
         ),
     log:
         "logs/{run}/report_figures.log",
+    benchmark:
+        "benchmarks/{run}/report_figures.tsv"
     conda:
         "../envs/zoobot.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
     params:
+        view=view_settings(),
         tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
     script:

@@ -1,6 +1,9 @@
 rule write_shards:
     input:
-        ready="results/{run}/catalog/ready.parquet",
+        validated="results/{run}/catalog/validated.parquet",
+        # catalog.max_quarantine_fraction is checked against it before any image is read (the script reads the limit
+        # from the config: it changes no shard, so it is not a param, and a new limit rewrites nothing)
+        quarantine="results/{run}/catalog/quarantine_validation.parquet",
     output:
         directory("results/{run}/shards"),
     log:
@@ -9,10 +12,11 @@ rule write_shards:
         "benchmarks/{run}/write_shards.tsv"
     conda:
         "../envs/zoobot.yaml"
-    threads: 2
+    # every core the run is given (Snakemake lowers it to --cores; the SLURM profile sets its own)
+    threads: 64
     resources:
         mem_mb=4000,
-        runtime=120,
+        runtime=240,
     params:
         size=config["images"]["size"],
         label_cols=decision_tree().label_cols,
@@ -21,5 +25,6 @@ rule write_shards:
         train_fraction=config["shards"]["train_fraction"],
         val_fraction=config["shards"]["val_fraction"],
         seed=config["seed"],
+        resize=resize_settings(),
     script:
-        "../scripts/write_shards.py"
+        "../scripts/resize_to_shards.py"

@@ -17,6 +17,8 @@ rule calibration:
         ),
     log:
         "logs/{run}/calibration.log",
+    benchmark:
+        "benchmarks/{run}/calibration.tsv"
     conda:
         "../envs/zoobot.yaml"
     resources:
@@ -49,12 +51,15 @@ rule acquire:
         ),
     log:
         "logs/{run}/acquire.log",
+    benchmark:
+        "benchmarks/{run}/acquire.tsv"
     conda:
         "../envs/zoobot.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
     params:
+        view=view_settings(),
         tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
         n_volunteers=config["acquire"]["n_volunteers"],

@@ -1,6 +1,7 @@
 """Rule acquire: rank galaxies by BALD mutual information; the top ones to send to volunteers."""
 
 from zoobot_core.acquisition import AcquireConfig, acquire_files
+from zoobot_core.images import ResizeConfig
 from zoobot_core.io import setup_logging
 from zoobot_core.schemas import get_tree
 
@@ -21,4 +22,5 @@ acquire_files(
         montage=params.montage,
         seed=params.seed,
     ),
+    ResizeConfig(**params.view),
 )

@@ -1,13 +1,13 @@
 """Rule gather_images: ready catalog, full quarantine table, row accounting."""
 
-from zoobot_core.images import gather_files
 from zoobot_core.io import setup_logging
+from zoobot_core.shards import gather_shards_file
 
 setup_logging(snakemake.log[0])
-gather_files(
+gather_shards_file(
     snakemake.input.validated,
     snakemake.input.quarantine,
-    list(snakemake.input.chunks),
+    snakemake.input.shards,
     snakemake.output.ready,
     snakemake.output.quarantine,
     snakemake.output.accounting,

@@ -1,6 +1,7 @@
 """Rule report_figures: the PNG figures of the run's HTML report."""
 
 from zoobot_core.figures import report_figures
+from zoobot_core.images import ResizeConfig
 from zoobot_core.io import setup_logging
 from zoobot_core.schemas import get_tree
 
@@ -10,4 +11,5 @@ report_figures(
     i.accounting, i.quarantine, i.ready, i.history, i.per_question, i.confident, i.confusion, i.predictions, i.shards,
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
     dict(snakemake.output.items()),
+    ResizeConfig(**snakemake.params.view),
 )

@@ -7,7 +7,9 @@ from zoobot_core.schemas import get_tree
 from zoobot_core.train import TrainConfig, train_from_shards
 
 setup_logging(snakemake.log[0])
-settings = {k: v for k, v in snakemake.params.train.items() if k not in ("gpus", "threads")}
+settings = {k: v for k, v in snakemake.params.train.items() if k != "threads"}
+# not a param, so switching TensorBoard logs on or off does not retrain
+settings["tensorboard"] = snakemake.config["train"]["tensorboard"]
 train_from_shards(
     snakemake.input.shards,
     Path(snakemake.output.model).parent,

@@ -1,0 +1,182 @@
+"""Images to TFRecord shards, whole command against whole command: Zoobot's one-process loop vs
+`snakemake --until write_shards` (Snakemake start-up, every job's start-up and imports included).
+
+Run: `make bench-chain` (or `.venv/bin/python tests/benchmarks/bench_chain.py --n 3000 --n 30000`).
+The catalog is the real sample (../shared, 424 px PNG cutouts; JPEG inputs are quality-90 copies),
+repeated to N rows as hard links (each row its own id and path; the page cache helps both sides alike),
+else synthetic 424 px galaxies. Zoobot's loop (v0.0.3 shards): one process opens each image, resizes
+it (LANCZOS), and writes its raw uint8 matrix with the id and labels as one tf.train.Example, 4096 per
+shard. Both sides run as fresh processes, timed from start to exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO.parent / "shared/data/gz_decals_rings_sample/images"
+log = logging.getLogger("bench_chain")
+
+ZOOBOT_LOOP = r'''
+import sys, numpy as np, pandas as pd, tensorflow as tf
+from PIL import Image
+catalog, out_dir, size = pd.read_csv(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+label_cols = [c for c in catalog.columns if c not in ("id_str", "file_loc")]
+writer, shard = None, 0
+for i, row in enumerate(catalog.to_dict("records")):
+    if i % 4096 == 0:
+        if writer: writer.close()
+        writer, shard = tf.io.TFRecordWriter(f"{out_dir}/s_{shard}.tfrecord"), shard + 1
+    matrix = np.array(Image.open(row["file_loc"]).resize((size, size), Image.LANCZOS), dtype=np.uint8)
+    feature = {"id_str": tf.train.Feature(bytes_list=tf.train.BytesList(value=[row["id_str"].encode()])),
+               "matrix": tf.train.Feature(bytes_list=tf.train.BytesList(value=[matrix.tobytes()]))}
+    feature.update({c: tf.train.Feature(float_list=tf.train.FloatList(value=[float(row[c])])) for c in label_cols})
+    writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+writer.close()
+'''
+
+
+def sources(workdir: Path, sample: Path) -> list[Path]:
+    """424 px PNG cutouts: the real sample, or synthetic galaxies where it is absent."""
+    pngs = sorted(sample.glob("*.png"))
+    if pngs:
+        return pngs
+    from zoobot_core.synthetic import draw_morphology, render_galaxy
+
+    for i in range(32):
+        rng = np.random.default_rng([0, i])
+        Image.fromarray(render_galaxy(draw_morphology(rng), 424, rng)).save(workdir / f"syn{i}.png")
+    return sorted(workdir.glob("syn*.png"))
+
+
+def make_catalog(workdir: Path, sample: Path, n: int, fmt: str, label_cols: list[str]) -> Path:
+    """An n-row catalog of fmt ('png' or 'jpg') cutouts, each row its own id and hard-linked file, random votes."""
+    base = workdir / f"sources_{fmt}"
+    base.mkdir(exist_ok=True)
+    originals = []
+    for p in sources(workdir, sample):
+        target = base / f"{p.stem}.{fmt}"
+        if not target.exists():
+            if fmt == "png":
+                os.link(p, target) if p.stat().st_dev == base.stat().st_dev else target.write_bytes(p.read_bytes())
+            else:
+                Image.open(p).convert("RGB").save(target, quality=90)
+        originals.append(target)
+    images = workdir / f"images_{fmt}_{n}"
+    images.mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        path = images / f"g{i:06d}.{fmt}"
+        if not path.exists():
+            os.link(originals[i % len(originals)], path)
+        rows.append((f"g{i:06d}", str(path)))
+    catalog = pd.DataFrame(rows, columns=["id_str", "file_loc"])
+    votes = np.random.default_rng(0).integers(0, 20, (n, len(label_cols)))
+    catalog = pd.concat([catalog, pd.DataFrame(votes, columns=label_cols)], axis=1)
+    path = workdir / f"catalog_{fmt}_{n}.csv"
+    catalog.to_csv(path, index=False)
+    return path
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    """Wall seconds of a command run to completion (it must succeed)."""
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def run_zoobot(catalog: Path, size: int, workdir: Path) -> float:
+    out = Path(tempfile.mkdtemp(dir=workdir, prefix="zoobot_"))
+    script = workdir / "zoobot_loop.py"
+    script.write_text(ZOOBOT_LOOP)
+    return timed([sys.executable, str(script), str(catalog), str(out), str(size)], workdir)
+
+
+def run_ours(catalog: Path, size: int, workdir: Path, cores: int, extra: dict) -> tuple[float, dict[str, float]]:
+    """The whole `snakemake --until write_shards` command in a fresh directory; (seconds, per-rule job seconds)."""
+    run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="ours_"))
+    config = {"run_name": "bench", "synthetic": {"enabled": False}, "catalog": {"path": str(catalog), "max_quarantine_fraction": 0.0}, "images": {"size": size}}
+    for key, value in extra.items():  # dotted keys: images.chunk_size=...
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), "--cores", str(cores),
+           "--configfile", "config.yaml", "--until", "write_shards", "--quiet", "all"]
+    seconds = timed(cmd, run_dir)
+    per_rule: dict[str, float] = {}
+    for tsv in (run_dir / "benchmarks").rglob("*.tsv"):
+        rule = tsv.parent.name if tsv.parent.name != "bench" else tsv.stem
+        per_rule[rule] = per_rule.get(rule, 0.0) + float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+    if not (run_dir / "results/bench/shards/shards.json").is_file():
+        raise RuntimeError(f"No shards written in {run_dir}")
+    return seconds, per_rule
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", help="catalog rows (repeatable; default 3000)")
+    parser.add_argument("--cases", default="jpg:128,jpg:224,png:224", help="input format:size pairs")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side at the smallest n (1 above it)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--set", action="append", default=[], help="extra config for ours, dotted key=YAML value")
+    parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.path.insert(0, str(REPO))
+    from zoobot_core.schemas import get_tree
+
+    label_cols = list(get_tree("gz_decals_dr5").label_cols)
+    extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    sizes_n = args.n or [3000]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_chain_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in sizes_n:
+        repeats = args.repeats if n == min(sizes_n) else 1
+        for case in args.cases.split(","):
+            fmt, size = case.split(":")
+            catalog = make_catalog(workdir, args.sample, n, fmt, label_cols)
+            zoobot, ours, rules = [], [], []
+            for _ in range(repeats):  # alternate the sides so drifts in the machine's speed hit both
+                zoobot.append(run_zoobot(catalog, int(size), workdir))
+                seconds, per_rule = run_ours(catalog, int(size), workdir, args.cores, extra)
+                ours.append(seconds)
+                rules.append(per_rule)
+            row = {"n": n, "input": fmt, "size": int(size), "zoobot_s": statistics.median(zoobot), "ours_s": statistics.median(ours),
+                   "runs": repeats, "ours_rules_s": {k: round(statistics.median(r.get(k, 0.0) for r in rules), 2) for k in rules[0]}}
+            row["zoobot_img_s"], row["ours_img_s"] = n / row["zoobot_s"], n / row["ours_s"]
+            row["ratio"] = row["ours_img_s"] / row["zoobot_img_s"]
+            results.append(row)
+            log.info("n=%d %s -> %s px: Zoobot's loop %.0f img/s (%.1f s), ours %.0f img/s (%.1f s): %.2fx; ours by rule (job s): %s",
+                     n, fmt, size, row["zoobot_img_s"], row["zoobot_s"], row["ours_img_s"], row["ours_s"], row["ratio"], row["ours_rules_s"])
+    print("\n| galaxies | input -> px | Zoobot's loop | ours, whole command | ratio |\n|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['n']:,} | {r['input'].upper()} -> {r['size']} | {r['zoobot_img_s']:.0f} img/s | {r['ours_img_s']:.0f} img/s | {r['ratio']:.2f}x |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

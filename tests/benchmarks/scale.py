@@ -1,0 +1,97 @@
+"""The workflow at survey scale: an N-row catalog (default 300,000) of real cutouts, run with the user's command,
+recording every rule's wall time, CPU time and peak memory (Snakemake's benchmark: files) and Snakemake's own
+overhead (DAG build, the gaps between jobs).
+
+Run: `make scale` (or `.venv/bin/python tests/benchmarks/scale.py --n 300000 --until gather_images`).
+Each row is its own id and file: hard links to the real sample's cutouts (../shared; JPEG quality-90 copies by
+default, as DECaLS cutouts are JPEG), else synthetic galaxies. Small images (--size, 32 px) keep a CPU run to
+tens of minutes; --until picks the last rule (default gather_images: validation, the
+images into shards and the ready catalog; `all` runs training and prediction too, hours at 300k on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_chain import REPO, SAMPLE, make_catalog  # noqa: E402
+
+log = logging.getLogger("scale")
+
+
+def snakemake(run_dir: Path, *args: str) -> tuple[float, str]:
+    """Run snakemake in run_dir with the run's config; (wall seconds, what it printed)."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), "--configfile", "config.yaml", *args]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f"snakemake {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+    return seconds, result.stdout + result.stderr
+
+
+def rule_table(run_dir: Path) -> pd.DataFrame:
+    """One row per job from Snakemake's benchmark files: rule, wall s, CPU s, peak memory (max_rss, MB)."""
+    rows = []
+    for tsv in sorted((run_dir / "benchmarks").rglob("*.tsv")):
+        bench = pd.read_csv(tsv, sep="\t").iloc[0]
+        rows.append({"job": str(tsv.relative_to(run_dir / "benchmarks/scale").with_suffix("")), "wall_s": bench["s"],
+                     "cpu_s": bench["cpu_time"], "max_rss_mb": bench["max_rss"]})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=300_000)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--format", default="jpg", choices=["jpg", "png"])
+    parser.add_argument("--until", default="gather_images", help="the last rule to run ('all': the whole workflow)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--sample", type=Path, default=SAMPLE)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from zoobot_core.schemas import get_tree
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    catalog = make_catalog(workdir, args.sample, args.n, args.format, list(get_tree("gz_decals_dr5").label_cols))
+    log.info("Catalog of %d rows in %.0f s: %s", args.n, time.perf_counter() - start, catalog)
+    run_dir = workdir / f"run_{args.n}"
+    run_dir.mkdir(exist_ok=True)
+    config = {"run_name": "scale", "synthetic": {"enabled": False}, "catalog": {"path": str(catalog)}, "images": {"size": args.size},
+              "shards": {"shard_size": 4096}, "train": {"epochs": 1, "crop_fraction": 1.0},
+              "predict": {"n_samples": 1, "splits": ["train", "val", "test", "unlabelled"]}, "cluster": {"query_ids": []}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    target = [] if args.until == "all" else ["--until", args.until]
+    dag_s, _ = snakemake(run_dir, "-n", "--quiet", "all")  # before anything ran: the whole DAG, from the catalog alone
+    wall_s, _ = snakemake(run_dir, "--cores", str(args.cores), "all", *target)  # --until takes several values: the target first
+    table = rule_table(run_dir)
+    jobs_s = table["wall_s"].sum()
+    summary = {"n": args.n, "size": args.size, "input": args.format, "until": args.until, "dag_dry_run_s": round(dag_s, 2),
+               "command_s": round(wall_s, 1), "jobs_s": round(float(jobs_s), 1), "overhead_s": round(wall_s - float(jobs_s), 1),
+               "jobs": table.round(2).to_dict("records")}
+    print(f"\n{args.n:,} galaxies ({args.format} -> {args.size} px), `snakemake --cores {args.cores}` until {args.until}: "
+          f"{wall_s:.0f} s; the DAG dry-run {dag_s:.1f} s; jobs {jobs_s:.0f} s; Snakemake's own share {wall_s - jobs_s:.0f} s\n")
+    print("| job | wall s | CPU s | peak memory MB |\n|---|---|---|---|")
+    for row in table.itertuples():
+        print(f"| {row.job} | {row.wall_s:.1f} | {row.cpu_s:.1f} | {row.max_rss_mb:,.0f} |")
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

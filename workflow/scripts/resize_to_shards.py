@@ -1,0 +1,20 @@
+"""Rule write_shards: the validated catalog's images resized straight into deterministic TFRecord shards."""
+
+from zoobot_core.images import ResizeConfig
+from zoobot_core.io import setup_logging
+from zoobot_core.shards import ShardSettings, survey_shards_file
+
+setup_logging(snakemake.log[0])
+params = dict(snakemake.params)
+params["label_cols"] = tuple(params["label_cols"])
+resize = ResizeConfig(**params.pop("resize"))
+survey_shards_file(
+    snakemake.input.validated,
+    snakemake.input.quarantine,
+    snakemake.output[0],
+    ShardSettings(**params),
+    resize,
+    # from the config, not a param: the limit changes no shard, so changing it must not rewrite them
+    max_quarantine_fraction=snakemake.config["catalog"]["max_quarantine_fraction"],
+    workers=snakemake.threads,
+)
