@@ -1,6 +1,8 @@
 """Training and prediction on tiny shards: outputs, MC dropout, resume state, base-once equivalence."""
 
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -48,12 +50,27 @@ def test_tensorboard_logs_hold_the_history_per_epoch(trained):
     np.testing.assert_allclose([val[e] for e in history["epoch"]], history["val_loss"], rtol=1e-5)
 
 
-def test_training_is_deterministic_on_cpu(tiny_shards, trained, tmp_path):
-    out, history = trained
-    again = train_from_shards(tiny_shards, tmp_path, TREE, TINY, threads=2)
-    np.testing.assert_allclose(again["loss"], history["loss"], rtol=1e-6)
-    a, _ = load_model(out)
-    b, _ = load_model(tmp_path)
+_TRAIN_ONCE = """
+import sys
+from zoobot_core.schemas import get_tree
+from zoobot_core.train import TrainConfig, train_from_shards
+config = TrainConfig(epochs=2, batch_size=8, patience=2, resize_size=32, batchnorm_momentum=0.9)
+train_from_shards(sys.argv[1], sys.argv[2], get_tree("gz_decals_dr5"), config, threads=2)
+"""
+
+
+def test_training_is_deterministic_on_cpu(tiny_shards, tmp_path):
+    """Two trainings, each in a fresh process as a workflow job is, give the same history and weights to the bit.
+
+    (Within one process, measured: a second and a third training agree with each other but not with the first,
+    whose process had not started TensorFlow's runtime yet; pools and other runtime state are set up once per
+    process. So the comparison is between fresh processes, as the workflow runs.)
+    """
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", _TRAIN_ONCE, str(tiny_shards), str(tmp_path / name)], check=True, capture_output=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/history.csv"), pd.read_csv(tmp_path / "b/history.csv"))
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
 
@@ -166,3 +183,23 @@ def test_an_empty_split_gives_empty_tables_not_a_crash(tiny_shards, trained, tmp
     predictions, samples = pd.read_parquet(tmp_path / "p.parquet"), pd.read_parquet(tmp_path / "s.parquet")
     assert predictions.empty and samples.empty
     assert list(samples.columns) == ["id_str", "sample", "view", *TREE.label_cols]
+
+
+def test_the_predict_rule_streams_windows_to_disk_with_the_same_numbers(tiny_shards, trained, tmp_path):
+    """predict_files writes `window` galaxies at a time (bounded memory for a split of any size); the files hold
+    exactly what predicting the whole split at once gives, rows in shard order."""
+    from zoobot_core.predict import predict_files
+
+    out, _ = trained
+    config = PredictConfig(n_samples=2, seed=3, batch_size=4)
+    whole = predict_shards(out, tiny_shards, "train", config)
+    paths = [tmp_path / f"{name}.parquet" for name in ("p", "r", "s")]
+    predict_files(out, tiny_shards, "train", paths[0], paths[1], config, paths[2], window=5)  # windows of 8 (two batches), 8, ...
+    assert len(whole[0]) > 10
+    for table, path in zip(whole, paths):
+        pd.testing.assert_frame_equal(pd.read_parquet(path), table, check_dtype=False)
+    assert pd.read_parquet(paths[0])["id_str"].tolist() == whole[0]["id_str"].tolist()
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(paths[1]).num_row_groups > 1  # written window by window
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporaries left behind

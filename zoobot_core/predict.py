@@ -8,7 +8,9 @@ orientation, so each view is an equally valid look at it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +57,11 @@ def dihedral_views(images: np.ndarray, n_views: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in views[:n_views]]
 
 
-def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, config: PredictConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Return (predictions, representations, samples) for every galaxy of one split, in shard order.
+def predict_windows(
+    model_dir: Path | str, shard_dir: Path | str, split: str, config: PredictConfig, window: int = 4096
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """Yield (predictions, representations, samples) for about `window` galaxies of one split at a time, in shard
+    order, so a split of any size is predicted in bounded memory (at least one window, even for an empty split).
 
     Predictions hold, per answer column, the mean concentration over all samples (views x dropout
     samples), the expected vote fraction and its standard deviation across samples. Representations
@@ -80,7 +85,19 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
     dropout = keras.layers.Dropout(model.get_layer(DROPOUT_NAME).rate, seed=config.seed)
     paths = shard_io.shard_paths(shard_dir, split)
     n_expected = shard_io.read_metadata(shard_dir)["counts"][split]
+    n_features = extractor.output.shape[-1]
     ids, features, samples = [], [], []
+    n_read, yielded = 0, False
+
+    def tables() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        features_array = np.concatenate(features) if features else np.zeros((0, n_features), np.float32)
+        samples_array = np.concatenate(samples) if samples else np.zeros((0, config.tta_views * config.n_samples, len(label_cols)), np.float32)
+        return (
+            _prediction_table(ids, samples_array, label_cols, tree.question_index_groups),
+            _representation_table(ids, features_array),
+            sample_table(ids, samples_array, label_cols, config.tta_views),
+        )
+
     if paths:
         dataset = get_dataset(
             paths, [], config.batch_size, shuffle=False, requested_img_size=model_config["input_size"],
@@ -94,16 +111,22 @@ def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, con
             samples.append(np.stack([
                 keras.ops.convert_to_numpy(head(dropout(f, training=True))) for f in view_features for _ in range(config.n_samples)
             ], axis=1))
-    if len(ids) != n_expected:
-        raise RuntimeError(f"Read {len(ids)} galaxies from the {split} shards but shards.json lists {n_expected}; rewrite the shards")
-    n_features = extractor.output.shape[-1]
-    features_array = np.concatenate(features) if features else np.zeros((0, n_features), np.float32)
-    samples_array = np.concatenate(samples) if samples else np.zeros((0, config.tta_views * config.n_samples, len(label_cols)), np.float32)
-    return (
-        _prediction_table(ids, samples_array, label_cols, tree.question_index_groups),
-        _representation_table(ids, features_array),
-        sample_table(ids, samples_array, label_cols, config.tta_views),
-    )
+            if len(ids) >= window:
+                n_read += len(ids)
+                yield tables()
+                ids, features, samples, yielded = [], [], [], True
+    n_read += len(ids)
+    if n_read != n_expected:
+        raise RuntimeError(f"Read {n_read} galaxies from the {split} shards but shards.json lists {n_expected}; rewrite the shards")
+    if ids or not yielded:
+        yield tables()
+
+
+def predict_shards(model_dir: Path | str, shard_dir: Path | str, split: str, config: PredictConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Return (predictions, representations, samples) for every galaxy of one split, in shard order (predict_windows,
+    concatenated: the whole split in memory; the predict rule streams the windows to disk instead)."""
+    parts = list(predict_windows(model_dir, shard_dir, split, config))
+    return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))
 
 
 def sample_table(ids: list[str], samples: np.ndarray, label_cols: list[str], n_views: int = 1) -> pd.DataFrame:
@@ -140,14 +163,27 @@ def _representation_table(ids: list[str], features: np.ndarray) -> pd.DataFrame:
 
 def predict_files(
     model_dir: Path | str, shard_dir: Path | str, split: str, predictions_path: Path | str, representations_path: Path | str,
-    config: PredictConfig, samples_path: Path | str | None = None,
+    config: PredictConfig, samples_path: Path | str | None = None, window: int = 4096,
 ) -> None:
-    """The predict rule: write one split's predictions, representations and (when a path is given) every dropout sample as Parquet."""
-    from zoobot_core.io import atomic_write_table
+    """The predict rule: write one split's predictions, representations and (when a path is given) every dropout sample as
+    Parquet, `window` galaxies at a time (one row group each), so memory stays bounded however large the split;
+    each file appears whole when the split is done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    predictions, representations, samples = predict_shards(model_dir, shard_dir, split, config)
-    atomic_write_table(predictions, predictions_path)
-    atomic_write_table(representations, representations_path)
-    if samples_path is not None:
-        atomic_write_table(samples, samples_path)
-    log.info("Predicted %d %s galaxies: %d view(s) x %d dropout samples each", len(predictions), split, config.tta_views, config.n_samples)
+    from zoobot_core.io import atomic_path
+
+    targets = [Path(predictions_path), Path(representations_path), *([Path(samples_path)] if samples_path is not None else [])]
+    n = 0
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(p)) for p in targets]
+        writers: list = [None] * len(targets)
+        for tables in predict_windows(model_dir, shard_dir, split, config, window):
+            n += len(tables[0])
+            for k, table in enumerate(tables[: len(targets)]):
+                arrow = pa.Table.from_pandas(table, preserve_index=False)
+                if writers[k] is None:
+                    writers[k] = stack.enter_context(pq.ParquetWriter(tmps[k], arrow.schema))
+                writers[k].write_table(arrow.cast(writers[k].schema))
+        # leaving the block closes the writers first, then renames each file into place (the stack unwinds in reverse)
+    log.info("Predicted %d %s galaxies: %d view(s) x %d dropout samples each", n, split, config.tta_views, config.n_samples)

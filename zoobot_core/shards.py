@@ -209,7 +209,7 @@ def write_shards(
             label_cols = tuple(settings.label_cols) if split != UNLABELLED else ()
             writer = _ShardWriter(tmp, split, label_cols, settings.shard_size)
             writers.append(writer)
-            labels = rows[list(label_cols)].to_numpy(dtype=np.float64).tolist() if label_cols else [[]] * len(rows)
+            labels = rows[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(rows), 0))
             results = _ordered_results(pool, partial(_load_or_reason, load), rows[source_col].astype(str).tolist(), max(workers, 1))
             progress = tqdm(zip(rows[ID], labels, results), total=len(rows), desc=f"{split} shards", unit="galaxy", mininterval=10, disable=len(rows) < 1000)
             for id_str, row_labels, (image, checksum, reason, message) in progress:
@@ -217,7 +217,7 @@ def write_shards(
                     failed.append({ID: id_str, "reason": reason, "message": message})
                     log.warning("Cannot read image of %s: %s", id_str, message)
                 else:
-                    writer.add(id_str, image, row_labels, checksum)
+                    writer.add(id_str, image, row_labels.tolist(), checksum)  # one row at a time: no 300k x 34 Python floats
             writer.close()
         manifest_rows = [row for w in writers for row in w.manifest]
         manifest = pd.DataFrame(manifest_rows, columns=[ID, "split", "shard", "index_in_shard", "shard_sha256", "source_sha256"])
