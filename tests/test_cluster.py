@@ -66,3 +66,48 @@ def test_an_unknown_method_is_refused():
     table, _ = _blobs()
     with pytest.raises(ValueError, match="hdbscan"):
         cluster_representations(table, ClusterConfig(method="dbscan"))
+
+
+def test_the_cluster_rule_reads_split_files_into_the_same_clusters_as_one_table(tmp_path):
+    """read_representations + cluster_features (the rule: one matrix, standardized in place) give exactly what
+    cluster_representations gives on the concatenated table, whose own data is left untouched."""
+    from zoobot_core.cluster import ClusterConfig, cluster_features, cluster_representations, read_representations
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(rng.normal(size=(300, 24)).astype(np.float32), columns=[f"feat_{i:02d}" for i in range(24)])
+    table.insert(0, "id_str", [f"g{i}" for i in range(300)])
+    before = table.copy()
+    paths = []
+    for split, rows in (("train", slice(0, 200)), ("val", slice(200, 260)), ("test", slice(260, 300))):
+        paths.append(tmp_path / f"{split}.parquet")
+        table.iloc[rows].to_parquet(paths[-1], index=False, row_group_size=64)
+    ids, splits, features = read_representations(paths)
+    assert ids.tolist() == table["id_str"].tolist() and splits.tolist() == ["train"] * 200 + ["val"] * 60 + ["test"] * 40
+    config = ClusterConfig(n_clusters=4, n_components=5, seed=1)
+    pd.testing.assert_frame_equal(cluster_features(ids, features, config), cluster_representations(table, config))
+    pd.testing.assert_frame_equal(table, before)
+
+
+def test_the_clustering_benchmark_runs_at_a_tiny_size():
+    """tests/benchmarks/bench_cluster.py (make bench), so it cannot rot: timing, HDBSCAN and the rule's peak memory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "benchmarks" / "bench_cluster.py"
+    result = subprocess.run([sys.executable, str(script), "--n", "3000", "--dims", "64", "--hdbscan-n", "500", "--memory-n", "3000"],
+                            check=True, capture_output=True, text=True, timeout=600)
+    assert "peak resident memory, MB" in result.stdout and "adjusted Rand index" in result.stdout
+
+
+def test_standardizing_in_place_matches_scikit_learns_scaler():
+    from sklearn.preprocessing import StandardScaler
+
+    from zoobot_core.cluster import standardize_in_place
+
+    x = np.random.default_rng(0).normal(3, 2, (5000, 16)).astype(np.float32)
+    x[:, 5] = 7.0  # a constant column stays 0, not NaN
+    expected = StandardScaler().fit_transform(x)
+    ours = standardize_in_place(x, rows=700)  # blocks that do not divide the rows
+    assert ours is x and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, atol=1e-5)

@@ -188,7 +188,7 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     assert counts["quarantined_by_reason"]["unreadable_image"] == 3
     ready = pd.read_parquet(tmp_path / "ready.parquet")
     assert sorted(ready["id_str"]) == sorted(manifest["id_str"])
-    assert dict(zip(ready["id_str"], ready["split"])) == dict(zip(manifest["id_str"], manifest["split"]))
+    assert dict(zip(ready["id_str"], ready["shard_split"])) == dict(zip(manifest["id_str"], manifest["split"]))
 
 
 def test_images_come_back_in_order_with_a_bounded_number_in_flight():
@@ -217,7 +217,7 @@ def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
         assert row["zoobot_img_s"] > 0 and row["ours_img_s"] > 0 and "write_shards" in row["ours_rules_s"]
 
 
-def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read(tiny_synthetic, tmp_path):
+def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read_or_any_shard_appears(tiny_synthetic, tmp_path):
     from zoobot_core.catalog import CatalogConfig, CatalogError, validate_catalog
     from zoobot_core.images import ResizeConfig
     from zoobot_core.shards import survey_shards_file
@@ -231,5 +231,12 @@ def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read(tiny
     with pytest.raises(CatalogError, match=r"max_quarantine_fraction.*missing_file"):
         survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.0)
     assert not (tmp_path / "shards").exists()
+    # under the limit after validation, over it with the catalog's unreadable images: stopped before the shards
+    # appear, so no training can start on them
+    just_over_validation = (len(quarantine) + 0.5) / (len(validated) + len(quarantine))
+    with pytest.raises(CatalogError, match=r"unreadable_image"):
+        survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32),
+                           just_over_validation)
+    assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards*"))
     survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.5)
     assert read_metadata(tmp_path / "shards")["image_encoding"] == "raw"

@@ -37,6 +37,8 @@ def test_every_output_of_the_tiny_run_is_made_through_slurm(slurm_run):
     for rule in ("make_synthetic_catalog", "validate_catalog", "write_shards", "gather_images", "train_model", "predict", "cluster"):
         assert _job_logs(workdir, rule), f"no SLURM job log for rule {rule}"
     assert len(_job_logs(workdir, "write_shards")) == 1  # every image resized in one job, not hundreds of small ones
+    # SLURM gave it the rule's threads (16 in the profile, cut to this node's 2 by --max-threads), not one CPU
+    assert "CPUs per task 2" in (workdir / "logs/tiny/write_shards.log").read_text()
 
 
 def test_only_gpu_rules_get_a_gpu(slurm_run):

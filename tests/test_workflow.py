@@ -29,7 +29,7 @@ def test_catalog_accounting_adds_up(tiny_run):
     ready = pd.read_parquet(tiny_run / "catalog/ready.parquet")
     assert len(ready) == counts["n_ok"] == 58 and ready["id_str"].is_unique
     assert counts["n_labelled"] + counts["n_unlabelled"] == 58 and counts["n_unlabelled"] > 0
-    assert set(ready["split"]) == {"train", "val", "test", "unlabelled"}  # where write_shards put each galaxy
+    assert set(ready["shard_split"]) == {"train", "val", "test", "unlabelled"}  # where write_shards put each galaxy
     assert "resized_loc" not in ready  # no resized copies: the images go straight into the shards
 
 

@@ -25,6 +25,7 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)  # a killed earlier writer's temporary (a long prediction's can be gigabytes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -163,8 +164,9 @@ def setup_logging(log_file: Path | str | None = None, level: int = logging.INFO)
     sys.excepthook = log_uncaught
     if "SLURM_JOB_ID" in os.environ:  # which job and which GPUs, for anyone reading a cluster run's logs
         logging.getLogger("zoobot_core").info(
-            "SLURM job %s on %s; CUDA_VISIBLE_DEVICES=%s",
-            os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"), os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+            "SLURM job %s on %s; CPUs per task %s; CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"), os.environ.get("SLURM_CPUS_PER_TASK", "?"),
+            os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
         )
 
 

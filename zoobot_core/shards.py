@@ -33,6 +33,7 @@ UNLABELLED = "unlabelled"
 MANIFEST = "manifest.parquet"
 METADATA = "shards.json"
 UNREADABLE = "unreadable.parquet"
+SHARD_SPLIT = "shard_split"  # ready.parquet's column naming each galaxy's split (a catalog may have its own "split")
 
 
 def hash_fraction(id_str: str, seed: int) -> float:
@@ -94,8 +95,18 @@ def _load_or_reason(load: Callable[[str], bytes | tuple[bytes, str]], path: str)
     except BadImage as err:
         return None, None, err.reason, str(err)
     except UNREADABLE_ERRORS as err:
+        if isinstance(err, OSError) and err.errno is not None and not isinstance(err, FileNotFoundError):
+            raise  # the file system failing (EIO, ESTALE, too many open files): stop, do not quarantine by chance
         return None, None, "unreadable_image", f"{type(err).__name__}: {err}"
     return (*loaded, None, None) if isinstance(loaded, tuple) else (loaded, None, None, None)
+
+
+def _load_or_raise(load: Callable[[str], bytes], path: str) -> tuple[bytes, None, None, None]:
+    """(bytes, None, None, None); an unreadable file raises, naming it."""
+    try:
+        return load(path), None, None, None
+    except UNREADABLE_ERRORS as err:
+        raise ValueError(f"Cannot read {path} into a shard ({type(err).__name__}: {err})") from err
 
 
 def _ordered_results(pool: ProcessPoolExecutor | None, fn: Callable, items: list[str], workers: int, window: int = 256) -> Iterator:
@@ -160,6 +171,7 @@ def write_shards(
     source_col: str = RESIZED,
     split_col: str | None = None,
     resize: ResizeConfig | None = None,
+    check_unreadable: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
@@ -172,9 +184,10 @@ def write_shards(
     With decoding to do, `workers` processes decode and resize while this one serializes and writes.
     The bytes written do not depend on `workers`.
 
-    An image that cannot be read is not written: its id, reason and message go to `unreadable.parquet`
-    beside the shards (gather_images quarantines it) and the shards of its split close up behind it.
-    The whole directory appears at once when writing succeeds.
+    With `resize`, an image that cannot be read is not written: its id, reason and message go to
+    `unreadable.parquet` beside the shards (gather_images quarantines it), the shards of its split close up behind
+    it, and `check_unreadable(table)` may refuse the lot before anything appears. Without `resize` (shards of
+    files already checked), an unreadable file is an error. The whole directory appears at once when writing succeeds.
     """
     shard_dir = Path(shard_dir)
     if settings.image_encoding not in ("encoded", "raw"):
@@ -210,7 +223,8 @@ def write_shards(
             writer = _ShardWriter(tmp, split, label_cols, settings.shard_size)
             writers.append(writer)
             labels = rows[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(rows), 0))
-            results = _ordered_results(pool, partial(_load_or_reason, load), rows[source_col].astype(str).tolist(), max(workers, 1))
+            loader = partial(_load_or_reason, load) if resize is not None else partial(_load_or_raise, load)
+            results = _ordered_results(pool, loader, rows[source_col].astype(str).tolist(), max(workers, 1))
             progress = tqdm(zip(rows[ID], labels, results), total=len(rows), desc=f"{split} shards", unit="galaxy", mininterval=10, disable=len(rows) < 1000)
             for id_str, row_labels, (image, checksum, reason, message) in progress:
                 if image is None:
@@ -225,6 +239,8 @@ def write_shards(
             manifest = manifest.drop(columns="source_sha256")
         atomic_write_table(manifest, tmp / MANIFEST)
         unreadable = pd.DataFrame(failed, columns=[ID, "reason", "message"])
+        if check_unreadable is not None:
+            check_unreadable(unreadable)
         atomic_write_table(unreadable, tmp / UNREADABLE)
         written = df[~df[ID].isin(unreadable[ID])]
         for split in (*SPLITS, UNLABELLED):
@@ -379,13 +395,19 @@ def survey_shards_file(
     """The write_shards rule: the validated catalog's images, resized in `workers` processes, straight into shards
     (one pass: no resized copies on disk); unreadable images are listed in unreadable.parquet for gather_images.
     A catalog whose validation quarantined more than `max_quarantine_fraction` of its rows stops first, before
-    any image is read (CatalogError naming the reasons)."""
+    any image is read, and one over the limit with its unreadable images stops before the shards appear (so no
+    training starts on it); CatalogError naming the reasons."""
     from zoobot_core.catalog import check_quarantine_fraction
 
     validated = pd.read_parquet(validated_path)
     quarantine = pd.read_parquet(validation_quarantine_path)
-    check_quarantine_fraction(len(validated) + len(quarantine), quarantine, max_quarantine_fraction, "the catalog")
-    return write_shards(validated, shard_dir, settings, workers=workers, source_col=FILE, resize=resize)
+    n_in = len(validated) + len(quarantine)
+    check_quarantine_fraction(n_in, quarantine, max_quarantine_fraction, "the catalog")
+
+    def check_all(unreadable: pd.DataFrame) -> None:  # and with the unreadable images, before the shards appear
+        check_quarantine_fraction(n_in, pd.concat([quarantine[["reason"]], unreadable[["reason"]]], ignore_index=True), max_quarantine_fraction, "the catalog")
+
+    return write_shards(validated, shard_dir, settings, workers=workers, source_col=FILE, resize=resize, check_unreadable=check_all)
 
 
 def gather_shards_file(
@@ -403,8 +425,8 @@ def gather_shards_file(
 
     validated = pd.read_parquet(validated_path)
     validation_quarantine = pd.read_parquet(validation_quarantine_path)
-    written = pd.read_parquet(Path(shard_dir) / MANIFEST, columns=[ID, "split"])
+    written = pd.read_parquet(Path(shard_dir) / MANIFEST, columns=[ID, "split"]).rename(columns={"split": SHARD_SPLIT})
     unreadable = pd.read_parquet(Path(shard_dir) / UNREADABLE)
-    index = pd.concat([written.assign(reason=None, message=None), unreadable.assign(split=None)], ignore_index=True)
+    index = pd.concat([written.assign(reason=None, message=None), unreadable.assign(**{SHARD_SPLIT: None})], ignore_index=True)
     ready, quarantine = gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun write_shards")
     return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)

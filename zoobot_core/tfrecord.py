@@ -9,6 +9,7 @@ TFRecord framing: uint64 length, masked CRC-32C of the length, the record, maske
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,8 @@ from types import TracebackType
 import google_crc32c
 
 _MASK_DELTA = 0xA282EAD8
+if google_crc32c.implementation != "c":
+    logging.getLogger(__name__).warning("google-crc32c has no C extension here: writing shards will be slow (reinstall google-crc32c)")
 
 
 def _varint(value: int) -> bytes:

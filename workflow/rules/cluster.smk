@@ -20,7 +20,7 @@ rule cluster:
     conda:
         "../envs/zoobot.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=6000,  # 4.3 GB peak at 300,000 x 1280 representations (tests/benchmarks/bench_cluster.py)
         runtime=30,
     params:
         view=view_settings(),

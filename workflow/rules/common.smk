@@ -68,8 +68,9 @@ def sorted_settings(settings):
 
 
 def training_settings():
-    """train.* as train_model's params (its rerun triggers): all but the GPU request and the TensorBoard switch,
-    which do not change the weights."""
+    """train.* as train_model's params (its rerun triggers): all but the GPU request (a scheduler's resource; the
+    GPUs training saw are recorded in model_config.json) and the TensorBoard switch (logs only).
+    """
     return sorted_settings(
         {k: v for k, v in config["train"].items() if k not in ("gpus", "tensorboard")}
     )

@@ -25,8 +25,8 @@ rule train_model:
     params:
         tree=decision_tree().to_dict(),
         question_suffix=config["catalog"]["question_suffix"],
-        # settings that do not change the weights (GPUs to ask SLURM for, TensorBoard logs) are not rerun triggers:
-        # the script reads them from the config
+        # the GPU request (a scheduler's resource) and the TensorBoard switch (logs only) are not rerun triggers:
+        # the script reads the switch from the config
         train=training_settings(),
         seed=config["seed"],
         onednn_max_isa=config["onednn_max_isa"],  # set for every job in common.smk; here so a change retrains
