@@ -152,6 +152,10 @@ def test_hdf5_round_trip_in_zoobot_layout(tiny_shards, trained, tmp_path):
     out, _ = trained
     predictions, _, samples = predict_shards(out, tiny_shards, "val", PredictConfig(n_samples=3))
     values, ids = samples_to_array(samples.sample(frac=1, random_state=0), TREE.label_cols)  # row order does not matter
+    in_order, in_order_ids = samples_to_array(samples, TREE.label_cols)  # as predict writes them: the sort is skipped
+    assert in_order_ids == list(pd.unique(samples["id_str"]))
+    for id_str, array in zip(in_order_ids, in_order):
+        np.testing.assert_array_equal(array, dict(zip(ids, values))[id_str])
     write_predictions_hdf5(values, ids, TREE.label_cols, tmp_path / "val.hdf5", attrs={"tta_views": 1})
     loaded, loaded_ids, label_cols = load_predictions_hdf5(tmp_path / "val.hdf5")
     assert label_cols == TREE.label_cols and loaded.shape == (len(predictions), len(TREE.label_cols), 3)

@@ -27,9 +27,19 @@ def samples_to_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[np.n
     if per_galaxy.nunique() > 1:
         raise ValueError(f"Galaxies have different numbers of samples ({sorted(per_galaxy.unique())}); rerun the predict rule")
     n_samples = int(per_galaxy.iloc[0]) if len(per_galaxy) else 0
-    ordered = samples.assign(_galaxy=pd.Categorical(samples["id_str"], categories=ids)).sort_values(["_galaxy", "sample"], kind="stable")
-    values = ordered[label_cols].to_numpy(np.float32).reshape(len(ids), n_samples, len(label_cols))
+    if not _grouped_in_order(samples, ids, n_samples):  # the predict rule writes them grouped: no sort of millions of rows
+        samples = samples.assign(_galaxy=pd.Categorical(samples["id_str"], categories=ids)).sort_values(["_galaxy", "sample"], kind="stable")
+    values = samples[label_cols].to_numpy(np.float32).reshape(len(ids), n_samples, len(label_cols))
     return values.transpose(0, 2, 1), ids
+
+
+def _grouped_in_order(samples: pd.DataFrame, ids: list[str], n_samples: int) -> bool:
+    """Whether each galaxy's rows are together, galaxies in `ids` order, samples 0.. in order within each."""
+    if len(samples) != len(ids) * n_samples:
+        return False
+    galaxy = samples["id_str"].to_numpy().reshape(len(ids), n_samples)
+    sample = samples["sample"].to_numpy().reshape(len(ids), n_samples)
+    return bool((galaxy == np.asarray(ids, dtype=object)[:, None]).all() and (sample == np.arange(n_samples)).all())
 
 
 def write_predictions_hdf5(
