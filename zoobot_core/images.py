@@ -87,6 +87,11 @@ def load_rgb(
     return rgb
 
 
+def load_resized(path: Path | str, config: ResizeConfig) -> Image.Image:
+    """load_rgb with a ResizeConfig's size, speed knobs and FITS settings: the pipeline's one resize."""
+    return load_rgb(path, config.size, config.draft_tolerance, config.reducing_gap, config.fits)
+
+
 def view_file(path: Path | str) -> np.ndarray:
     """An already-resized image file as RGB uint8, for figures."""
     with Image.open(path) as img:
@@ -101,8 +106,7 @@ class ImageViewer:
     config: ResizeConfig
 
     def __call__(self, path: Path | str) -> np.ndarray:
-        config = self.config
-        return np.asarray(load_rgb(path, config.size, config.draft_tolerance, config.reducing_gap, config.fits))
+        return np.asarray(load_resized(path, self.config))
 
 
 def save_image(image: Image.Image, path: Path | str, config: ResizeConfig) -> None:
@@ -117,7 +121,7 @@ def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, s
     """Resize one image to `target`; (None, None) on success, else (reason, message)."""
     id_str, file_loc, target, config = task
     try:
-        save_image(load_rgb(file_loc, config.size, config.draft_tolerance, config.reducing_gap, config.fits), target, config)
+        save_image(load_resized(file_loc, config), target, config)
         return None, None
     except BadImage as err:
         return err.reason, str(err)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED
 from zoobot_core.fits_images import BadImage
-from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_rgb
+from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, load_rgb
 from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
 from zoobot_core.tfrecord import TFRecordWriter, example_bytes
 
@@ -79,7 +79,7 @@ def resized_bytes(path: str, config: ResizeConfig, raw: bool) -> tuple[bytes, st
     """One source image resized as `config` says (images.load_rgb): its uint8 RGB pixels (raw) or PNG bytes
     (png_compress_level), what the survey's shards store, made straight from the catalog's file; and the
     file's SHA-256 (provenance), taken here where the image is read anyway."""
-    rgb = load_rgb(path, config.size, config.draft_tolerance, config.reducing_gap, config.fits)
+    rgb = load_resized(path, config)
     checksum = file_sha256(path)  # the file is in the page cache now: no second trip to the disk
     if raw:
         return rgb.tobytes(), checksum
@@ -213,6 +213,7 @@ def write_shards(
     else:
         load = partial(_image_bytes, read_encoded=encoded_bytes or _read_bytes, raw_size=settings.size if raw else None)
     decoding = raw or encoded_bytes is not None or resize is not None
+    loader = partial(_load_or_reason, load) if resize is not None else partial(_load_or_raise, load)
     failed: list[dict] = []
     writers = []
     with atomic_dir(shard_dir) as tmp, _image_pool(workers if decoding else 1) as pool:
@@ -223,7 +224,6 @@ def write_shards(
             writer = _ShardWriter(tmp, split, label_cols, settings.shard_size)
             writers.append(writer)
             labels = rows[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(rows), 0))
-            loader = partial(_load_or_reason, load) if resize is not None else partial(_load_or_raise, load)
             results = _ordered_results(pool, loader, rows[source_col].astype(str).tolist(), max(workers, 1))
             progress = tqdm(zip(rows[ID], labels, results), total=len(rows), desc=f"{split} shards", unit="galaxy", mininterval=10, disable=len(rows) < 1000)
             for id_str, row_labels, (image, checksum, reason, message) in progress:
