@@ -57,7 +57,7 @@ bench: venv
 
 ## bench-chain: images to shards, the whole `snakemake --until write_shards` command against Zoobot's one-process loop, at 3,000 and 30,000 real cutouts (about 25 min on 2 cores; docs/benchmarks.md)
 bench-chain: venv
-	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --out results/bench_chain.json
+	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split --out results/bench_chain.json
 
 ## bench-gpu: EfficientNetB0 + the Dirichlet-Multinomial loss, train and predict img/s at 224 and 300 px, float32 / bfloat16 / float16, with and without XLA, two batch sizes, and the input side; for a GPU machine (KERAS_BACKEND=jax works without TensorFlow; docs/benchmarks.md)
 bench-gpu: venv

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 SCRIPT = Path(__file__).parent / "benchmarks" / "scale.py"
 
 
@@ -15,4 +17,12 @@ def test_the_scale_script_records_every_rule_and_snakemakes_own_share(tmp_path):
     jobs = {job["job"]: job for job in summary["jobs"]}
     assert {"validate_catalog", "write_shards", "gather_images"} == set(jobs)
     assert all(job["wall_s"] > 0 and job["max_rss_mb"] >= 0 for job in jobs.values())  # jobs under a second may show no memory sample
-    assert summary["command_s"] >= summary["jobs_s"] > 0 and summary["dag_dry_run_s"] > 0
+    assert summary["command_s"] >= summary["jobs_busy_s"] > 0 and summary["dag_dry_run_s"] > 0
+
+
+def test_jobs_side_by_side_count_once():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from scale import busy_seconds
+
+    table = pd.DataFrame({"wall_s": [2.0, 3.0, 3.0, 1.0], "end": [2.0, 6.0, 6.5, 10.0]})  # [0,2], [3,6] and [3.5,6.5] overlap, [9,10]
+    assert busy_seconds(table) == 2.0 + 3.5 + 1.0

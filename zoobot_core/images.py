@@ -81,7 +81,8 @@ def load_rgb(
             img.draft("RGB", (least, least))
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             img = Image.fromarray(scale_to_uint8(np.asarray(img, dtype=np.float64)))
-        rgb = img.convert("RGB")
+        img.load()
+        rgb = img if img.mode == "RGB" else img.convert("RGB")  # convert() of an RGB image would copy it
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
     return rgb

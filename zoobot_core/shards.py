@@ -24,7 +24,7 @@ from zoobot_core.catalog import FILE, ID, LABELLED
 from zoobot_core.fits_images import BadImage
 from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, load_rgb
 from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
-from zoobot_core.tfrecord import TFRecordWriter, example_bytes
+from zoobot_core.tfrecord import ExampleLayout, TFRecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ def assign_splits(ids: pd.Series, seed: int, train_fraction: float, val_fraction
         raise ValueError(f"Split fractions must satisfy 0 < train < 1 and train + val <= 1; got train={train_fraction}, val={val_fraction}")
     u = ids.map(lambda i: hash_fraction(i, seed))
     return pd.Series(np.where(u < train_fraction, "train", np.where(u < train_fraction + val_fraction, "val", "test")), index=ids.index)
-
-
-def _example(id_str: str, encoded: bytes, labels: dict[str, float]) -> bytes:
-    """One galaxy's serialized tf.train.Example: id_str, the image ('matrix') and one float per label column."""
-    return example_bytes({"id_str": id_str.encode(), "matrix": encoded, **{col: [value] for col, value in labels.items()}})
 
 
 @dataclass(frozen=True)
@@ -133,10 +128,12 @@ def _ordered_results(pool: ProcessPoolExecutor | None, fn: Callable, items: list
 
 
 class _ShardWriter:
-    """Streams one split's examples into files of `shard_size` records (<split>/<split>_NNNNN.tfrecord)."""
+    """Streams one split's examples into files of `shard_size` records (<split>/<split>_NNNNN.tfrecord). Each
+    galaxy's tf.train.Example holds id_str, the image ('matrix') and one float per label column."""
 
     def __init__(self, root: Path, split: str, label_cols: tuple[str, ...], shard_size: int) -> None:
-        self.root, self.split, self.label_cols, self.shard_size = root, split, label_cols, shard_size
+        self.root, self.split, self.shard_size = root, split, shard_size
+        self.layout = ExampleLayout(("id_str", "matrix"), label_cols)
         self.writer, self.name, self.records, self.checksums, self.index = None, "", [], [], 0
         self.manifest: list[dict] = []
 
@@ -144,7 +141,7 @@ class _ShardWriter:
         if self.writer is None:
             self.name = f"{self.split}/{self.split}_{self.index:05d}.tfrecord"
             self.writer = TFRecordWriter(self.root / self.name)
-        self.writer.write(_example(id_str, image, dict(zip(self.label_cols, labels))))
+        self.writer.write_pieces(self.layout.pieces({"id_str": id_str.encode(), "matrix": image}, labels))
         self.records.append(id_str)
         self.checksums.append(source_sha256)
         if len(self.records) == self.shard_size:
@@ -154,7 +151,7 @@ class _ShardWriter:
         if self.writer is None:
             return
         self.writer.close()
-        checksum = file_sha256(self.root / self.name)
+        checksum = self.writer.sha256
         self.manifest += [
             {ID: i, "split": self.split, "shard": self.name, "index_in_shard": k, "shard_sha256": checksum, "source_sha256": source}
             for k, (i, source) in enumerate(zip(self.records, self.checksums))

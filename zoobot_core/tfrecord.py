@@ -9,8 +9,10 @@ TFRecord framing: uint64 length, masked CRC-32C of the length, the record, maske
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -49,23 +51,111 @@ def example_bytes(features: dict[str, bytes | list[float]]) -> bytes:
     return _field(1, b"".join(entries)) if entries else b""
 
 
+_BIG = 1024  # bytes values at least this long stay separate pieces: written and checksummed in place, never copied
+
+
+class ExampleLayout:
+    """tf.train.Examples that all have the same keys, encoded fast: each `bytes_keys` feature one bytes value, each
+    `float_keys` feature one float. The bytes are example_bytes' (tests check them); only the values vary, so every
+    key's framing is worked out once, a record's floats are packed in one call, and big values (an image's pixels)
+    are returned as pieces of their own rather than copied into one buffer (TFRecordWriter.write_pieces)."""
+
+    def __init__(self, bytes_keys: Sequence[str], float_keys: Sequence[str]) -> None:
+        self.bytes_keys = tuple(bytes_keys)
+        self.float_keys = tuple(float_keys)
+        if len({*self.bytes_keys, *self.float_keys}) != len(self.bytes_keys) + len(self.float_keys):
+            raise ValueError(f"Duplicate feature keys in {self.bytes_keys + self.float_keys}")
+        # runs of one-float entries between the bytes entries, in serialization order (keys sorted as bytes)
+        self._runs: list[tuple[struct.Struct, list[bytes], list[int]]] = []
+        self._order: list[str] = []  # the bytes keys, in order; run k comes before the k-th of them
+        run_prefixes: list[bytes] = []
+        run_columns: list[int] = []
+        float_index = {key: i for i, key in enumerate(self.float_keys)}
+        for key in sorted({*self.bytes_keys, *self.float_keys}, key=str.encode):
+            if key in float_index:
+                # the whole entry minus the 4 float bytes: constant for the key
+                run_prefixes.append(_field(1, _field(1, key.encode()) + _field(2, _field(2, _field(1, bytes(4)))))[:-4])
+                run_columns.append(float_index[key])
+            else:
+                self._close_run(run_prefixes, run_columns)
+                self._order.append(key)
+                run_prefixes, run_columns = [], []
+        self._close_run(run_prefixes, run_columns)
+        self._key_fields = {key: _field(1, key.encode()) for key in self.bytes_keys}
+
+    def _close_run(self, prefixes: list[bytes], columns: list[int]) -> None:
+        fmt = "<" + "".join(f"{len(prefix)}sf" for prefix in prefixes)
+        self._runs.append((struct.Struct(fmt), prefixes, columns))
+
+    def _bytes_entry_header(self, key: str, value: bytes) -> bytes:
+        """An entry for `key` up to (not including) its value's bytes."""
+        value_field = 1 + len(_varint(len(value))) + len(value)  # BytesList.value
+        bytes_list = 1 + len(_varint(value_field)) + value_field  # Feature.bytes_list
+        feature_field = 1 + len(_varint(bytes_list)) + bytes_list  # MapEntry.value
+        entry = len(self._key_fields[key]) + feature_field
+        return (b"\x0a" + _varint(entry) + self._key_fields[key] + b"\x12" + _varint(bytes_list) + b"\x0a" + _varint(value_field)
+                + b"\x0a" + _varint(len(value)))
+
+    def pieces(self, values: dict[str, bytes], floats: Sequence[float]) -> list[bytes]:
+        """One Example as a list of byte strings to be written one after another (small parts joined, big values
+        alone); b"".join(pieces) == example_bytes({**values, **{key: [float] ...}})."""
+        if len(floats) != len(self.float_keys):
+            raise ValueError(f"Expected {len(self.float_keys)} floats ({self.float_keys}), got {len(floats)}")
+        out: list[bytes] = []
+        small = bytearray()
+        for k, (packer, prefixes, columns) in enumerate(self._runs):
+            if columns:
+                small += packer.pack(*[part for prefix, col in zip(prefixes, columns) for part in (prefix, floats[col])])
+            if k < len(self._order):
+                key = self._order[k]
+                value = values[key]
+                small += self._bytes_entry_header(key, value)
+                if len(value) >= _BIG:
+                    out += [bytes(small), value]
+                    small = bytearray()
+                else:
+                    small += value
+        if small:
+            out.append(bytes(small))
+        total = sum(len(piece) for piece in out)
+        return [b"\x0a" + _varint(total) + out[0], *out[1:]] if total else []
+
+
 def masked_crc(data: bytes) -> int:
     """TFRecord's masked CRC-32C."""
-    crc = google_crc32c.value(data)
+    return _mask(google_crc32c.value(data))
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 class TFRecordWriter:
-    """Write records to a TFRecord file (uncompressed), as tf.io.TFRecordWriter does."""
+    """Write records to a TFRecord file (uncompressed), as tf.io.TFRecordWriter does; `sha256` is the file's
+    checksum, taken as it is written (no second read of the file)."""
 
     def __init__(self, path: Path | str) -> None:
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close() / the context manager
+        self._hash = hashlib.sha256()
 
     def write(self, record: bytes) -> None:
-        length = struct.pack("<Q", len(record))
-        self._file.write(length + struct.pack("<I", masked_crc(length)))
-        self._file.write(record)
-        self._file.write(struct.pack("<I", masked_crc(record)))
+        self.write_pieces([record])
+
+    def write_pieces(self, pieces: Sequence[bytes]) -> None:
+        """One record given as consecutive pieces (ExampleLayout.pieces): checksummed and written without joining them."""
+        crc = 0
+        for piece in pieces:
+            crc = google_crc32c.extend(crc, piece)
+        length = struct.pack("<Q", sum(len(piece) for piece in pieces))
+        parts = [length + struct.pack("<I", masked_crc(length)), *pieces, struct.pack("<I", _mask(crc))]
+        for part in parts:
+            self._hash.update(part)
+            self._file.write(part)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of everything written so far."""
+        return self._hash.hexdigest()
 
     def close(self) -> None:
         self._file.close()

@@ -1,7 +1,9 @@
 """Images to TFRecord shards, whole command against whole command: Zoobot's one-process loop vs
 `snakemake --until write_shards` (Snakemake start-up, every job's start-up and imports included).
 
-Run: `make bench-chain` (or `.venv/bin/python tests/benchmarks/bench_chain.py --n 3000 --n 30000`).
+Run: `make bench-chain` (or `.venv/bin/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split`).
+--cpu-split also times the write_shards job's work alone (in one fresh process, at the smallest n) and splits its
+CPU per image between the writing process and the decoding workers.
 The catalog is the real sample (../shared, 424 px PNG cutouts; JPEG inputs are quality-90 copies),
 repeated to N rows as hard links (each row its own id and path; the page cache helps both sides alike),
 else synthetic 424 px galaxies. Zoobot's loop (v0.0.3 shards): one process opens each image, resizes
@@ -15,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,12 +95,14 @@ def make_catalog(workdir: Path, sample: Path, n: int, fmt: str, label_cols: list
     return path
 
 
-def psnr_against_zoobot(workdir: Path, fmt: str, size: int) -> float:
-    """Median PSNR (dB) over the source cutouts of the pixels ours stores (images.load_rgb with the default
-    config's draft and reducing gap) against Zoobot's loop's (full decode, plain LANCZOS); inf where identical."""
+def psnr_against_zoobot(workdir: Path, fmt: str, size: int, images: dict | None = None) -> float:
+    """Median PSNR (dB) over the source cutouts of the pixels ours stores (images.load_rgb with the config's draft
+    and reducing gap: the defaults, or `images` settings given with --set) against Zoobot's loop's (full decode,
+    plain LANCZOS); inf where identical."""
     from zoobot_core.images import ResizeConfig, load_rgb
 
-    config = ResizeConfig(size=size)
+    knobs = {k: v for k, v in (images or {}).items() if k in ("draft_tolerance", "reducing_gap")}
+    config = ResizeConfig(size=size, **knobs)
     values = []
     for path in sorted((workdir / f"sources_{fmt}").glob(f"*.{fmt}")):
         reference = np.asarray(Image.open(path).resize((size, size), Image.LANCZOS), dtype=np.float64)
@@ -105,6 +110,42 @@ def psnr_against_zoobot(workdir: Path, fmt: str, size: int) -> float:
         mse = np.mean((reference - ours) ** 2)
         values.append(float("inf") if mse == 0 else 10 * np.log10(255**2 / mse))
     return float(np.median(values))
+
+
+CPU_SPLIT = r'''
+import json, resource, sys, time
+import pandas as pd
+from zoobot_core.images import ResizeConfig
+from zoobot_core.schemas import get_tree
+from zoobot_core.shards import ShardSettings, write_shards
+catalog, out_dir, size, workers = pd.read_csv(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+catalog["labelled"] = True
+start = time.perf_counter()
+write_shards(catalog, out_dir, ShardSettings(size=size, label_cols=tuple(get_tree("gz_decals_dr5").label_cols), image_encoding="raw"),
+             workers=workers, source_col="file_loc", resize=ResizeConfig(size=size))
+wall = time.perf_counter() - start
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"wall_s": wall, "writer_cpu_s": me.ru_utime + me.ru_stime, "workers_cpu_s": kids.ru_utime + kids.ru_stime}))
+'''
+
+
+def cpu_split(catalog: Path, size: int, workdir: Path, workers: int) -> dict[str, float]:
+    """The write_shards job's work alone (shards.write_shards as the rule calls it, in a fresh process): its wall
+    seconds and CPU milliseconds per image in the writing process (receiving, encoding, checksumming and writing
+    records, plus imports) and in its decoding workers."""
+    script = workdir / "cpu_split.py"
+    script.write_text(CPU_SPLIT)
+    out = Path(tempfile.mkdtemp(dir=workdir, prefix="split_"))
+    try:
+        result = subprocess.run([sys.executable, str(script), str(catalog), str(out / "shards"), str(size), str(workers)], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    finally:
+        shutil.rmtree(out)  # 4.5 GB of shards at 30,000 galaxies and 224 px: a run keeps only its timings
+    if result.returncode:
+        raise RuntimeError(f"write_shards alone failed:\n{result.stderr[-3000:]}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    n = len(pd.read_csv(catalog, usecols=["id_str"]))
+    return {"job_img_s": n / figures["wall_s"], "writer_cpu_ms": 1e3 * figures["writer_cpu_s"] / n, "workers_cpu_ms": 1e3 * figures["workers_cpu_s"] / n}
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -121,7 +162,10 @@ def run_zoobot(catalog: Path, size: int, workdir: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=workdir, prefix="zoobot_"))
     script = workdir / "zoobot_loop.py"
     script.write_text(ZOOBOT_LOOP)
-    return timed([sys.executable, str(script), str(catalog), str(out), str(size)], workdir)
+    try:
+        return timed([sys.executable, str(script), str(catalog), str(out), str(size)], workdir)
+    finally:
+        shutil.rmtree(out)
 
 
 def run_ours(catalog: Path, size: int, workdir: Path, cores: int, extra: dict) -> tuple[float, dict[str, float]]:
@@ -137,13 +181,16 @@ def run_ours(catalog: Path, size: int, workdir: Path, cores: int, extra: dict) -
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), "--cores", str(cores),
            "--configfile", "config.yaml", "--until", "write_shards", "--quiet", "all"]
-    seconds = timed(cmd, run_dir)
-    per_rule: dict[str, float] = {}
-    for tsv in (run_dir / "benchmarks").rglob("*.tsv"):
-        rule = tsv.parent.name if tsv.parent.name != "bench" else tsv.stem
-        per_rule[rule] = per_rule.get(rule, 0.0) + float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
-    if not (run_dir / "results/bench/shards/shards.json").is_file():
-        raise RuntimeError(f"No shards written in {run_dir}")
+    try:
+        seconds = timed(cmd, run_dir)
+        per_rule: dict[str, float] = {}
+        for tsv in (run_dir / "benchmarks").rglob("*.tsv"):
+            rule = tsv.parent.name if tsv.parent.name != "bench" else tsv.stem
+            per_rule[rule] = per_rule.get(rule, 0.0) + float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        if not (run_dir / "results/bench/shards/shards.json").is_file():
+            raise RuntimeError(f"No shards written in {run_dir}")
+    finally:
+        shutil.rmtree(run_dir / "results", ignore_errors=True)  # the shards; logs and benchmark files stay
     return seconds, per_rule
 
 
@@ -157,6 +204,7 @@ def main() -> None:
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
+    parser.add_argument("--cpu-split", action="store_true", help="also time the write_shards work alone, per process (smallest n)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.path.insert(0, str(REPO))
@@ -183,7 +231,11 @@ def main() -> None:
                    "runs": repeats, "ours_rules_s": {k: round(statistics.median(r.get(k, 0.0) for r in rules), 2) for k in rules[0]}}
             row["zoobot_img_s"], row["ours_img_s"] = n / row["zoobot_s"], n / row["ours_s"]
             row["ratio"] = row["ours_img_s"] / row["zoobot_img_s"]
-            row["psnr_db"] = psnr_against_zoobot(workdir, fmt, int(size))
+            if args.cpu_split and n == min(sizes_n):
+                splits = [cpu_split(catalog, int(size), workdir, args.cores) for _ in range(repeats)]
+                row["cpu_split"] = {k: round(statistics.median(s[k] for s in splits), 3) for k in splits[0]}
+                log.info("write_shards' work alone, %d workers: %s", args.cores, row["cpu_split"])
+            row["psnr_db"] = psnr_against_zoobot(workdir, fmt, int(size), {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("images.")})
             results.append(row)
             log.info("n=%d %s -> %s px: Zoobot's loop %.0f img/s (%.1f s), ours %.0f img/s (%.1f s): %.2fx; ours by rule (job s): %s",
                      n, fmt, size, row["zoobot_img_s"], row["zoobot_s"], row["ours_img_s"], row["ours_s"], row["ratio"], row["ours_rules_s"])
