@@ -63,9 +63,9 @@ bench-chain: venv
 bench-gpu: venv
 	$(BIN)/python tests/benchmarks/bench_gpu.py --out results/bench_gpu.json
 
-## scale: 300,000 real cutouts (hard links) through validation, the shards and the ready catalog, with every rule's time and peak memory (docs/benchmarks.md)
+## scale: 300,000 real cutouts (hard links, 32 px) through the whole workflow (one epoch), with every rule's time and peak memory (about 20 min on 2 cores; docs/benchmarks.md)
 scale: venv
-	$(BIN)/python tests/benchmarks/scale.py --n 300000 --out results/scale.json
+	$(BIN)/python tests/benchmarks/scale.py --n 300000 --until all --out results/scale.json
 
 ## finetune-bases: finetuning on the real rings (../shared) by base (none, the demo model, a 128 px one) and seed, beside the baselines (docs/results.md)
 finetune-bases: venv

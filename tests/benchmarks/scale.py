@@ -2,7 +2,7 @@
 recording every rule's wall time, CPU time and peak memory (Snakemake's benchmark: files) and Snakemake's own
 overhead (DAG build, the gaps between jobs).
 
-Run: `make scale` (or `.venv/bin/python tests/benchmarks/scale.py --n 300000 --until gather_images`).
+Run: `make scale` (or `.venv/bin/python tests/benchmarks/scale.py --n 300000 --until all`).
 Each row is its own id and file: hard links to the real sample's cutouts (../shared; JPEG quality-90 copies by
 default, as DECaLS cutouts are JPEG), else synthetic galaxies. Small images (--size, 32 px) keep a CPU run to
 tens of minutes; --until picks the last rule (default gather_images: validation, the
