@@ -1,5 +1,6 @@
 """tests/benchmarks/scale.py (make scale: the workflow at 300k galaxies, every rule's time and memory) at 40 rows, so it cannot rot."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -21,8 +22,8 @@ def test_the_scale_script_records_every_rule_and_snakemakes_own_share(tmp_path):
 
 
 def test_jobs_side_by_side_count_once():
-    sys.path.insert(0, str(SCRIPT.parent))
-    from scale import busy_seconds
-
+    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
     table = pd.DataFrame({"wall_s": [2.0, 3.0, 3.0, 1.0], "end": [2.0, 6.0, 6.5, 10.0]})  # [0,2], [3,6] and [3.5,6.5] overlap, [9,10]
-    assert busy_seconds(table) == 2.0 + 3.5 + 1.0
+    assert scale.busy_seconds(table) == 2.0 + 3.5 + 1.0

@@ -210,12 +210,14 @@ def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
 
     script = Path(__file__).parent / "benchmarks" / "bench_chain.py"
     subprocess.run([sys.executable, str(script), "--n", "24", "--cases", "jpg:32,png:32", "--repeats", "1", "--cores", "2",
-                    "--cpu-split", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "chain.json")], check=True, capture_output=True, timeout=600)
+                    "--cpu-split", "--against", str(script.parents[2]), "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "chain.json")], check=True, capture_output=True, timeout=600)
     rows = json.loads((tmp_path / "chain.json").read_text())
     assert [(r["input"], r["size"]) for r in rows] == [("jpg", 32), ("png", 32)]
     for row in rows:
         assert row["zoobot_img_s"] > 0 and row["ours_img_s"] > 0 and "write_shards" in row["ours_rules_s"]
-        assert row["cpu_split"]["job_img_s"] > 0 and row["cpu_split"]["writer_cpu_ms"] > 0 and row["cpu_split"]["workers_cpu_ms"] > 0
+        for split in (row["cpu_split"], row["against_cpu_split"]):  # this checkout, and --against's (here the same one)
+            assert split["job_img_s"] > 0 and split["writer_cpu_ms"] > 0 and split["workers_cpu_ms"] > 0
+        assert row["against_img_s"] > 0
 
 
 def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read_or_any_shard_appears(tiny_synthetic, tmp_path):

@@ -72,6 +72,8 @@ def test_the_fast_layout_encodes_the_same_bytes(tmp_path, seed):
     assert by_piece.sha256 == file_sha256(pieces)
     with pytest.raises(ValueError, match="Expected"):
         layout.pieces({key: b"" for key in bytes_keys}, [1.0] * (len(float_keys) + 1))
+    with pytest.raises(ValueError, match="Expected bytes values"):
+        layout.pieces({key: b"" for key in [*bytes_keys, "not_a_key"]}, [1.0] * len(float_keys))
 
 
 def test_writing_shards_does_not_start_tensorflow(tiny_shards, tmp_path):

@@ -57,8 +57,9 @@ _BIG = 1024  # bytes values at least this long stay separate pieces: written and
 class ExampleLayout:
     """tf.train.Examples that all have the same keys, encoded fast: each `bytes_keys` feature one bytes value, each
     `float_keys` feature one float. The bytes are example_bytes' (tests check them); only the values vary, so every
-    key's framing is worked out once, a record's floats are packed in one call, and big values (an image's pixels)
-    are returned as pieces of their own rather than copied into one buffer (TFRecordWriter.write_pieces)."""
+    key's framing is worked out once, each run of floats between two bytes features (in key order) is packed in one
+    struct call, and big values (an image's pixels) are returned as pieces of their own rather than copied into one
+    buffer (TFRecordWriter.write_pieces)."""
 
     def __init__(self, bytes_keys: Sequence[str], float_keys: Sequence[str]) -> None:
         self.bytes_keys = tuple(bytes_keys)
@@ -101,6 +102,8 @@ class ExampleLayout:
         alone); b"".join(pieces) == example_bytes({**values, **{key: [float] ...}})."""
         if len(floats) != len(self.float_keys):
             raise ValueError(f"Expected {len(self.float_keys)} floats ({self.float_keys}), got {len(floats)}")
+        if set(values) != set(self.bytes_keys):
+            raise ValueError(f"Expected bytes values for {sorted(self.bytes_keys)}, got {sorted(values)}")
         out: list[bytes] = []
         small = bytearray()
         for k, (packer, prefixes, columns) in enumerate(self._runs):
@@ -127,6 +130,7 @@ def masked_crc(data: bytes) -> int:
 
 
 def _mask(crc: int) -> int:
+    """TFRecord's masking of a CRC-32C value."""
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 

@@ -2,8 +2,8 @@
 `snakemake --until write_shards` (Snakemake start-up, every job's start-up and imports included).
 
 Run: `make bench-chain` (or `.venv/bin/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split`).
---cpu-split also times the write_shards job's work alone (in one fresh process, at the smallest n) and splits its
-CPU per image between the writing process and the decoding workers.
+--cpu-split also times the write_shards job's work alone (in one fresh process) and splits its CPU per image
+between the writing process and the decoding workers. --against DIR runs another checkout's side too (a before/after).
 The catalog is the real sample (../shared, 424 px PNG cutouts; JPEG inputs are quality-90 copies),
 repeated to N rows as hard links (each row its own id and path; the page cache helps both sides alike),
 else synthetic 424 px galaxies. Zoobot's loop (v0.0.3 shards): one process opens each image, resizes
@@ -118,27 +118,51 @@ import pandas as pd
 from zoobot_core.images import ResizeConfig
 from zoobot_core.schemas import get_tree
 from zoobot_core.shards import ShardSettings, write_shards
-catalog, out_dir, size, workers = pd.read_csv(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+catalog, out_dir, workers, images = pd.read_csv(sys.argv[1]), sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 catalog["labelled"] = True
+size = images["size"]
 start = time.perf_counter()
-write_shards(catalog, out_dir, ShardSettings(size=size, label_cols=tuple(get_tree("gz_decals_dr5").label_cols), image_encoding="raw"),
-             workers=workers, source_col="file_loc", resize=ResizeConfig(size=size))
+write_shards(catalog, out_dir, ShardSettings(size=size, label_cols=tuple(get_tree("gz_decals_dr5").label_cols), shard_size=images["shard_size"],
+             image_encoding="raw"), workers=workers, source_col="file_loc",
+             resize=ResizeConfig(size=size, draft_tolerance=images["draft_tolerance"], reducing_gap=images["reducing_gap"]))
 wall = time.perf_counter() - start
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"wall_s": wall, "writer_cpu_s": me.ru_utime + me.ru_stime, "workers_cpu_s": kids.ru_utime + kids.ru_stime}))
 '''
 
 
-def cpu_split(catalog: Path, size: int, workdir: Path, workers: int) -> dict[str, float]:
-    """The write_shards job's work alone (shards.write_shards as the rule calls it, in a fresh process): its wall
-    seconds and CPU milliseconds per image in the writing process (receiving, encoding, checksumming and writing
-    records, plus imports) and in its decoding workers."""
+def with_repo(repo: Path) -> dict[str, str]:
+    """The environment for a process that must import `repo`'s zoobot_core (ahead of the installed one)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+
+
+def workflow_config(catalog: Path, size: int, extra: dict) -> dict:
+    """Our side's config: the catalog at `size` px, with --set's dotted keys (images.draft_tolerance=...) applied."""
+    config = {"run_name": "bench", "synthetic": {"enabled": False}, "catalog": {"path": str(catalog), "max_quarantine_fraction": 0.0}, "images": {"size": size}}
+    for key, value in extra.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config
+
+
+def cpu_split(catalog: Path, size: int, workdir: Path, workers: int, extra: dict, repo: Path = REPO) -> dict[str, float]:
+    """The write_shards job's work alone: shards.write_shards with the job's settings (the default config's shard
+    size and resize knobs, or --set's), in a fresh process importing `repo`'s code. Its wall seconds, and CPU
+    milliseconds per image in the writing process (receiving, encoding, checksumming and writing records, plus
+    imports) and in its decoding workers."""
+    with open(repo / "config/config.yaml") as f:
+        defaults = yaml.safe_load(f)
+    config = workflow_config(catalog, size, extra)
+    images = {**defaults["images"], **config["images"], "shard_size": config.get("shards", {}).get("shard_size", defaults["shards"]["shard_size"])}
     script = workdir / "cpu_split.py"
     script.write_text(CPU_SPLIT)
     out = Path(tempfile.mkdtemp(dir=workdir, prefix="split_"))
     try:
-        result = subprocess.run([sys.executable, str(script), str(catalog), str(out / "shards"), str(size), str(workers)], capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+        result = subprocess.run([sys.executable, str(script), str(catalog), str(out / "shards"), str(workers), json.dumps(images)],
+                                capture_output=True, text=True, env=with_repo(repo))
     finally:
         shutil.rmtree(out)  # 4.5 GB of shards at 30,000 galaxies and 224 px: a run keeps only its timings
     if result.returncode:
@@ -148,10 +172,10 @@ def cpu_split(catalog: Path, size: int, workdir: Path, workers: int) -> dict[str
     return {"job_img_s": n / figures["wall_s"], "writer_cpu_ms": 1e3 * figures["writer_cpu_s"] / n, "workers_cpu_ms": 1e3 * figures["workers_cpu_s"] / n}
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     """Wall seconds of a command run to completion (it must succeed)."""
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if result.returncode:
         raise RuntimeError(f"{cmd[:3]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -168,21 +192,15 @@ def run_zoobot(catalog: Path, size: int, workdir: Path) -> float:
         shutil.rmtree(out)
 
 
-def run_ours(catalog: Path, size: int, workdir: Path, cores: int, extra: dict) -> tuple[float, dict[str, float]]:
-    """The whole `snakemake --until write_shards` command in a fresh directory; (seconds, per-rule job seconds)."""
+def run_ours(catalog: Path, size: int, workdir: Path, cores: int, extra: dict, repo: Path = REPO) -> tuple[float, dict[str, float]]:
+    """The whole `snakemake --until write_shards` command, with `repo`'s workflow and code, in a fresh directory;
+    (seconds, per-rule job seconds)."""
     run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="ours_"))
-    config = {"run_name": "bench", "synthetic": {"enabled": False}, "catalog": {"path": str(catalog), "max_quarantine_fraction": 0.0}, "images": {"size": size}}
-    for key, value in extra.items():  # dotted keys: images.chunk_size=...
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), "--cores", str(cores),
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(workflow_config(catalog, size, extra)))
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow/Snakefile"), "--cores", str(cores),
            "--configfile", "config.yaml", "--until", "write_shards", "--quiet", "all"]
     try:
-        seconds = timed(cmd, run_dir)
+        seconds = timed(cmd, run_dir, with_repo(repo))
         per_rule: dict[str, float] = {}
         for tsv in (run_dir / "benchmarks").rglob("*.tsv"):
             rule = tsv.parent.name if tsv.parent.name != "bench" else tsv.stem
@@ -204,7 +222,10 @@ def main() -> None:
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
-    parser.add_argument("--cpu-split", action="store_true", help="also time the write_shards work alone, per process (smallest n)")
+    parser.add_argument("--cpu-split", action="store_true", help="also time the write_shards work alone, per process")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another checkout of this project (e.g. `git worktree add ../old <commit>`): its whole command (and "
+                             "--cpu-split) runs too, alternating with this one's, for a before/after in one run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.path.insert(0, str(REPO))
@@ -221,20 +242,28 @@ def main() -> None:
         for case in args.cases.split(","):
             fmt, size = case.split(":")
             catalog = make_catalog(workdir, args.sample, n, fmt, label_cols)
-            zoobot, ours, rules = [], [], []
+            zoobot, ours, rules, against = [], [], [], []
             for _ in range(repeats):  # alternate the sides so drifts in the machine's speed hit both
                 zoobot.append(run_zoobot(catalog, int(size), workdir))
                 seconds, per_rule = run_ours(catalog, int(size), workdir, args.cores, extra)
                 ours.append(seconds)
                 rules.append(per_rule)
+                if args.against:
+                    against.append(run_ours(catalog, int(size), workdir, args.cores, extra, args.against)[0])
             row = {"n": n, "input": fmt, "size": int(size), "zoobot_s": statistics.median(zoobot), "ours_s": statistics.median(ours),
                    "runs": repeats, "ours_rules_s": {k: round(statistics.median(r.get(k, 0.0) for r in rules), 2) for k in rules[0]}}
             row["zoobot_img_s"], row["ours_img_s"] = n / row["zoobot_s"], n / row["ours_s"]
             row["ratio"] = row["ours_img_s"] / row["zoobot_img_s"]
-            if args.cpu_split and n == min(sizes_n):
-                splits = [cpu_split(catalog, int(size), workdir, args.cores) for _ in range(repeats)]
-                row["cpu_split"] = {k: round(statistics.median(s[k] for s in splits), 3) for k in splits[0]}
-                log.info("write_shards' work alone, %d workers: %s", args.cores, row["cpu_split"])
+            if against:
+                row["against_img_s"] = n / statistics.median(against)
+                log.info("%s: %.0f img/s; this checkout %.0f img/s (%.2fx)", args.against, row["against_img_s"], row["ours_img_s"],
+                         row["ours_img_s"] / row["against_img_s"])
+            if args.cpu_split:
+                for key, repo in (("cpu_split", REPO), ("against_cpu_split", args.against)):
+                    if repo is not None:
+                        splits = [cpu_split(catalog, int(size), workdir, args.cores, extra, repo) for _ in range(repeats)]
+                        row[key] = {k: round(statistics.median(s[k] for s in splits), 3) for k in splits[0]}
+                        log.info("write_shards' work alone (%s), %d workers: %s", repo, args.cores, row[key])
             row["psnr_db"] = psnr_against_zoobot(workdir, fmt, int(size), {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("images.")})
             results.append(row)
             log.info("n=%d %s -> %s px: Zoobot's loop %.0f img/s (%.1f s), ours %.0f img/s (%.1f s): %.2fx; ours by rule (job s): %s",

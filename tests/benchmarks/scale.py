@@ -42,11 +42,14 @@ def snakemake(run_dir: Path, *args: str) -> tuple[float, str]:
     return seconds, result.stdout + result.stderr
 
 
-def rule_table(run_dir: Path) -> pd.DataFrame:
-    """One row per job from Snakemake's benchmark files: rule, wall s, CPU s, peak memory (max_rss, MB), and
+def rule_table(run_dir: Path, since: float = 0.0) -> pd.DataFrame:
+    """One row per job from Snakemake's benchmark files written after `since` (a time.time(): the files of jobs an
+    earlier command ran in a reused directory are left out): rule, wall s, CPU s, peak memory (max_rss, MB), and
     when it ended (the file's modification time, written as the job ends)."""
     rows = []
     for tsv in sorted((run_dir / "benchmarks").rglob("*.tsv")):
+        if tsv.stat().st_mtime < since:
+            continue
         bench = pd.read_csv(tsv, sep="\t").iloc[0]
         rows.append({"job": str(tsv.relative_to(run_dir / "benchmarks/scale").with_suffix("")), "wall_s": bench["s"],
                      "cpu_s": bench["cpu_time"], "max_rss_mb": bench["max_rss"], "end": tsv.stat().st_mtime})
@@ -54,8 +57,8 @@ def rule_table(run_dir: Path) -> pd.DataFrame:
 
 
 def busy_seconds(table: pd.DataFrame) -> float:
-    """Seconds in which at least one job ran: the union of the jobs' [end - wall, end] intervals (jobs that run
-    side by side, such as the predict jobs, count once), so that the command's wall time minus this is Snakemake's own."""
+    """Seconds in which at least one job ran: the union of the jobs' [end - wall, end] intervals (jobs that overlap,
+    such as calibration beside gather_images, count once), so that the command's wall time minus this is Snakemake's own."""
     busy, reach = 0.0, float("-inf")
     for start, end in sorted(zip(table["end"] - table["wall_s"], table["end"])):
         if end > reach:
@@ -91,8 +94,9 @@ def main() -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     target = [] if args.until == "all" else ["--until", args.until]
     dag_s, _ = snakemake(run_dir, "-n", "--quiet", "all")  # before anything ran: the whole DAG, from the catalog alone
+    since = time.time()
     wall_s, _ = snakemake(run_dir, "--cores", str(args.cores), "all", *target)  # --until takes several values: the target first
-    table = rule_table(run_dir)
+    table = rule_table(run_dir, since)
     jobs_s = busy_seconds(table)
     summary = {"n": args.n, "size": args.size, "input": args.format, "until": args.until, "dag_dry_run_s": round(dag_s, 2),
                "command_s": round(wall_s, 1), "jobs_busy_s": round(jobs_s, 1), "overhead_s": round(wall_s - jobs_s, 1),
