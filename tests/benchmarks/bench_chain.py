@@ -95,14 +95,12 @@ def make_catalog(workdir: Path, sample: Path, n: int, fmt: str, label_cols: list
     return path
 
 
-def psnr_against_zoobot(workdir: Path, fmt: str, size: int, images: dict | None = None) -> float:
-    """Median PSNR (dB) over the source cutouts of the pixels ours stores (images.load_rgb with the config's draft
-    and reducing gap: the defaults, or `images` settings given with --set) against Zoobot's loop's (full decode,
-    plain LANCZOS); inf where identical."""
+def psnr_against_zoobot(workdir: Path, fmt: str, size: int, images: dict) -> float:
+    """Median PSNR (dB) over the source cutouts of the pixels ours stores (images.load_rgb with the job's draft
+    and reducing gap, from job_settings) against Zoobot's loop's (full decode, plain LANCZOS); inf where identical."""
     from zoobot_core.images import ResizeConfig, load_rgb
 
-    knobs = {k: v for k, v in (images or {}).items() if k in ("draft_tolerance", "reducing_gap")}
-    config = ResizeConfig(size=size, **knobs)
+    config = ResizeConfig(size=size, draft_tolerance=images["draft_tolerance"], reducing_gap=images["reducing_gap"])
     values = []
     for path in sorted((workdir / f"sources_{fmt}").glob(f"*.{fmt}")):
         reference = np.asarray(Image.open(path).resize((size, size), Image.LANCZOS), dtype=np.float64)
@@ -148,15 +146,20 @@ def workflow_config(catalog: Path, size: int, extra: dict) -> dict:
     return config
 
 
-def cpu_split(catalog: Path, size: int, workdir: Path, workers: int, extra: dict, repo: Path = REPO) -> dict[str, float]:
-    """The write_shards job's work alone: shards.write_shards with the job's settings (the default config's shard
-    size and resize knobs, or --set's), in a fresh process importing `repo`'s code. Its wall seconds, and CPU
-    milliseconds per image in the writing process (receiving, encoding, checksumming and writing records, plus
-    imports) and in its decoding workers."""
+def job_settings(size: int, extra: dict, repo: Path = REPO) -> dict:
+    """The write_shards job's image settings as `repo`'s workflow sees them: its config.yaml's `images` under ours
+    (size, --set), plus the shard size."""
     with open(repo / "config/config.yaml") as f:
         defaults = yaml.safe_load(f)
-    config = workflow_config(catalog, size, extra)
-    images = {**defaults["images"], **config["images"], "shard_size": config.get("shards", {}).get("shard_size", defaults["shards"]["shard_size"])}
+    config = workflow_config(Path(), size, extra)
+    return {**defaults["images"], **config["images"], "shard_size": config.get("shards", {}).get("shard_size", defaults["shards"]["shard_size"])}
+
+
+def cpu_split(catalog: Path, size: int, workdir: Path, workers: int, extra: dict, repo: Path = REPO) -> dict[str, float]:
+    """The write_shards job's work alone: shards.write_shards with the job's settings (job_settings), in a fresh
+    process importing `repo`'s code. Its wall seconds, and CPU milliseconds per image in the writing process
+    (receiving, encoding, checksumming and writing records, plus imports) and in its decoding workers."""
+    images = job_settings(size, extra, repo)
     script = workdir / "cpu_split.py"
     script.write_text(CPU_SPLIT)
     out = Path(tempfile.mkdtemp(dir=workdir, prefix="split_"))
@@ -264,7 +267,7 @@ def main() -> None:
                         splits = [cpu_split(catalog, int(size), workdir, args.cores, extra, repo) for _ in range(repeats)]
                         row[key] = {k: round(statistics.median(s[k] for s in splits), 3) for k in splits[0]}
                         log.info("write_shards' work alone (%s), %d workers: %s", repo, args.cores, row[key])
-            row["psnr_db"] = psnr_against_zoobot(workdir, fmt, int(size), {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("images.")})
+            row["psnr_db"] = psnr_against_zoobot(workdir, fmt, int(size), job_settings(int(size), extra))
             results.append(row)
             log.info("n=%d %s -> %s px: Zoobot's loop %.0f img/s (%.1f s), ours %.0f img/s (%.1f s): %.2fx; ours by rule (job s): %s",
                      n, fmt, size, row["zoobot_img_s"], row["zoobot_s"], row["ours_img_s"], row["ours_s"], row["ratio"], row["ours_rules_s"])
