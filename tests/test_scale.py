@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "scale.py"
+
+
+def _scale_module():
+    """scale.py as a module (it is a script, not on the path)."""
+    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_scale_script_records_every_rule_and_snakemakes_own_share(tmp_path):
@@ -22,8 +31,17 @@ def test_the_scale_script_records_every_rule_and_snakemakes_own_share(tmp_path):
 
 
 def test_jobs_side_by_side_count_once():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
+    scale = _scale_module()
     table = pd.DataFrame({"wall_s": [2.0, 3.0, 3.0, 1.0], "end": [2.0, 6.0, 6.5, 10.0]})  # [0,2], [3,6] and [3.5,6.5] overlap, [9,10]
     assert scale.busy_seconds(table) == 2.0 + 3.5 + 1.0
+
+
+def test_a_reused_directorys_old_benchmark_files_are_left_out(tmp_path):
+    scale = _scale_module()
+    folder = tmp_path / "benchmarks" / "scale"
+    folder.mkdir(parents=True)
+    for name, mtime in (("old_job", 1_000.0), ("new_job", 2_000.0)):
+        (folder / f"{name}.tsv").write_text("s\tcpu_time\tmax_rss\n1.5\t1.0\t10\n")
+        os.utime(folder / f"{name}.tsv", (mtime, mtime))
+    assert scale.rule_table(tmp_path, since=1_500.0)["job"].tolist() == ["new_job"]
+    assert scale.rule_table(tmp_path)["job"].tolist() == ["new_job", "old_job"]
