@@ -158,6 +158,7 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    original = validated.loc[0, "file_loc"]
     validated.loc[0, "file_loc"] = str(broken)
     validated.to_parquet(tmp_path / "validated.parquet")
     quarantine.to_parquet(tmp_path / "quarantine_validation.parquet")
@@ -173,7 +174,12 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     assert validated.loc[0, "id_str"] in set(unreadable["id_str"]) and len(unreadable) == 3
     assert set(unreadable["reason"]) == {"unreadable_image"} and unreadable["message"].str.len().gt(0).all()
     assert len(manifest) == len(validated) - 3 and not set(unreadable["id_str"]) & set(manifest["id_str"])
-    assert manifest.groupby("shard").size().max() == 8  # shards close up behind the missing image
+    # each shard's galaxies are fixed before any image is read: the unreadable one leaves its own shard a record short
+    fixed = write_shards(validated.assign(file_loc=validated["file_loc"].where(validated.index != 0, original)), tmp_path / "fixed", settings,
+                         source_col="file_loc", resize=resize)
+    assert dict(zip(manifest["id_str"], manifest["shard"])) == {i: s for i, s in zip(fixed["id_str"], fixed["shard"]) if i != validated.loc[0, "id_str"]}
+    shard_of_broken = fixed.loc[fixed["id_str"] == validated.loc[0, "id_str"], "shard"].item()
+    assert (manifest["shard"] == shard_of_broken).sum() == (fixed["shard"] == shard_of_broken).sum() - 1
     batch = next(iter(get_dataset(shard_paths(tmp_path / "one", "train"), tree.label_cols, batch_size=4, requested_img_size=32, image_encoding="raw")))
     files = dict(zip(validated["id_str"], validated["file_loc"]))
     for id_str, pixels in zip(batch["id_str"].numpy(), batch["matrix"].numpy()):
@@ -191,15 +197,47 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     assert dict(zip(ready["id_str"], ready["shard_split"])) == dict(zip(manifest["id_str"], manifest["split"]))
 
 
-def test_images_come_back_in_order_with_a_bounded_number_in_flight():
-    from concurrent.futures import ProcessPoolExecutor
+def test_shards_are_cut_into_parts_only_when_too_few_to_keep_the_workers_busy():
+    from zoobot_core.shards import _cuts, parts_per_shard
 
-    from zoobot_core.shards import _ordered_results
+    assert parts_per_shard([4096] * 5 + [3372, 3022, 2934], workers=2) == 1  # 30,000 galaxies: each shard written whole
+    assert parts_per_shard([4096] * 60, workers=16) == 1
+    assert parts_per_shard([2400, 300, 300], workers=2) == 2  # 3,000: the one train shard in two halves
+    assert parts_per_shard([2400, 300, 300], workers=1) == 1
+    assert parts_per_shard([100, 10], workers=8) == 1  # parts under 64 galaxies are not worth joining
+    assert parts_per_shard([], workers=2) == 1
+    assert [b - a for a, b in _cuts(300, 16)] == [75] * 4 and _cuts(100, 16) == [(0, 100)]  # no part under 64 galaxies
 
-    items = [str(i) for i in range(50)]
-    with ProcessPoolExecutor(2) as pool:
-        assert list(_ordered_results(pool, int, items, workers=2, window=3)) == list(range(50))
-    assert list(_ordered_results(None, int, items, workers=1)) == list(range(50))
+
+def test_shards_written_in_parts_by_two_workers_are_the_bytes_of_one_process(tiny_synthetic, tmp_path, monkeypatch):
+    """Too few shards for the workers: each is written in parts by different processes and joined, into the same
+    bytes, the same manifest and checksums, and no part file is left behind."""
+    from zoobot_core import shards
+    from zoobot_core.catalog import CatalogConfig, validate_catalog
+    from zoobot_core.images import ResizeConfig
+
+    join = shards._join_parts
+    tree = get_tree("gz_decals_dr5")
+    validated, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
+    catalog = pd.concat([validated.assign(id_str=validated["id_str"] + f"_{k}") for k in range(8)], ignore_index=True)  # each image 8 times
+    settings = ShardSettings(size=16, label_cols=tuple(tree.label_cols), shard_size=4096, train_fraction=0.8, val_fraction=0.1, image_encoding="raw")
+    resize = ResizeConfig(size=16)
+    joins = []
+    monkeypatch.setattr(shards, "_join_parts", lambda root, shard, n_parts: joins.append((shard, n_parts)) or join(root, shard, n_parts))
+    one = write_shards(catalog, tmp_path / "one", settings, source_col="file_loc", resize=resize)
+    assert not joins
+    two = write_shards(catalog, tmp_path / "two", settings, workers=2, source_col="file_loc", resize=resize)
+    assert ("train/train_00000.tfrecord", 2) in joins  # the one big train shard, written in two parts and joined
+    pd.testing.assert_frame_equal(one, two)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert not [f for f in files if ".part" in f.name]
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+    for shard, checksum in zip(two["shard"], two["shard_sha256"]):
+        assert checksum == _sha(tmp_path / "two" / shard)
+    unreadable = pd.read_parquet(tmp_path / "two" / "unreadable.parquet")
+    assert len(two) + len(unreadable) == len(catalog) and len(unreadable) == 8 * 2  # the sample's two broken files, 8 times
 
 
 def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
@@ -243,3 +281,17 @@ def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read_or_a
     assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards*"))
     survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.5)
     assert read_metadata(tmp_path / "shards")["image_encoding"] == "raw"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_unreadable_resized_file_stops_raw_shards_naming_it_and_leaves_nothing(tiny_shards, tmp_path, workers):
+    """Raw shards of files already checked (the finetuning chain's resized images): a file that has gone bad since is an
+    error naming it, raised from a worker process too, and no shard directory appears."""
+    ready = read_catalog(tiny_shards)
+    broken = tmp_path / "gone_bad.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    ready.loc[len(ready) // 2, RESIZED] = str(broken)
+    settings = ShardSettings(size=32, label_cols=tuple(read_metadata(tiny_shards)["label_cols"]), shard_size=4, image_encoding="raw")
+    with pytest.raises(ValueError, match="gone_bad.png"):
+        write_shards(ready, tmp_path / "shards", settings, workers=workers)
+    assert not (tmp_path / "shards").exists() and [p.name for p in tmp_path.iterdir()] == ["gone_bad.png"]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
+import itertools
 import json
 import logging
+import mmap
 import multiprocessing
+import os
 import sys
-from collections import deque
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -104,59 +108,159 @@ def _load_or_raise(load: Callable[[str], bytes], path: str) -> tuple[bytes, None
         raise ValueError(f"Cannot read {path} into a shard ({type(err).__name__}: {err})") from err
 
 
-def _ordered_results(pool: ProcessPoolExecutor | None, fn: Callable, items: list[str], workers: int, window: int = 256) -> Iterator:
-    """fn over items in order; with a pool, at most two windows of `window` items in flight, so memory stays
-    bounded however long the list (ProcessPoolExecutor.map alone would queue every result)."""
+@dataclass(frozen=True)
+class _Part:
+    """One task for a worker: consecutive galaxies of one shard (all of them when the shard is one part). A shard's
+    members are fixed before any image is read (shard_size galaxies of its split's order), so an unreadable image
+    leaves its own shard one record short and moves no other galaxy."""
+
+    shard: str  # <split>/<split>_NNNNN.tfrecord
+    part: int
+    n_parts: int
+    ids: list[str]
+    sources: list[str]
+    labels: np.ndarray  # (galaxies, label columns)
+    label_cols: tuple[str, ...]
+
+    @property
+    def file_name(self) -> str:
+        """The shard itself for a shard's first (or only) part, else a part file (not *.tfrecord) that the main
+        process appends to the shard."""
+        return self.shard if self.part == 0 else f"{self.shard}.part{self.part:04d}"
+
+
+@dataclass(frozen=True)
+class _PartResult:
+    written: list[tuple[str, str | None]]  # (id_str, source file SHA-256 or None), in record order
+    failed: list[dict]  # unreadable images: id_str, reason, message
+    sha256: str | None  # the shard's checksum, for a one-part shard that holds any record
+
+
+def _write_part(root: Path, loader: Callable[[str], tuple], part: _Part) -> _PartResult:
+    """Read, resize and encode one part's images and write their records (a worker's whole job: the pixels never
+    travel between processes, and a one-part shard's SHA-256 is taken as it is written). No file for no record."""
+    layout = ExampleLayout(("id_str", "matrix"), part.label_cols)
+    writer: TFRecordWriter | None = None
+    written: list[tuple[str, str | None]] = []
+    failed: list[dict] = []
+    try:
+        for id_str, source, labels in zip(part.ids, part.sources, part.labels):
+            image, checksum, reason, message = loader(source)
+            if image is None:
+                failed.append({ID: id_str, "reason": reason, "message": message})
+                continue
+            if writer is None:
+                writer = TFRecordWriter(root / part.file_name, checksum=part.n_parts == 1)
+            writer.write_pieces(layout.pieces({"id_str": id_str.encode(), "matrix": image}, labels.tolist()))
+            written.append((id_str, checksum))
+    finally:
+        if writer is not None:
+            writer.close()
+    return _PartResult(written, failed, writer.sha256 if writer is not None and part.n_parts == 1 else None)
+
+
+def _join_parts(root: Path, shard: str, n_parts: int) -> str | None:
+    """Append a shard's later parts (those that hold records) to what its first part wrote, in order, and take the
+    whole shard's SHA-256 (read in place, through mmap); the part files are deleted. Only the later parts are
+    copied: copying is most of a join's cost. None when no part holds a record (no shard file)."""
+    path = root / shard
+    later = [p for k in range(1, n_parts) if (p := root / f"{shard}.part{k:04d}").exists()]
+    if not path.exists() and not later:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "ab+") as out:
+        _hash_file(out, digest)
+        for part in later:
+            with open(part, "rb") as f:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:  # parts hold >= 1 record: never empty
+                    digest.update(view)
+                    out.write(view)
+            part.unlink()
+    return digest.hexdigest()
+
+
+def _hash_file(f: io.BufferedIOBase, digest: hashlib._Hash) -> None:
+    """Feed an open file's bytes so far to `digest`, without copying them (nothing for an empty file)."""
+    f.flush()
+    if os.fstat(f.fileno()).st_size:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            digest.update(view)
+
+
+MIN_PART = 64  # galaxies: a shard is cut into no parts smaller than this (each costs a task, a file and a join)
+
+
+def parts_per_shard(shard_sizes: list[int], workers: int, tolerance: float = 0.1) -> int:
+    """Into how many parts (at most) to cut each shard so that `workers` processes, each taking the largest part
+    left, finish within `tolerance` of one another (in galaxies): 1 when there are shards enough (each shard then
+    written whole by one worker), more for a few big shards (3,000 galaxies make one 2,400-galaxy train shard).
+    Parts are joined by the main process; a shard is cut into no parts under MIN_PART galaxies (_cuts)."""
+    if workers <= 1 or not shard_sizes:
+        return 1
+    ideal = sum(shard_sizes) / workers
+    n = 1
+    while True:
+        loads = [0] * workers  # a heap: the least-loaded worker takes the next (largest remaining) part
+        for size in sorted((b - a for s in shard_sizes for a, b in _cuts(s, n)), reverse=True):
+            heapq.heapreplace(loads, loads[0] + size)
+        if max(loads) <= (1 + tolerance) * ideal or max(shard_sizes) // (2 * n) < MIN_PART:
+            return n
+        n *= 2
+
+
+def _cuts(length: int, n: int) -> list[tuple[int, int]]:
+    """[start, stop) of a shard's parts: n nearly equal consecutive ranges of its `length` galaxies, fewer where
+    that would make parts under MIN_PART (one part for a shard under 2 * MIN_PART)."""
+    count = max(1, min(n, length // MIN_PART))
+    bounds = np.linspace(0, length, count + 1).round().astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def _run_parts(pool: ProcessPoolExecutor | None, write: Callable[[_Part], _PartResult], parts: list[_Part], workers: int) -> Iterator[tuple[_Part, _PartResult]]:
+    """(part, result) as parts finish, largest parts started first; with a pool at most workers + 2 in flight, so
+    memory stays bounded however many shards. An error cancels the parts not yet started (the pool has already
+    started about one per worker plus one, which finish before the error reaches the caller: at worst a shard each)."""
+    order = sorted(parts, key=lambda p: -len(p.ids))  # stable: equal parts in shard order
     if pool is None:
-        yield from map(fn, items)
+        for part in order:
+            yield part, write(part)
         return
-    chunksize = max(1, min(32, window // (4 * workers)))
-    pending: deque = deque()
-    starts = iter(range(0, len(items), window))
+    queue = iter(order)
+    pending: dict = {}
+    try:
+        for part in itertools.islice(queue, workers + 2):
+            pending[pool.submit(write, part)] = part
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                part = pending.pop(future)
+                yield part, future.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending[pool.submit(write, nxt)] = nxt
+    finally:
+        for future in pending:
+            future.cancel()
 
-    def submit() -> None:
-        start = next(starts, None)
-        if start is not None:
-            pending.append(pool.map(fn, items[start : start + window], chunksize=chunksize))
 
-    submit()
-    submit()
-    while pending:
-        batch = pending.popleft()
-        submit()
-        yield from batch
-
-
-class _ShardWriter:
-    """Streams one split's examples into files of `shard_size` records (<split>/<split>_NNNNN.tfrecord). Each
-    galaxy's tf.train.Example holds id_str, the image ('matrix') and one float per label column."""
-
-    def __init__(self, root: Path, split: str, label_cols: tuple[str, ...], shard_size: int) -> None:
-        self.root, self.split, self.shard_size = root, split, shard_size
-        self.layout = ExampleLayout(("id_str", "matrix"), label_cols)
-        self.writer, self.name, self.records, self.checksums, self.index = None, "", [], [], 0
-        self.manifest: list[dict] = []
-
-    def add(self, id_str: str, image: bytes, labels: list[float], source_sha256: str | None = None) -> None:
-        if self.writer is None:
-            self.name = f"{self.split}/{self.split}_{self.index:05d}.tfrecord"
-            self.writer = TFRecordWriter(self.root / self.name)
-        self.writer.write_pieces(self.layout.pieces({"id_str": id_str.encode(), "matrix": image}, labels))
-        self.records.append(id_str)
-        self.checksums.append(source_sha256)
-        if len(self.records) == self.shard_size:
-            self.close()
-
-    def close(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        checksum = self.writer.sha256
-        self.manifest += [
-            {ID: i, "split": self.split, "shard": self.name, "index_in_shard": k, "shard_sha256": checksum, "source_sha256": source}
-            for k, (i, source) in enumerate(zip(self.records, self.checksums))
-        ]
-        self.writer, self.records, self.checksums, self.index = None, [], [], self.index + 1
+def _plan_parts(df: pd.DataFrame, settings: ShardSettings, source_col: str, workers: int) -> list[_Part]:
+    """Every shard's galaxies (shard_size of each split's sorted rows, in turn), cut into parts_per_shard parts;
+    in shard order."""
+    groups = []
+    for split in (*SPLITS, UNLABELLED):
+        rows = df[df["split"] == split]
+        label_cols = tuple(settings.label_cols) if split != UNLABELLED else ()
+        labels = rows[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(rows), 0))
+        ids, sources = rows[ID].astype(str).tolist(), rows[source_col].astype(str).tolist()
+        for index, start in enumerate(range(0, len(rows), settings.shard_size)):
+            stop = start + settings.shard_size
+            groups.append((f"{split}/{split}_{index:05d}.tfrecord", ids[start:stop], sources[start:stop], labels[start:stop], label_cols))
+    n = parts_per_shard([len(ids) for _, ids, _, _, _ in groups], workers)
+    parts = []
+    for shard, ids, sources, labels, label_cols in groups:
+        cuts = _cuts(len(ids), n)
+        parts += [_Part(shard, k, len(cuts), ids[a:b], sources[a:b], labels[a:b], label_cols) for k, (a, b) in enumerate(cuts)]
+    return parts
 
 
 def write_shards(
@@ -178,13 +282,15 @@ def write_shards(
     the files in `source_col` resized as `resize` says, straight into the shards (resized_bytes: the
     workflow's path, one pass over the survey); `encoded_bytes(path)` (a module-level function or
     functools.partial when workers > 1); or the encoded bytes of already-resized files in `source_col`.
-    With decoding to do, `workers` processes decode and resize while this one serializes and writes.
-    The bytes written do not depend on `workers`.
+    With decoding to do, `workers` processes each read, resize, encode and write whole shards (or parts of a shard,
+    joined here, when there are too few shards to keep them all busy): no pixels pass between processes. The bytes
+    written do not depend on `workers`.
 
     With `resize`, an image that cannot be read is not written: its id, reason and message go to
-    `unreadable.parquet` beside the shards (gather_images quarantines it), the shards of its split close up behind
-    it, and `check_unreadable(table)` may refuse the lot before anything appears. Without `resize` (shards of
-    files already checked), an unreadable file is an error. The whole directory appears at once when writing succeeds.
+    `unreadable.parquet` beside the shards (gather_images quarantines it) and its shard is one record short (each
+    shard's galaxies are fixed before any image is read, so no other galaxy moves); `check_unreadable(table)` may
+    refuse the lot before anything appears. Without `resize` (shards of files already checked), an unreadable file
+    is an error. The whole directory appears at once when writing succeeds.
     """
     shard_dir = Path(shard_dir)
     if settings.image_encoding not in ("encoded", "raw"):
@@ -211,26 +317,32 @@ def write_shards(
         load = partial(_image_bytes, read_encoded=encoded_bytes or _read_bytes, raw_size=settings.size if raw else None)
     decoding = raw or encoded_bytes is not None or resize is not None
     loader = partial(_load_or_reason, load) if resize is not None else partial(_load_or_raise, load)
-    failed: list[dict] = []
-    writers = []
     with atomic_dir(shard_dir) as tmp, _image_pool(workers if decoding else 1) as pool:
         for split in (*SPLITS, UNLABELLED):
-            rows = df[df["split"] == split]
             (tmp / split).mkdir()
-            label_cols = tuple(settings.label_cols) if split != UNLABELLED else ()
-            writer = _ShardWriter(tmp, split, label_cols, settings.shard_size)
-            writers.append(writer)
-            labels = rows[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(rows), 0))
-            results = _ordered_results(pool, loader, rows[source_col].astype(str).tolist(), max(workers, 1))
-            progress = tqdm(zip(rows[ID], labels, results), total=len(rows), desc=f"{split} shards", unit="galaxy", mininterval=10, disable=len(rows) < 1000)
-            for id_str, row_labels, (image, checksum, reason, message) in progress:
-                if image is None:
-                    failed.append({ID: id_str, "reason": reason, "message": message})
-                    log.warning("Cannot read image of %s: %s", id_str, message)
-                else:
-                    writer.add(id_str, image, row_labels.tolist(), checksum)  # one row at a time: no 300k x 34 Python floats
-            writer.close()
-        manifest_rows = [row for w in writers for row in w.manifest]
+        parts = _plan_parts(df, settings, source_col, max(workers, 1) if pool is not None else 1)
+        results: dict[tuple[str, int], _PartResult] = {}
+        unfinished = Counter(part.shard for part in parts)
+        checksums: dict[str, str | None] = {}
+        progress = tqdm(total=len(df), desc="writing shards", unit="galaxy", mininterval=10, disable=len(df) < 1000)
+        with closing(_run_parts(pool, partial(_write_part, tmp, loader), parts, max(workers, 1))) as finished:
+            for part, result in finished:
+                results[part.shard, part.part] = result
+                for row in result.failed:
+                    log.warning("Cannot read image of %s: %s", row[ID], row["message"])
+                unfinished[part.shard] -= 1
+                if not unfinished[part.shard]:
+                    checksums[part.shard] = result.sha256 if part.n_parts == 1 else _join_parts(tmp, part.shard, part.n_parts)
+                progress.update(len(part.ids))
+        progress.close()
+        failed = [row for part in parts for row in results[part.shard, part.part].failed]
+        manifest_rows = []
+        for shard, shard_parts in itertools.groupby(parts, key=lambda part: part.shard):
+            records = [r for part in shard_parts for r in results[part.shard, part.part].written]
+            manifest_rows += [
+                {ID: i, "split": shard.split("/")[0], "shard": shard, "index_in_shard": k, "shard_sha256": checksums[shard], "source_sha256": source}
+                for k, (i, source) in enumerate(records)
+            ]
         manifest = pd.DataFrame(manifest_rows, columns=[ID, "split", "shard", "index_in_shard", "shard_sha256", "source_sha256"])
         if manifest["source_sha256"].isna().all():  # only the workflow's path reads the catalog's own files
             manifest = manifest.drop(columns="source_sha256")
@@ -266,7 +378,7 @@ def _read_bytes(path: str) -> bytes:
 
 @contextmanager
 def _image_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """Worker processes for image reading and decoding (none for workers <= 1)."""
+    """Worker processes that read, decode and write images into shards (none for workers <= 1)."""
     if workers <= 1:
         yield None
         return

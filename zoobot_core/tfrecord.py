@@ -136,11 +136,11 @@ def _mask(crc: int) -> int:
 
 class TFRecordWriter:
     """Write records to a TFRecord file (uncompressed), as tf.io.TFRecordWriter does; `sha256` is the file's
-    checksum, taken as it is written (no second read of the file)."""
+    checksum, taken as it is written (no second read of the file) unless `checksum` is False."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, checksum: bool = True) -> None:
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close() / the context manager
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if checksum else None
 
     def write(self, record: bytes) -> None:
         self.write_pieces([record])
@@ -153,12 +153,15 @@ class TFRecordWriter:
         length = struct.pack("<Q", sum(len(piece) for piece in pieces))
         parts = [length + struct.pack("<I", masked_crc(length)), *pieces, struct.pack("<I", _mask(crc))]
         for part in parts:
-            self._hash.update(part)
+            if self._hash is not None:
+                self._hash.update(part)
             self._file.write(part)
 
     @property
     def sha256(self) -> str:
         """SHA-256 of everything written so far."""
+        if self._hash is None:
+            raise ValueError("This TFRecordWriter was opened with checksum=False")
         return self._hash.hexdigest()
 
     def close(self) -> None:

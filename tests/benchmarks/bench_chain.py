@@ -3,7 +3,7 @@
 
 Run: `make bench-chain` (or `.venv/bin/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split`).
 --cpu-split also times the write_shards job's work alone (in one fresh process) and splits its CPU per image
-between the writing process and the decoding workers. --against DIR runs another checkout's side too (a before/after).
+between the job's main process and its worker processes. --against DIR runs another checkout's side too (a before/after).
 The catalog is the real sample (../shared, 424 px PNG cutouts; JPEG inputs are quality-90 copies),
 repeated to N rows as hard links (each row its own id and path; the page cache helps both sides alike),
 else synthetic 424 px galaxies. Zoobot's loop (v0.0.3 shards): one process opens each image, resizes
@@ -157,8 +157,10 @@ def job_settings(size: int, extra: dict, repo: Path = REPO) -> dict:
 
 def cpu_split(catalog: Path, size: int, workdir: Path, workers: int, extra: dict, repo: Path = REPO) -> dict[str, float]:
     """The write_shards job's work alone: shards.write_shards with the job's settings (job_settings), in a fresh
-    process importing `repo`'s code. Its wall seconds, and CPU milliseconds per image in the writing process
-    (receiving, encoding, checksumming and writing records, plus imports) and in its decoding workers."""
+    process importing `repo`'s code. Its wall seconds, and CPU milliseconds per image in the job's main process
+    (imports, planning, the manifest; joining shards written in parts; before 2026-11-28's change, receiving,
+    encoding, checksumming and writing every record) and in its worker processes (reading and resizing; now also
+    encoding and writing the records)."""
     images = job_settings(size, extra, repo)
     script = workdir / "cpu_split.py"
     script.write_text(CPU_SPLIT)
@@ -254,11 +256,12 @@ def main() -> None:
                 if args.against:
                     against.append(run_ours(catalog, int(size), workdir, args.cores, extra, args.against)[0])
             row = {"n": n, "input": fmt, "size": int(size), "zoobot_s": statistics.median(zoobot), "ours_s": statistics.median(ours),
-                   "runs": repeats, "ours_rules_s": {k: round(statistics.median(r.get(k, 0.0) for r in rules), 2) for k in rules[0]}}
+                   "runs": repeats, "zoobot_runs_s": [round(x, 2) for x in zoobot], "ours_runs_s": [round(x, 2) for x in ours],
+                   "ours_rules_s": {k: round(statistics.median(r.get(k, 0.0) for r in rules), 2) for k in rules[0]}}
             row["zoobot_img_s"], row["ours_img_s"] = n / row["zoobot_s"], n / row["ours_s"]
             row["ratio"] = row["ours_img_s"] / row["zoobot_img_s"]
             if against:
-                row["against_img_s"] = n / statistics.median(against)
+                row["against_img_s"], row["against_runs_s"] = n / statistics.median(against), [round(x, 2) for x in against]
                 log.info("%s: %.0f img/s; this checkout %.0f img/s (%.2fx)", args.against, row["against_img_s"], row["ours_img_s"],
                          row["ours_img_s"] / row["against_img_s"])
             if args.cpu_split:
