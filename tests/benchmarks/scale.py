@@ -2,6 +2,12 @@
 recording every rule's wall time, CPU time and peak memory (Snakemake's benchmark: files) and Snakemake's own
 overhead (DAG build, the gaps between jobs).
 
+Snakemake's benchmark files sample a job every 0.5 s for its first 15 s, then every 30 s, and report the CPU time
+and memory of the last sample: a 44 s job shows the CPU of its first 15 s, and a memory peak between two samples
+is missed. So every job also reports its own exact figures as it exits (getrusage, through a sitecustomize hook
+that only this script installs): CPU seconds of the job's process and its workers, and the peak resident memory
+of the job's process and of its largest worker.
+
 Run: `make scale` (or `.venv/bin/python tests/benchmarks/scale.py --n 300000 --until all`).
 Each row is its own id and file: hard links to the real sample's cutouts (../shared; JPEG quality-90 copies by
 default, as DECaLS cutouts are JPEG), else synthetic galaxies. Small images (--size, 32 px) keep a CPU run to
@@ -31,11 +37,44 @@ from bench_chain import REPO, SAMPLE, make_catalog  # noqa: E402
 log = logging.getLogger("scale")
 
 
-def snakemake(run_dir: Path, *args: str) -> tuple[float, str]:
-    """Run snakemake in run_dir with the run's config; (wall seconds, what it printed)."""
+RUSAGE_HOOK = r'''
+"""Installed by tests/benchmarks/scale.py for its runs only: a Snakemake script job writes its exact CPU time and
+peak memory (getrusage) to $ZOOBOT_RUSAGE_DIR as it exits."""
+import atexit, json, os, resource, sys
+
+
+def _report():
+    import multiprocessing
+    job = getattr(sys.modules.get("__main__"), "snakemake", None)
+    if type(job).__name__ != "Snakemake" or multiprocessing.parent_process() is not None:  # a job's own process only
+        return
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    name = "/".join([job.rule, *(str(v) for k, v in job.wildcards.items() if k != "run")])
+    record = {"job": name, "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+              "peak_mb": me.ru_maxrss / 1024, "worker_peak_mb": kids.ru_maxrss / 1024}
+    with open(os.path.join(os.environ["ZOOBOT_RUSAGE_DIR"], f"{os.getpid()}.json"), "w") as f:
+        json.dump(record, f)
+
+
+if os.environ.get("ZOOBOT_RUSAGE_DIR"):
+    atexit.register(_report)
+'''
+
+
+def snakemake(run_dir: Path, *args: str, rusage_dir: Path | None = None) -> tuple[float, str]:
+    """Run snakemake in run_dir with the run's config; (wall seconds, what it printed). With `rusage_dir`, every
+    job writes its exact CPU time and peak memory there as it exits (RUSAGE_HOOK)."""
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "workflow/Snakefile"), "--configfile", "config.yaml", *args]
+    env = None
+    if rusage_dir is not None:
+        hook = run_dir / "rusage_hook"
+        hook.mkdir(exist_ok=True)
+        (hook / "sitecustomize.py").write_text(RUSAGE_HOOK)
+        rusage_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ZOOBOT_RUSAGE_DIR": str(rusage_dir),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if result.returncode:
         raise RuntimeError(f"snakemake {' '.join(args)} failed:\n{result.stderr[-4000:]}")
@@ -54,6 +93,16 @@ def rule_table(run_dir: Path, since: float = 0.0) -> pd.DataFrame:
         rows.append({"job": str(tsv.relative_to(run_dir / "benchmarks/scale").with_suffix("")), "wall_s": bench["s"],
                      "cpu_s": bench["cpu_time"], "max_rss_mb": bench["max_rss"], "end": tsv.stat().st_mtime})
     return pd.DataFrame(rows)
+
+
+def exact_figures(table: pd.DataFrame, rusage_dir: Path) -> pd.DataFrame:
+    """The rule table with each job's own getrusage figures joined on (RUSAGE_HOOK): exact CPU seconds (process and
+    workers), peak MB of its process and of its largest worker. Jobs that wrote none (not a Python script) get NaN."""
+    records = pd.DataFrame([json.loads(p.read_text()) for p in sorted(rusage_dir.glob("*.json"))], columns=["job", "cpu_s", "peak_mb", "worker_peak_mb"])
+    records = records.rename(columns={"cpu_s": "exact_cpu_s"})
+    if records["job"].duplicated().any():
+        raise RuntimeError(f"Two processes reported as the same job: {sorted(records.loc[records['job'].duplicated(), 'job'])}")
+    return table.merge(records, on="job", how="left")
 
 
 def busy_seconds(table: pd.DataFrame) -> float:
@@ -95,17 +144,21 @@ def main() -> None:
     target = [] if args.until == "all" else ["--until", args.until]
     dag_s, _ = snakemake(run_dir, "-n", "--quiet", "all")  # before anything ran: the whole DAG, from the catalog alone
     since = time.time()
-    wall_s, _ = snakemake(run_dir, "--cores", str(args.cores), "all", *target)  # --until takes several values: the target first
-    table = rule_table(run_dir, since)
+    rusage_dir = Path(tempfile.mkdtemp(dir=run_dir, prefix="rusage_"))
+    wall_s, _ = snakemake(run_dir, "--cores", str(args.cores), "all", *target, rusage_dir=rusage_dir)  # --until: the target first
+    table = exact_figures(rule_table(run_dir, since), rusage_dir)
     jobs_s = busy_seconds(table)
     summary = {"n": args.n, "size": args.size, "input": args.format, "until": args.until, "dag_dry_run_s": round(dag_s, 2),
                "command_s": round(wall_s, 1), "jobs_busy_s": round(jobs_s, 1), "overhead_s": round(wall_s - jobs_s, 1),
                "jobs": table.drop(columns="end").round(2).to_dict("records")}
     print(f"\n{args.n:,} galaxies ({args.format} -> {args.size} px), `snakemake --cores {args.cores}` until {args.until}: "
           f"{wall_s:.0f} s; the DAG dry-run {dag_s:.1f} s; some job running {jobs_s:.0f} s; Snakemake's own share {wall_s - jobs_s:.0f} s\n")
-    print("| job | wall s | CPU s | peak memory MB |\n|---|---|---|---|")
+    print("| job | wall s | CPU s | peak memory MB (process / largest worker) | Snakemake's benchmark file: CPU s / max_rss MB |\n"
+          "|---|---|---|---|---|")
     for row in table.itertuples():
-        print(f"| {row.job} | {row.wall_s:.1f} | {row.cpu_s:.1f} | {row.max_rss_mb:,.0f} |")
+        workers = f"{row.worker_peak_mb:,.0f}" if row.worker_peak_mb > 0 else "-"
+        print(f"| {row.job} | {row.wall_s:.1f} | {row.exact_cpu_s:.1f} | {row.peak_mb:,.0f} / {workers} | "
+              f"{row.cpu_s:.1f} / {row.max_rss_mb:,.0f} |")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=1))
 
