@@ -295,3 +295,23 @@ def test_an_unreadable_resized_file_stops_raw_shards_naming_it_and_leaves_nothin
     with pytest.raises(ValueError, match="gone_bad.png"):
         write_shards(ready, tmp_path / "shards", settings, workers=workers)
     assert not (tmp_path / "shards").exists() and [p.name for p in tmp_path.iterdir()] == ["gone_bad.png"]
+
+
+@pytest.mark.parametrize("present", [(0, 1, 2), (1, 2), (0, 2), (0,), ()])
+def test_joining_parts_appends_those_that_hold_records_in_order(tmp_path, present):
+    """A part whose images were all unreadable writes no file: the shard is the others, in order (the first part's
+    own file included or not), with the SHA-256 of its bytes; no part files are left; no part at all, no shard."""
+    from zoobot_core.shards import _join_parts
+
+    (tmp_path / "train").mkdir()
+    shard = "train/train_00000.tfrecord"
+    contents = {k: bytes([k + 1]) * (1000 * (k + 1)) for k in present}
+    for k, data in contents.items():
+        (tmp_path / (shard if k == 0 else f"{shard}.part{k:04d}")).write_bytes(data)
+    checksum = _join_parts(tmp_path, shard, 3)
+    if not present:
+        assert checksum is None and not (tmp_path / shard).exists()
+    else:
+        expected = b"".join(contents[k] for k in sorted(contents))
+        assert (tmp_path / shard).read_bytes() == expected and checksum == hashlib.sha256(expected).hexdigest()
+    assert [p.name for p in (tmp_path / "train").iterdir() if ".part" in p.name] == []

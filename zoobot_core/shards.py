@@ -10,7 +10,6 @@ import json
 import logging
 import mmap
 import multiprocessing
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -169,7 +168,9 @@ def _join_parts(root: Path, shard: str, n_parts: int) -> str | None:
         return None
     digest = hashlib.sha256()
     with open(path, "ab+") as out:
-        _hash_file(out, digest)
+        if path.stat().st_size:  # the first part's records (none if all its images were unreadable)
+            with mmap.mmap(out.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                digest.update(view)
         for part in later:
             with open(part, "rb") as f:
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:  # parts hold >= 1 record: never empty
@@ -177,14 +178,6 @@ def _join_parts(root: Path, shard: str, n_parts: int) -> str | None:
                     out.write(view)
             part.unlink()
     return digest.hexdigest()
-
-
-def _hash_file(f: io.BufferedIOBase, digest: hashlib._Hash) -> None:
-    """Feed an open file's bytes so far to `digest`, without copying them (nothing for an empty file)."""
-    f.flush()
-    if os.fstat(f.fileno()).st_size:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            digest.update(view)
 
 
 MIN_PART = 64  # galaxies: a shard is cut into no parts smaller than this (each costs a task, a file and a join)
