@@ -198,14 +198,20 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
 
 
 def test_shards_are_cut_into_parts_only_when_too_few_to_keep_the_workers_busy():
-    from zoobot_core.shards import _cuts, parts_per_shard
+    from zoobot_core.shards import _cuts, _estimated_finish, parts_per_shard
 
-    assert parts_per_shard([4096] * 5 + [3372, 3022, 2934], workers=2) == 1  # 30,000 galaxies: each shard written whole
-    assert parts_per_shard([4096] * 60, workers=16) == 1
-    assert parts_per_shard([2400, 300, 300], workers=2) == 2  # 3,000: the one train shard in two halves
-    assert parts_per_shard([2400, 300, 300], workers=1) == 1
-    assert parts_per_shard([100, 10], workers=8) == 1  # parts under 64 galaxies are not worth joining
-    assert parts_per_shard([], workers=2) == 1
+    assert parts_per_shard([4096] * 5 + [3372, 3022, 2934], workers=2) == [1] * 8  # 30,000 galaxies: each shard whole
+    assert parts_per_shard([4096] * 60, workers=16) == [1] * 60
+    assert parts_per_shard([2400, 300, 300], workers=2) == [2, 1, 1]  # 3,000: the one train shard in two halves
+    assert parts_per_shard([2400, 300, 300], workers=1) == [1, 1, 1]
+    # 3,000 in the workflow's 512-galaxy shards: whole shards leave one worker 1,643 galaxies against 1,357; cutting
+    # one of the small ones evens them out for a small join
+    sizes = [512] * 4 + [333, 311, 308]
+    assert _estimated_finish(sizes, [1] * 7, workers=2) == 1643
+    assert parts_per_shard(sizes, workers=2) == [1, 1, 1, 1, 2, 1, 1]
+    assert _estimated_finish(sizes, parts_per_shard(sizes, workers=2), workers=2) < 1550
+    assert parts_per_shard([100, 10], workers=8) == [1, 1]  # parts under 64 galaxies are not worth joining
+    assert parts_per_shard([], workers=2) == []
     assert [b - a for a, b in _cuts(300, 16)] == [75] * 4 and _cuts(100, 16) == [(0, 100)]  # no part under 64 galaxies
 
 

@@ -185,28 +185,43 @@ JOIN_COST = 0.25  # the main process's time to append and hash one galaxy of a s
 # per galaxy (measured ~0.2 at JPEG -> 224 px, where a galaxy's record is big and its decode cheap; less elsewhere)
 
 
-def parts_per_shard(shard_sizes: list[int], workers: int) -> int:
-    """Into how many parts (at most) to cut each shard for `workers` processes, each taking the largest part left:
-    the n in 1, 2, 4, ... with the soonest estimated finish, in galaxies. That is the busiest worker's load plus
-    the main process's joining (JOIN_COST a galaxy of every shard in parts), which takes the workers' cores, and is
-    never less than the joining alone (one process does it). 1 when there are shards enough (each shard written
-    whole by one worker, nothing to join), more for a few big shards (3,000 galaxies make one 2,400-galaxy train
-    shard). A shard is cut into no parts under MIN_PART galaxies (_cuts)."""
+def parts_per_shard(shard_sizes: list[int], workers: int) -> list[int]:
+    """Into how many parts to cut each shard for `workers` processes, each taking the largest part left. Greedily,
+    the shards of one size (and parts so far) are cut into twice their parts while that brings the estimated finish
+    forward: the busiest
+    worker's load (in galaxies) plus the main process's joining (JOIN_COST a galaxy of every shard in parts), which
+    takes the workers' cores, and never less than the joining alone (one process does it). All 1 when whole shards
+    share out evenly (each written by one worker, nothing to join); a few cut where they do not (with 4,096-galaxy
+    shards, 3,000 galaxies make one 2,381-galaxy train shard; with 512, seven shards of which the last two or three
+    are cut). A shard is cut into no parts under MIN_PART galaxies (_cuts)."""
+    counts = [1] * len(shard_sizes)
     if workers <= 1 or not shard_sizes:
-        return 1
-    best, best_finish, n = 1, float("inf"), 1
+        return counts
+    finish = _estimated_finish(shard_sizes, counts, workers)
     while True:
-        cuts = [_cuts(size, n) for size in shard_sizes]
-        loads = [0] * workers  # a heap: the least-loaded worker takes the next (largest remaining) part
-        for part in sorted((b - a for shard in cuts for a, b in shard), reverse=True):
-            heapq.heapreplace(loads, loads[0] + part)
-        joined = JOIN_COST * sum(size for size, shard in zip(shard_sizes, cuts) if len(shard) > 1)
-        finish = max(max(loads) + joined / workers, joined)
-        if finish < best_finish:
-            best, best_finish = n, finish
-        if max(shard_sizes) // (2 * n) < MIN_PART:
-            return best
-        n *= 2
+        trials = []  # shards of the same size and parts are alike: each such group is cut together
+        for group in sorted(set(zip(shard_sizes, counts))):
+            size, count = group
+            if size // (2 * count) >= MIN_PART:
+                trial = [2 * c if (s, c) == group else c for s, c in zip(shard_sizes, counts)]
+                trials.append((_estimated_finish(shard_sizes, trial, workers), trial))
+        if not trials:
+            return counts
+        best, trial = min(trials, key=lambda t: t[0])
+        if best >= finish:
+            return counts
+        finish, counts = best, trial
+
+
+def _estimated_finish(shard_sizes: list[int], counts: list[int], workers: int) -> float:
+    """When the last of `workers` processes would finish, in galaxies, with each shard cut into `counts` parts:
+    largest part first to the least-loaded worker, plus the main process's joining (parts_per_shard)."""
+    loads = [0] * workers  # a heap
+    cuts = [_cuts(size, count) for size, count in zip(shard_sizes, counts)]
+    for part in sorted((b - a for shard in cuts for a, b in shard), reverse=True):
+        heapq.heapreplace(loads, loads[0] + part)
+    joined = JOIN_COST * sum(size for size, shard in zip(shard_sizes, cuts) if len(shard) > 1)
+    return max(max(loads) + joined / workers, joined)
 
 
 def _cuts(length: int, n: int) -> list[tuple[int, int]]:
@@ -245,8 +260,8 @@ def _run_parts(pool: ProcessPoolExecutor | None, write: Callable[[_Part], _PartR
 
 
 def _plan_parts(df: pd.DataFrame, settings: ShardSettings, source_col: str, workers: int) -> list[_Part]:
-    """Every shard's galaxies (shard_size of each split's sorted rows, in turn), cut into parts_per_shard parts;
-    in shard order."""
+    """Every shard's galaxies (shard_size of each split's sorted rows, in turn), each shard cut into the parts
+    parts_per_shard gives it; in shard order."""
     groups = []
     for split in (*SPLITS, UNLABELLED):
         rows = df[df["split"] == split]
@@ -256,9 +271,9 @@ def _plan_parts(df: pd.DataFrame, settings: ShardSettings, source_col: str, work
         for index, start in enumerate(range(0, len(rows), settings.shard_size)):
             stop = start + settings.shard_size
             groups.append((f"{split}/{split}_{index:05d}.tfrecord", ids[start:stop], sources[start:stop], labels[start:stop], label_cols))
-    n = parts_per_shard([len(ids) for _, ids, _, _, _ in groups], workers)
+    counts = parts_per_shard([len(ids) for _, ids, _, _, _ in groups], workers)
     parts = []
-    for shard, ids, sources, labels, label_cols in groups:
+    for (shard, ids, sources, labels, label_cols), n in zip(groups, counts):
         cuts = _cuts(len(ids), n)
         parts += [_Part(shard, k, len(cuts), ids[a:b], sources[a:b], labels[a:b], label_cols) for k, (a, b) in enumerate(cuts)]
     return parts
