@@ -125,7 +125,12 @@ class _Part:
     def file_name(self) -> str:
         """The shard itself for a shard's first (or only) part, else a part file (not *.tfrecord) that the main
         process appends to the shard."""
-        return self.shard if self.part == 0 else f"{self.shard}.part{self.part:04d}"
+        return self.shard if self.part == 0 else _part_file(self.shard, self.part)
+
+
+def _part_file(shard: str, part: int) -> str:
+    """Where a shard's later part (part >= 1) is written until the main process joins it: not a *.tfrecord name."""
+    return f"{shard}.part{part:04d}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def _join_parts(root: Path, shard: str, n_parts: int) -> str | None:
     whole shard's SHA-256 (read in place, through mmap); the part files are deleted. Only the later parts are
     copied: copying is most of a join's cost. None when no part holds a record (no shard file)."""
     path = root / shard
-    later = [p for k in range(1, n_parts) if (p := root / f"{shard}.part{k:04d}").exists()]
+    later = [p for k in range(1, n_parts) if (p := root / _part_file(shard, k)).exists()]
     if not path.exists() and not later:
         return None
     digest = hashlib.sha256()

@@ -130,7 +130,8 @@ print(json.dumps({"wall_s": wall, "writer_cpu_s": me.ru_utime + me.ru_stime, "wo
 
 
 def with_repo(repo: Path) -> dict[str, str]:
-    """The environment for a process that must import `repo`'s zoobot_core (ahead of the installed one)."""
+    """The environment for a process whose imports look in `repo` first: a checkout's zoobot_core (ahead of the
+    installed one), or scale.py's sitecustomize hook."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
 
 

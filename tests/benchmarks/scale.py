@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_chain import REPO, SAMPLE, make_catalog  # noqa: E402
+from bench_chain import REPO, SAMPLE, make_catalog, with_repo  # noqa: E402
 
 log = logging.getLogger("scale")
 
@@ -71,8 +71,7 @@ def snakemake(run_dir: Path, *args: str, rusage_dir: Path | None = None) -> tupl
         hook.mkdir(exist_ok=True)
         (hook / "sitecustomize.py").write_text(RUSAGE_HOOK)
         rusage_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ZOOBOT_RUSAGE_DIR": str(rusage_dir),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
+        env = {**with_repo(hook), "ZOOBOT_RUSAGE_DIR": str(rusage_dir)}
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
