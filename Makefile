@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench bench-chain bench-gpu scale finetune-bases active-learning cross-cpu lint format clean system-deps lock
+.PHONY: venv run test bench bench-chain bench-rerun bench-gpu scale finetune-bases active-learning cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -58,6 +58,10 @@ bench: venv
 ## bench-chain: images to shards, the whole `snakemake --until write_shards` command against Zoobot's one-process loop, at 3,000 and 30,000 real cutouts (about 25 min on 2 cores; docs/benchmarks.md)
 bench-chain: venv
 	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split --out results/bench_chain.json
+
+## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, the rerun's whole command (validate, resize, gather); AGAINST=<another checkout> runs it side by side (docs/benchmarks.md)
+bench-rerun: venv
+	$(BIN)/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun.json
 
 ## bench-gpu: EfficientNetB0 + the Dirichlet-Multinomial loss, train and predict img/s at 224 and 300 px, float32 / bfloat16 / float16, with and without XLA, two batch sizes, and the input side; for a GPU machine (KERAS_BACKEND=jax works without TensorFlow; docs/benchmarks.md)
 bench-gpu: venv

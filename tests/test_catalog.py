@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from zoobot_core.catalog import CatalogConfig, CatalogError, accounting, validate_catalog
+from zoobot_core.catalog import CatalogConfig, CatalogError, accounting, assign_chunks, chunk_count, chunk_digests, validate_catalog
 
 LABELS = ("a_yes", "a_no")
 
@@ -103,12 +103,43 @@ def test_unlabelled_rows_can_be_refused(catalog_dir):
     assert list(quarantine["reason"]) == ["missing_labels"]
 
 
-def test_chunks_follow_sorted_ids_not_row_order(catalog_dir):
+def test_chunks_follow_a_hash_of_the_id_not_row_order(catalog_dir):
     rows = [{"id_str": f"g{i}", "file_loc": f"img/g{i}.png", "a_yes": 1, "a_no": 1} for i in range(8)]
     a, _ = validate_catalog(_write(catalog_dir, rows), _cfg(chunk_size=3))
     b, _ = validate_catalog(_write(catalog_dir, rows[::-1], "rev.csv"), _cfg(chunk_size=3))
     pd.testing.assert_frame_equal(a.drop(columns="row"), b.drop(columns="row"))
-    assert a["chunk"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert a["id_str"].tolist() == sorted(a["id_str"])  # sorted by id; chunks by hash: 8 / 3 -> 2 chunks
+    assert a["chunk"].tolist() == assign_chunks(a["id_str"], 2).tolist() and set(a["chunk"]) == {0, 1}
+    assert chunk_digests(a) == chunk_digests(b)
+
+
+def test_adding_or_removing_galaxies_moves_no_other_galaxy_to_another_chunk():
+    ids = pd.Series([f"J{i:06d}" for i in range(5_000)])
+    n = chunk_count(len(ids), 500)
+    chunks = pd.Series(assign_chunks(ids, n), index=ids)
+    assert n == 8 and chunks.value_counts().between(500, 750).all()  # 625 each on average
+    more = pd.concat([ids, pd.Series(["J999998", "J999999"])], ignore_index=True)
+    assert chunk_count(len(more), 500) == n
+    moved = pd.Series(assign_chunks(more, n), index=more)
+    assert (moved[ids] == chunks[ids]).all()
+    # only the chunks that gained a galaxy get a new digest
+    table = lambda i: pd.DataFrame({"id_str": i, "file_loc": "/img/" + i + ".png", "chunk": assign_chunks(i, n)})
+    before, after = chunk_digests(table(ids)), chunk_digests(table(more))
+    changed = {c for c in after if after[c] != before.get(c)}
+    assert changed == set(moved[["J999998", "J999999"]])
+
+
+def test_chunk_count_is_the_nearest_power_of_two():
+    assert [chunk_count(n, 500) for n in (1, 500, 700, 800, 1_000, 1_500, 3_000, 300_000)] == [1, 1, 1, 2, 2, 4, 8, 512]
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_count(10, 0)
+
+
+def test_a_chunk_digest_counts_ids_and_paths_not_labels():
+    table = pd.DataFrame({"id_str": ["a", "b"], "file_loc": ["/x/a.png", "/x/b.png"], "chunk": [0, 0], "a_yes": [1, 2]})
+    same = chunk_digests(table.assign(a_yes=[5, 6]))
+    assert same == chunk_digests(table)
+    assert chunk_digests(table.assign(file_loc=["/y/a.png", "/x/b.png"])) != same
 
 
 def test_accounting_refuses_lost_rows():

@@ -118,3 +118,60 @@ def test_the_bases_experiment_runs_at_a_tiny_size(tiny_synthetic, tmp_path):
     rows = report["table"].splitlines()
     assert rows[2].startswith("| none: linear probe (frozen base) | ") and " ± " in rows[2] and rows[-1].startswith("| baseline: constant | 0.500")
     assert json.loads((tmp_path / "work" / "finetune_bases.json").read_text())["table"] == report["table"]
+
+
+def _resize_jobs(result) -> int:
+    """How many resize_finetune_images jobs a Snakemake run started (its log names each job's rule)."""
+    return sum(line.strip() in ("rule resize_finetune_images:", "localrule resize_finetune_images:") for line in (result.stdout + result.stderr).splitlines())
+
+
+def test_adding_a_galaxy_resizes_only_its_chunk(tiny_synthetic, tmp_path):
+    """Reruns cost what the change costs: a galaxy added to a finetuning catalog re-resizes its own chunk only, and
+    new labels or shuffled rows re-resize nothing (chunks follow a hash of the id, not row position)."""
+    catalog = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:48]
+    labels = pd.DataFrame({"galaxy": catalog["id_str"], "path": catalog["file_loc"], "smooth": (catalog.index % 2).astype(int)})
+    labels.to_csv(tiny_synthetic / "chunked_labels.csv", index=False)
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["images"]["chunk_size"] = 6  # 48 galaxies -> 8 chunks
+    config["finetune"] = {"base_model": "none", "catalog": str(tiny_synthetic / "chunked_labels.csv"), "id_column": "galaxy", "file_column": "path",
+                          "label_column": "smooth", "image_size": 32, "max_quarantine_fraction": 0.2}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    work, target = tmp_path / "work", "results/tiny/finetune/labelled/catalog/ready.parquet"
+    first = run_snakemake(work, tmp_path / "config.yaml", target)
+    chunk_dirs = sorted((work / "results/tiny/finetune/labelled/images").iterdir())
+    ready = pd.read_parquet(work / target)
+    assert _resize_jobs(first) == len(chunk_dirs) == 8 and len(ready) == 48
+    made = {d.name: d.stat().st_mtime_ns for d in chunk_dirs}
+
+    # a new galaxy (another file of the same image), the rows shuffled and every label flipped
+    new = labels.iloc[[0]].assign(galaxy="ADDED0001", path=str(tiny_synthetic / "added.png"))
+    (tiny_synthetic / "added.png").write_bytes((tiny_synthetic / labels["path"].iloc[0]).read_bytes())
+    edited = pd.concat([labels, new], ignore_index=True).sample(frac=1, random_state=0).assign(smooth=lambda t: 1 - t["smooth"])
+    edited.to_csv(tiny_synthetic / "chunked_labels.csv", index=False)
+    second = run_snakemake(work, tmp_path / "config.yaml", target)
+    validated = pd.read_parquet(work / "results/tiny/finetune/labelled/catalog/validated.parquet")
+    added_chunk = f"chunk_{validated.set_index('id_str').at['ADDED0001', 'chunk']}"
+    assert _resize_jobs(second) == 1
+    assert {d.name for d in chunk_dirs if d.stat().st_mtime_ns != made[d.name]} == {added_chunk}
+    ready = pd.read_parquet(work / target).set_index("id_str")
+    assert len(ready) == 49 and (ready.loc[edited["galaxy"], "smooth"].to_numpy() == edited["smooth"].to_numpy()).all()
+
+    # labels alone: validation and gathering rerun, no image is resized again
+    edited.assign(smooth=lambda t: 1 - t["smooth"]).to_csv(tiny_synthetic / "chunked_labels.csv", index=False)
+    assert _resize_jobs(run_snakemake(work, tmp_path / "config.yaml", target)) == 0
+    dry = run_snakemake(work, tmp_path / "config.yaml", target, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_the_rerun_benchmark_runs_at_a_tiny_size(tmp_path):
+    """tests/benchmarks/bench_rerun.py (docs/benchmarks.md: adding galaxies to a finetuning catalog), 60 galaxies."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
+    import bench_rerun
+
+    report = bench_rerun.main(["--n", "60", "--chunk-size", "15", "--add", "1", "--repeats", "2", "--size", "32", "--workdir", str(tmp_path)])
+    ours = report["results"][60]["ours"]
+    assert ours["first_jobs"] == 4 and ours["add_jobs"] == [1, 1] and ours["labels_jobs"] == 0
+    assert all(s > 0 for s in [ours["first_s"], *ours["add_s"], ours["labels_s"]])
+    assert report["table"].splitlines()[2].startswith("| 60 | ours | ")

@@ -104,6 +104,21 @@ def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".chunk_0*"))
 
 
+def test_a_chunk_job_planned_for_other_galaxies_stops_without_output(tmp_path):
+    from zoobot_core.catalog import chunk_digests
+    from zoobot_core.images import resize_chunk_file
+
+    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
+    planned = pd.DataFrame({"id_str": ["a"], "file_loc": [str(tmp_path / "a.png")], "chunk": [0]})
+    pd.concat([planned, planned.assign(id_str="b")]).to_parquet(tmp_path / "validated.parquet")  # a galaxy joined chunk 0 since
+    with pytest.raises(RuntimeError, match="Chunk 0 of .*validated.parquet is not the one this job was planned for"):
+        resize_chunk_file(tmp_path / "validated.parquet", 0, tmp_path / "chunk_0", ResizeConfig(size=8), rows_digest=chunk_digests(planned)[0])
+    assert not (tmp_path / "chunk_0").exists()
+    planned.to_parquet(tmp_path / "validated.parquet")
+    resize_chunk_file(tmp_path / "validated.parquet", 0, tmp_path / "chunk_0", ResizeConfig(size=8), rows_digest=chunk_digests(planned)[0])
+    assert (tmp_path / "chunk_0" / "a.png").is_file()
+
+
 def test_wrong_extension_is_decoded_by_content(tmp_path):
     Image.new("RGB", (40, 40), (0, 200, 0)).save(tmp_path / "really_png.jpg", format="PNG")
     Image.new("RGB", (40, 40), (0, 0, 200)).save(tmp_path / "really_jpeg.png", format="JPEG")

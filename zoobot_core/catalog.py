@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -141,7 +143,8 @@ def validate_catalog(
     """Read and check a catalog; return (validated rows, quarantined rows with reason and message).
 
     Validated rows get our column names (id_str, file_loc as an absolute path), a `labelled`
-    flag and a `chunk` number (id-sorted, `chunk_size` rows each) for chunked image jobs.
+    flag and a `chunk` number (a hash of the id, about `chunk_size` rows each: `assign_chunks`) for chunked
+    image jobs. Rows are sorted by id.
     User columns other than the id/path are kept unchanged.
     """
     catalog_path = Path(catalog_path)
@@ -227,7 +230,7 @@ def validate_catalog(
         df[LABELLED] = False
 
     validated = df[ok].sort_values(ID).reset_index(drop=True)
-    validated[CHUNK] = np.arange(len(validated)) // config.chunk_size
+    validated[CHUNK] = assign_chunks(validated[ID], chunk_count(len(validated), config.chunk_size))
     quarantine = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame(columns=QUARANTINE_COLUMNS)
     quarantine = quarantine.astype({"row": "int64"}).sort_values("row").reset_index(drop=True)
     log.info("Catalog %s: %d rows in = %d ok + %d quarantined", catalog_path, len(df), len(validated), len(quarantine))
@@ -235,6 +238,44 @@ def validate_catalog(
         log.warning("  quarantined %d row(s): %s", n, reason)
     check_quarantine_fraction(len(df), quarantine, config.max_quarantine_fraction, catalog_path)
     return validated, quarantine
+
+
+def chunk_count(n_rows: int, chunk_size: int) -> int:
+    """How many resize chunks `n_rows` galaxies get: the power of two nearest n_rows / chunk_size, at least 1.
+
+    Chunks then hold 0.7-1.4 x chunk_size galaxies on average. The count, and every chunk with it, changes only
+    when the catalog crosses a power-of-two step (about each time it doubles), not when galaxies are added or
+    removed between steps.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+    if n_rows <= chunk_size:
+        return 1
+    return 2 ** round(math.log2(n_rows / chunk_size))
+
+
+def assign_chunks(ids: pd.Series, n_chunks: int) -> np.ndarray:
+    """Each id's chunk (0..n_chunks-1), fixed by the id and the number of chunks alone, never by row position:
+    adding, removing or reordering rows moves no other galaxy to another chunk."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(str(i).encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % n_chunks for i in ids),
+        dtype=np.int64,
+        count=len(ids),
+    )
+
+
+def chunk_digests(validated: pd.DataFrame) -> dict[int, str]:
+    """Per chunk, a digest of what its resized images depend on in the catalog: its galaxies' ids and image paths.
+
+    The resize job's rerun trigger: a catalog edit reruns only the chunks whose galaxies changed (labels and other
+    columns do not count; they never reach the resized images).
+    """
+    rows = validated[[CHUNK, ID, FILE]].sort_values([CHUNK, ID])
+    lines = rows[ID].astype(str) + "\0" + rows[FILE].astype(str) + "\n"
+    return {
+        int(chunk): hashlib.sha256("".join(text).encode("utf-8", "surrogatepass")).hexdigest()
+        for chunk, text in lines.groupby(rows[CHUNK].to_numpy(), sort=True)
+    }
 
 
 def check_quarantine_fraction(n_in: int, quarantine: pd.DataFrame, max_fraction: float, source: Path | str) -> None:

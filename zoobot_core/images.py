@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from zoobot_core.catalog import FILE, ID, LABELLED, QUARANTINE_COLUMNS, check_quarantine_fraction
+from zoobot_core.catalog import CHUNK, FILE, ID, LABELLED, QUARANTINE_COLUMNS, check_quarantine_fraction, chunk_digests
 from zoobot_core.fits_images import BadImage, FitsConfig, is_fits, load_fits_rgb
 from zoobot_core.io import atomic_dir, atomic_write_table
 
@@ -137,7 +137,7 @@ def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, confi
     failures, the quarantine reason and message.
     """
     out_dir = Path(out_dir)
-    rows = validated[validated["chunk"] == chunk]
+    rows = validated[validated[CHUNK] == chunk]
     if rows.empty:
         raise ValueError(f"Chunk {chunk} has no galaxies in the validated catalog; rerun validate_catalog")
     names = [f"{safe_filename(i)}.{config.file_format}" for i in rows[ID]]
@@ -193,9 +193,23 @@ def gather_index(
     return ready, quarantine
 
 
-def resize_chunk_file(validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> None:
-    """The resize_images rule: resize one chunk of the validated catalog."""
-    resize_chunk(pd.read_parquet(validated_path), chunk, out_dir, config, workers)
+def resize_chunk_file(
+    validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1, rows_digest: str | None = None
+) -> None:
+    """The resize_images rule: resize one chunk of the validated catalog.
+
+    `rows_digest` is the chunk's `catalog.chunk_digests` as the workflow planned the job; a catalog that no
+    longer matches it (rewritten since) stops the job rather than resize other galaxies under the plan's name.
+    """
+    validated = pd.read_parquet(validated_path)
+    if rows_digest is not None:
+        found = chunk_digests(validated[validated[CHUNK] == chunk]).get(chunk)
+        if found != rows_digest:
+            raise RuntimeError(
+                f"Chunk {chunk} of {validated_path} is not the one this job was planned for (its galaxies changed since); "
+                "rerun the workflow so that it plans the chunks again"
+            )
+    resize_chunk(validated, chunk, out_dir, config, workers)
 
 
 def gather_files(

@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from zoobot_core.bases import NONE, PIPELINE, BaseModelError, resolve_base
+from zoobot_core.catalog import chunk_digests
 from zoobot_core.fits_images import FitsConfig
 from zoobot_core.hardware import cap_onednn_isa
 from zoobot_core.schemas import get_tree
@@ -51,12 +52,6 @@ def catalog_input(wildcards):
 def image_root(wildcards):
     """Folder that relative image paths resolve against (None: the catalog's folder)."""
     return None if config["synthetic"]["enabled"] else config["catalog"]["image_root"]
-
-
-def chunk_folders(validated, pattern, **wildcards):
-    """One resized-image folder (`pattern`) per chunk of a validated catalog."""
-    chunks = sorted(pd.read_parquet(validated, columns=["chunk"])["chunk"].unique())
-    return expand(pattern, chunk=chunks, **wildcards)
 
 
 def sorted_settings(settings):
@@ -193,17 +188,40 @@ def finetune_image_size():
     return json.loads(model_config.read_text())["input_size"]
 
 
-def finetune_resized_chunks(wildcards):
-    """One resized-image folder per chunk of a validated finetuning catalog (known after validation)."""
+@functools.lru_cache(maxsize=4)
+def _chunk_digests(validated, modified_ns):
+    """catalog.chunk_digests of one version of a validated catalog, read once for all its chunk jobs."""
+    return chunk_digests(
+        pd.read_parquet(validated, columns=["id_str", "file_loc", "chunk"])
+    )
+
+
+def finetune_chunks(wildcards):
+    """Chunk number -> digest of its galaxies, for a validated finetuning catalog (known after validation)."""
     validated = checkpoints.validate_finetune_catalog.get(
         run=wildcards.run, dataset=wildcards.dataset
     ).output.validated
-    return chunk_folders(
-        validated,
+    return _chunk_digests(validated, Path(validated).stat().st_mtime_ns)
+
+
+def finetune_resized_chunks(wildcards):
+    """One resized-image folder per chunk of a validated finetuning catalog."""
+    return expand(
         "results/{run}/finetune/{dataset}/images/chunk_{chunk}",
+        chunk=sorted(finetune_chunks(wildcards)),
         run=wildcards.run,
         dataset=wildcards.dataset,
     )
+
+
+def finetune_chunk_rows(wildcards):
+    """The digest of one chunk's galaxies (ids and image paths): resize_finetune_images' rerun trigger."""
+    chunks = finetune_chunks(wildcards)
+    if int(wildcards.chunk) not in chunks:
+        raise ValueError(
+            f"{wildcards.dataset} catalog has no chunk {wildcards.chunk}; its chunks are {sorted(chunks)}"
+        )
+    return chunks[int(wildcards.chunk)]
 
 
 def check_finetune_sizes():

@@ -39,9 +39,11 @@ checkpoint validate_finetune_catalog:
         "../scripts/validate_catalog.py"
 
 
+# A chunk's galaxies follow a hash of their ids. Its job reruns when they change (the `rows` digest, a params
+# trigger), not whenever validation rewrites the catalog (ancient): adding galaxies resizes only their chunks.
 rule resize_finetune_images:
     input:
-        validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
+        validated=ancient("results/{run}/finetune/{dataset}/catalog/validated.parquet"),
     output:
         directory("results/{run}/finetune/{dataset}/images/chunk_{chunk}"),
     log:
@@ -55,6 +57,7 @@ rule resize_finetune_images:
         mem_mb=2000,
         runtime=60,
     params:
+        rows=finetune_chunk_rows,
         size=lambda wildcards: finetune_image_size(),
         file_format=config["images"]["format"],
         png_compress_level=config["images"]["png_compress_level"],

@@ -1,0 +1,148 @@
+"""Adding galaxies to a finetuning catalog: what the rerun costs, whole command against whole command.
+
+Run: `make bench-rerun` (or `.venv/bin/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 --against DIR`).
+For each catalog size, each side (this checkout; --against another checkout, e.g. one from before chunks
+followed a hash of the id) runs `snakemake results/bench/finetune/labelled/catalog/ready.parquet` (validate,
+resize in chunks, gather) in its own directory, then, --repeats times in alternation with the other side, adds
+--add galaxies to its catalog and reruns the same command; then changes every label and reruns once more. Each
+rerun's wall seconds (Snakemake start-up, every job and its imports included) and resize jobs are recorded.
+The catalog is bench_chain's: the real sample (../shared) repeated as hard links, JPEG copies at quality 90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from bench_chain import SAMPLE, make_catalog, with_repo
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = "results/bench/finetune/labelled/catalog/ready.parquet"
+log = logging.getLogger("bench_rerun")
+
+
+def resize_jobs(output: str) -> int:
+    """How many resize_finetune_images jobs a Snakemake run's log says it started."""
+    return sum(line.strip() in ("rule resize_finetune_images:", "localrule resize_finetune_images:") for line in output.splitlines())
+
+
+def run(repo: Path, run_dir: Path, cores: int) -> tuple[float, int]:
+    """The whole command with `repo`'s workflow and code in `run_dir`: (wall seconds, resize jobs)."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), TARGET, "--snakefile", str(repo / "workflow/Snakefile"), "--cores", str(cores),
+           "--configfile", "config.yaml"]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, env=with_repo(repo))
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f"{repo}'s workflow failed in {run_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return seconds, resize_jobs(result.stdout + result.stderr)
+
+
+def add_galaxies(catalog: Path, k: int) -> None:
+    """Append k galaxies to a catalog: new ids, each a new hard link of an image the catalog already has."""
+    table = pd.read_csv(catalog)
+    start = len(table)
+    new = table.iloc[[i % start for i in range(k)]].copy()
+    new["id_str"] = [f"added{start + i:06d}" for i in range(k)]
+    paths = []
+    for source, id_str in zip(new["file_loc"], new["id_str"]):
+        path = Path(source).with_name(f"{id_str}{Path(source).suffix}")
+        if not path.exists():
+            path.hardlink_to(source)
+        paths.append(str(path))
+    new["file_loc"] = paths
+    pd.concat([table, new], ignore_index=True).to_csv(catalog, index=False)
+
+
+def flip_labels(catalog: Path) -> None:
+    """Every galaxy's label changed, nothing else."""
+    table = pd.read_csv(catalog)
+    table["ring"] = 1 - table["ring"]
+    table.to_csv(catalog, index=False)
+
+
+def bench_size(n: int, sides: dict[str, Path], args: argparse.Namespace, workdir: Path) -> dict:
+    """One catalog size, every side: the first run, --repeats additions of --add galaxies, one change of labels."""
+    template = make_catalog(workdir, args.sample, n, args.format, ["ring"])
+    table = pd.read_csv(template)
+    table["ring"] = table["ring"] % 2
+    dirs = {}
+    for name in sides:
+        run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}_{n}_"))
+        table.to_csv(run_dir / "catalog.csv", index=False)
+        config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size},
+                  "finetune": {"base_model": "none", "catalog": str(run_dir / "catalog.csv"), "label_column": "ring", "image_size": args.size,
+                               "image_root": str(workdir), "max_quarantine_fraction": 0.0}}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        dirs[name] = run_dir
+    figures = {name: {"first_s": 0.0, "first_jobs": 0, "add_s": [], "add_jobs": [], "labels_s": 0.0, "labels_jobs": 0} for name in sides}
+    for name, repo in sides.items():
+        figures[name]["first_s"], figures[name]["first_jobs"] = run(repo, dirs[name], args.cores)
+        log.info("n=%d %s: first run %.1f s, %d resize jobs", n, name, figures[name]["first_s"], figures[name]["first_jobs"])
+    for repeat in range(args.repeats):
+        for name, repo in sides.items():
+            add_galaxies(dirs[name] / "catalog.csv", args.add)
+            seconds, jobs = run(repo, dirs[name], args.cores)
+            figures[name]["add_s"].append(seconds)
+            figures[name]["add_jobs"].append(jobs)
+            log.info("n=%d %s: +%d galaxies (%d of %d) %.1f s, %d resize jobs", n, name, args.add, repeat + 1, args.repeats, seconds, jobs)
+    for name, repo in sides.items():
+        flip_labels(dirs[name] / "catalog.csv")
+        figures[name]["labels_s"], figures[name]["labels_jobs"] = run(repo, dirs[name], args.cores)
+        log.info("n=%d %s: labels changed %.1f s, %d resize jobs", n, name, figures[name]["labels_s"], figures[name]["labels_jobs"])
+    for name in sides:
+        figures[name]["add_median_s"] = statistics.median(figures[name]["add_s"])
+    return figures
+
+
+def table(results: dict[int, dict], add: int) -> str:
+    """Markdown: per size and side, the first run and each kind of rerun (median seconds, resize jobs)."""
+    lines = [f"| galaxies | side | first run | + {add} galaxies (median) | labels changed |", "|---|---|---|---|---|"]
+    for n, sides in results.items():
+        for name, f in sides.items():
+            lines.append(f"| {n:,} | {name} | {f['first_s']:.1f} s, {f['first_jobs']} resize jobs | {f['add_median_s']:.1f} s, "
+                         f"{statistics.median(f['add_jobs']):g} resize jobs | {f['labels_s']:.1f} s, {f['labels_jobs']} resize jobs |")
+        if "against" in sides:
+            ratio = sides["against"]["add_median_s"] / sides["ours"]["add_median_s"]
+            lines.append(f"| {n:,} | against / ours | | {ratio:.2f}x | {sides['against']['labels_s'] / sides['ours']['labels_s']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", help="catalog rows (repeatable; default 3000)")
+    parser.add_argument("--add", type=int, default=10, help="galaxies added per rerun")
+    parser.add_argument("--repeats", type=int, default=3, help="additions (reruns) per side")
+    parser.add_argument("--format", default="jpg", choices=["jpg", "png"])
+    parser.add_argument("--size", type=int, default=224, help="finetune.image_size")
+    parser.add_argument("--chunk-size", type=int, default=500, help="images.chunk_size")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--against", type=Path, default=None, help="another checkout to run side by side (a before/after)")
+    parser.add_argument("--out", type=Path, default=None, help="write the figures and the table as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_rerun_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    sides = {"ours": REPO, **({"against": args.against.resolve()} if args.against else {})}
+    results = {n: bench_size(n, sides, args, workdir) for n in args.n or [3000]}
+    report = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "results": results, "table": table(results, args.add)}
+    print(report["table"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
