@@ -2,6 +2,7 @@
 of fold, ImageNet-layout weights as the base (greyscale images through RGB weights), a survey predicted."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -125,40 +126,57 @@ def _resize_jobs(result) -> int:
     return sum(line.strip() in ("rule resize_finetune_images:", "localrule resize_finetune_images:") for line in (result.stdout + result.stderr).splitlines())
 
 
-def test_adding_a_galaxy_resizes_only_its_chunk(tiny_synthetic, tmp_path):
-    """Reruns cost what the change costs: a galaxy added to a finetuning catalog re-resizes its own chunk only, and
-    new labels or shuffled rows re-resize nothing (chunks follow a hash of the id, not row position)."""
-    catalog = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:48]
-    labels = pd.DataFrame({"galaxy": catalog["id_str"], "path": catalog["file_loc"], "smooth": (catalog.index % 2).astype(int)})
-    labels.to_csv(tiny_synthetic / "chunked_labels.csv", index=False)
+def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_path):
+    """Reruns cost what the change costs: chunks follow a hash of the id, so a galaxy added, removed or given
+    another image file re-resizes its own chunk only; new labels or shuffled rows re-resize nothing; crossing a
+    power-of-two number of chunks redoes them all; and the ready catalog always matches the catalog."""
+    source = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:48]  # readable images (the broken ones come later)
+    labels = pd.DataFrame({"galaxy": source["id_str"], "path": source["file_loc"], "smooth": (source.index % 2).astype(int)})
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["images"]["chunk_size"] = 6  # 48 galaxies -> 8 chunks
-    config["finetune"] = {"base_model": "none", "catalog": str(tiny_synthetic / "chunked_labels.csv"), "id_column": "galaxy", "file_column": "path",
-                          "label_column": "smooth", "image_size": 32, "max_quarantine_fraction": 0.2}
+    config["finetune"] = {"base_model": "none", "catalog": str(tmp_path / "labels.csv"), "id_column": "galaxy", "file_column": "path",
+                          "label_column": "smooth", "image_size": 32, "image_root": str(tiny_synthetic), "max_quarantine_fraction": 0.0}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     work, target = tmp_path / "work", "results/tiny/finetune/labelled/catalog/ready.parquet"
-    first = run_snakemake(work, tmp_path / "config.yaml", target)
-    chunk_dirs = sorted((work / "results/tiny/finetune/labelled/images").iterdir())
-    ready = pd.read_parquet(work / target)
-    assert _resize_jobs(first) == len(chunk_dirs) == 8 and len(ready) == 48
-    made = {d.name: d.stat().st_mtime_ns for d in chunk_dirs}
+    out = work / "results/tiny/finetune/labelled"
 
-    # a new galaxy (another file of the same image), the rows shuffled and every label flipped
-    new = labels.iloc[[0]].assign(galaxy="ADDED0001", path=str(tiny_synthetic / "added.png"))
-    (tiny_synthetic / "added.png").write_bytes((tiny_synthetic / labels["path"].iloc[0]).read_bytes())
-    edited = pd.concat([labels, new], ignore_index=True).sample(frac=1, random_state=0).assign(smooth=lambda t: 1 - t["smooth"])
-    edited.to_csv(tiny_synthetic / "chunked_labels.csv", index=False)
-    second = run_snakemake(work, tmp_path / "config.yaml", target)
-    validated = pd.read_parquet(work / "results/tiny/finetune/labelled/catalog/validated.parquet")
-    added_chunk = f"chunk_{validated.set_index('id_str').at['ADDED0001', 'chunk']}"
-    assert _resize_jobs(second) == 1
-    assert {d.name for d in chunk_dirs if d.stat().st_mtime_ns != made[d.name]} == {added_chunk}
-    ready = pd.read_parquet(work / target).set_index("id_str")
-    assert len(ready) == 49 and (ready.loc[edited["galaxy"], "smooth"].to_numpy() == edited["smooth"].to_numpy()).all()
+    def copy_image(name: str) -> str:
+        (tiny_synthetic / name).write_bytes((tiny_synthetic / labels["path"].iloc[0]).read_bytes())
+        return name
 
-    # labels alone: validation and gathering rerun, no image is resized again
-    edited.assign(smooth=lambda t: 1 - t["smooth"]).to_csv(tiny_synthetic / "chunked_labels.csv", index=False)
-    assert _resize_jobs(run_snakemake(work, tmp_path / "config.yaml", target)) == 0
+    def rerun(catalog: pd.DataFrame) -> set[str]:
+        """Run the chain on `catalog`; the chunk folders it wrote (checked against the jobs it started)."""
+        before = {d.name: d.stat().st_mtime_ns for d in (out / "images").glob("chunk_*")}
+        catalog.to_csv(tmp_path / "labels.csv", index=False)
+        jobs = _resize_jobs(run_snakemake(work, tmp_path / "config.yaml", target))
+        written = {d.name for d in (out / "images").glob("chunk_*") if before.get(d.name) != d.stat().st_mtime_ns}
+        assert jobs == len(written)
+        ready = pd.read_parquet(work / target).set_index("id_str").loc[catalog["galaxy"]]
+        assert len(ready) == len(catalog) and (ready["smooth"].to_numpy() == catalog["smooth"].to_numpy()).all()
+        assert [Path(p).name for p in ready["file_loc"]] == [Path(p).name for p in catalog["path"]]
+        return written
+
+    def chunk_of(galaxy: str) -> str:
+        return f"chunk_{pd.read_parquet(out / 'catalog/validated.parquet').set_index('id_str').at[galaxy, 'chunk']}"
+
+    assert rerun(labels) == {f"chunk_{c}" for c in range(8)}
+    # a new galaxy (another file of an image), the rows shuffled and every label flipped: its chunk only
+    added = labels.iloc[[0]].assign(galaxy="ADDED0001", path=copy_image("added.png"))
+    labels = pd.concat([labels, added], ignore_index=True).sample(frac=1, random_state=0).assign(smooth=lambda t: 1 - t["smooth"])
+    assert rerun(labels) == {chunk_of("ADDED0001")}
+    # labels alone: nothing resized
+    labels = labels.assign(smooth=lambda t: 1 - t["smooth"])
+    assert rerun(labels) == set()
+    # one galaxy given another image file, one removed: their chunks only
+    moved, removed = labels["galaxy"].iloc[5], labels["galaxy"].iloc[9]
+    touched = {chunk_of(moved), chunk_of(removed)}
+    labels.loc[labels["galaxy"] == moved, "path"] = copy_image("moved.png")
+    labels = labels[labels["galaxy"] != removed]
+    assert rerun(labels) == touched
+    # 70 galaxies cross 8 * 6 * sqrt(2): 16 chunks, every one written afresh
+    grown = labels.iloc[: 70 - len(labels)].assign(galaxy=lambda t: "MORE" + t["galaxy"], path=lambda t: [copy_image(f"more{i}.png") for i in range(len(t))])
+    labels = pd.concat([labels, grown], ignore_index=True)
+    assert len(labels) == 70 and rerun(labels) == {f"chunk_{c}" for c in range(16)}
     dry = run_snakemake(work, tmp_path / "config.yaml", target, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 

@@ -104,19 +104,23 @@ def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".chunk_0*"))
 
 
-def test_a_chunk_job_planned_for_other_galaxies_stops_without_output(tmp_path):
-    from zoobot_core.catalog import chunk_digests
-    from zoobot_core.images import resize_chunk_file
-
-    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
-    planned = pd.DataFrame({"id_str": ["a"], "file_loc": [str(tmp_path / "a.png")], "chunk": [0]})
-    pd.concat([planned, planned.assign(id_str="b")]).to_parquet(tmp_path / "validated.parquet")  # a galaxy joined chunk 0 since
-    with pytest.raises(RuntimeError, match="Chunk 0 of .*validated.parquet is not the one this job was planned for"):
-        resize_chunk_file(tmp_path / "validated.parquet", 0, tmp_path / "chunk_0", ResizeConfig(size=8), rows_digest=chunk_digests(planned)[0])
-    assert not (tmp_path / "chunk_0").exists()
-    planned.to_parquet(tmp_path / "validated.parquet")
-    resize_chunk_file(tmp_path / "validated.parquet", 0, tmp_path / "chunk_0", ResizeConfig(size=8), rows_digest=chunk_digests(planned)[0])
-    assert (tmp_path / "chunk_0" / "a.png").is_file()
+def test_gathering_refuses_a_chunk_resized_from_another_version_of_the_catalog(tmp_path):
+    """Each chunk records the galaxies it resized; gathering checks them against the validated catalog, so a chunk
+    Snakemake did not rerun (rerun triggers narrowed to mtime, --touch, a file system showing a job old data)
+    stops the run, naming the chunk, instead of joining old images under new rows."""
+    for name in ("a", "b"):
+        Image.new("RGB", (30, 30)).save(tmp_path / f"{name}.png")
+    before = pd.DataFrame({"row": [0], "id_str": ["a"], "file_loc": [str(tmp_path / "a.png")], "labelled": [True], "chunk": [0]})
+    resize_chunk(before, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
+    ready, _ = gather_resized(before, before.iloc[:0], [tmp_path / "chunk_0"], 0.0)
+    assert ready["id_str"].tolist() == ["a"]
+    empty = before.iloc[:0][["row", "id_str", "file_loc"]]
+    for after in (before.assign(file_loc=str(tmp_path / "b.png")),  # the same galaxy, another image file
+                  pd.concat([before, before.assign(row=1, id_str="b", file_loc=str(tmp_path / "b.png"))])):  # a galaxy joined chunk 0
+        with pytest.raises(RuntimeError, match=r"chunk\(s\) 0 do not hold .* snakemake -R resize_finetune_images"):
+            gather_resized(after, empty, [tmp_path / "chunk_0"], 1.0)
+    with pytest.raises(RuntimeError, match=r"chunk\(s\) 1 do not hold"):  # a chunk the catalog has and no folder gives
+        gather_resized(pd.concat([before, before.assign(row=1, id_str="b", chunk=1)]), empty, [tmp_path / "chunk_0"], 1.0)
 
 
 def test_wrong_extension_is_decoded_by_content(tmp_path):

@@ -278,6 +278,11 @@ def chunk_digests(validated: pd.DataFrame) -> dict[int, str]:
     }
 
 
+def chunk_digests_file(validated_path: Path | str) -> dict[int, str]:
+    """chunk_digests of a validated catalog file (reading only the columns they need)."""
+    return chunk_digests(pd.read_parquet(validated_path, columns=[CHUNK, ID, FILE]))
+
+
 def check_quarantine_fraction(n_in: int, quarantine: pd.DataFrame, max_fraction: float, source: Path | str) -> None:
     """Refuse to go on with a catalog whose quarantined fraction exceeds `max_fraction`."""
     fraction = len(quarantine) / max(n_in, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import zlib
@@ -16,12 +17,13 @@ from tqdm import tqdm
 
 from zoobot_core.catalog import CHUNK, FILE, ID, LABELLED, QUARANTINE_COLUMNS, check_quarantine_fraction, chunk_digests
 from zoobot_core.fits_images import BadImage, FitsConfig, is_fits, load_fits_rgb
-from zoobot_core.io import atomic_dir, atomic_write_table
+from zoobot_core.io import atomic_dir, atomic_write_table, write_json
 
 log = logging.getLogger(__name__)
 
 RESIZED = "resized_loc"
 INDEX_NAME = "index.parquet"
+CHUNK_NAME = "chunk.json"  # in each chunk folder: its number and the digest of the galaxies it holds
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
 UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, zlib.error)
@@ -158,6 +160,7 @@ def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, confi
             records.append({ID: id_str, RESIZED: None if reason else str(out_dir / name), "reason": reason, "message": message})
         index = pd.DataFrame(records, columns=[ID, RESIZED, "reason", "message"])
         atomic_write_table(index, tmp / INDEX_NAME)
+        write_json({"chunk": int(chunk), "rows_digest": chunk_digests(rows)[int(chunk)]}, tmp / CHUNK_NAME)
     n_bad = index[RESIZED].isna().sum()
     log.info("Chunk %d: %d resized to %d px, %d unreadable", chunk, len(index) - n_bad, config.size, n_bad)
     return index
@@ -166,9 +169,25 @@ def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, confi
 def gather_resized(
     validated: pd.DataFrame, validation_quarantine: pd.DataFrame, chunk_dirs: list[Path | str], max_quarantine_fraction: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Join the chunks' indexes onto the validated catalog; return (ready catalog, full quarantine table)."""
-    index = pd.concat([pd.read_parquet(Path(d) / INDEX_NAME) for d in chunk_dirs], ignore_index=True)
-    return gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun resize_images")
+    """Join the chunks' indexes onto the validated catalog; return (ready catalog, full quarantine table).
+
+    Every chunk must hold exactly the galaxies the validated catalog gives it (`catalog.chunk_digests`): a chunk
+    resized from another version of the catalog stops the gathering, naming it, rather than join old images.
+    """
+    expected = chunk_digests(validated)
+    found = {}
+    for chunk_dir in map(Path, chunk_dirs):
+        meta = json.loads((chunk_dir / CHUNK_NAME).read_text()) if (chunk_dir / CHUNK_NAME).is_file() else {}
+        found[meta.get("chunk", chunk_dir.name)] = meta.get("rows_digest")
+    stale = sorted(str(c) for c in set(found) | set(expected) if found.get(c) != expected.get(c))
+    if stale:
+        raise RuntimeError(
+            f"Resized chunk(s) {', '.join(stale)} do not hold the galaxies the validated catalog gives them (resized from "
+            "another version of it, or missing); rerun them: snakemake -R resize_finetune_images"
+        )
+    indexes = [pd.read_parquet(Path(d) / INDEX_NAME) for d in chunk_dirs]
+    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(columns=[ID, RESIZED, "reason", "message"])
+    return gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun resize_finetune_images")
 
 
 def gather_index(
@@ -193,23 +212,9 @@ def gather_index(
     return ready, quarantine
 
 
-def resize_chunk_file(
-    validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1, rows_digest: str | None = None
-) -> None:
-    """The resize_images rule: resize one chunk of the validated catalog.
-
-    `rows_digest` is the chunk's `catalog.chunk_digests` as the workflow planned the job; a catalog that no
-    longer matches it (rewritten since) stops the job rather than resize other galaxies under the plan's name.
-    """
-    validated = pd.read_parquet(validated_path)
-    if rows_digest is not None:
-        found = chunk_digests(validated[validated[CHUNK] == chunk]).get(chunk)
-        if found != rows_digest:
-            raise RuntimeError(
-                f"Chunk {chunk} of {validated_path} is not the one this job was planned for (its galaxies changed since); "
-                "rerun the workflow so that it plans the chunks again"
-            )
-    resize_chunk(validated, chunk, out_dir, config, workers)
+def resize_chunk_file(validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> None:
+    """The resize_finetune_images rule: resize one chunk of the validated catalog."""
+    resize_chunk(pd.read_parquet(validated_path), chunk, out_dir, config, workers)
 
 
 def gather_files(

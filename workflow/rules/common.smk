@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from zoobot_core.bases import NONE, PIPELINE, BaseModelError, resolve_base
-from zoobot_core.catalog import chunk_digests
+from zoobot_core.catalog import chunk_digests_file
 from zoobot_core.fits_images import FitsConfig
 from zoobot_core.hardware import cap_onednn_isa
 from zoobot_core.schemas import get_tree
@@ -189,11 +189,10 @@ def finetune_image_size():
 
 
 @functools.lru_cache(maxsize=4)
-def _chunk_digests(validated, modified_ns):
-    """catalog.chunk_digests of one version of a validated catalog, read once for all its chunk jobs."""
-    return chunk_digests(
-        pd.read_parquet(validated, columns=["id_str", "file_loc", "chunk"])
-    )
+def _chunk_digests(validated, version):
+    """catalog.chunk_digests_file of one version (mtime, size, inode) of a validated catalog, read once for all
+    its chunk jobs."""
+    return chunk_digests_file(validated)
 
 
 def finetune_chunks(wildcards):
@@ -201,7 +200,8 @@ def finetune_chunks(wildcards):
     validated = checkpoints.validate_finetune_catalog.get(
         run=wildcards.run, dataset=wildcards.dataset
     ).output.validated
-    return _chunk_digests(validated, Path(validated).stat().st_mtime_ns)
+    info = Path(validated).stat()
+    return _chunk_digests(validated, (info.st_mtime_ns, info.st_size, info.st_ino))
 
 
 def finetune_resized_chunks(wildcards):
