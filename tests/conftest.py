@@ -112,6 +112,25 @@ def slurm_env(tmp_path_factory):
         yield env
 
 
+READY_FINETUNE = "results/tiny/finetune/labelled/catalog/ready.parquet"  # the end of a finetuning catalog's image chain
+
+
+def finetune_chunks_setup(tiny_synthetic: Path, folder: Path, n: int, chunk_size: int):
+    """A finetuning catalog of the first n (readable) tiny synthetic galaxies with 0/1 labels, and a config that
+    resizes it in chunks of about chunk_size: (labels, config file). The catalog is written as folder/labels.csv."""
+    import pandas as pd
+
+    source = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:n]  # readable images (the broken ones come last)
+    labels = pd.DataFrame({"galaxy": source["id_str"], "path": source["file_loc"], "smooth": (source.index % 2).astype(int)})
+    labels.to_csv(folder / "labels.csv", index=False)
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["images"]["chunk_size"] = chunk_size
+    config["finetune"] = {"base_model": "none", "catalog": str(folder / "labels.csv"), "id_column": "galaxy", "file_column": "path",
+                          "label_column": "smooth", "image_size": 32, "image_root": str(tiny_synthetic), "max_quarantine_fraction": 0.0}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return labels, folder / "config.yaml"
+
+
 @pytest.fixture(scope="session")
 def slurm_run(slurm_env, tmp_path_factory):
     """The tiny workflow through the shipped SLURM profile, with the train rule asking for one GPU."""
@@ -120,10 +139,15 @@ def slurm_run(slurm_env, tmp_path_factory):
     config["train"]["gpus"] = 1
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
+    return workdir, run_through_slurm(slurm_env, workdir, configfile)
+
+
+def run_through_slurm(slurm_env: dict[str, str], workdir: Path, configfile: Path, *targets: str) -> subprocess.CompletedProcess:
+    """Run the workflow through the shipped SLURM profile on the local test cluster; job logs under workdir/slurm_logs."""
     previous = dict(os.environ)
     os.environ.update(slurm_env)  # SLURM_CONF for sbatch/squeue, inherited by snakemake
     try:
-        result = run_snakemake(
+        return run_snakemake(
             workdir, configfile,
             "--profile", str(REPO / "workflow/profiles/slurm"),
             # this test cluster has no accounting and no accounts; the profile documents both keys
@@ -133,12 +157,12 @@ def slurm_run(slurm_env, tmp_path_factory):
             # the profile's site-sized requests, cut to this 2-CPU node
             "--max-threads", "2", "--set-resources", "train_model:mem_mb=3000", "predict:mem_mb=2000",
             "--verbose",
+            *targets,
             timeout=1200,
         )
     finally:
         os.environ.clear()
         os.environ.update(previous)
-    return workdir, result
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import READY_FINETUNE, REPO, finetune_chunks_setup, run_snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -130,14 +130,8 @@ def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_p
     """Reruns cost what the change costs: chunks follow a hash of the id, so a galaxy added, removed or given
     another image file re-resizes its own chunk only; new labels or shuffled rows re-resize nothing; crossing a
     power-of-two number of chunks redoes them all; and the ready catalog always matches the catalog."""
-    source = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:48]  # readable images (the broken ones come later)
-    labels = pd.DataFrame({"galaxy": source["id_str"], "path": source["file_loc"], "smooth": (source.index % 2).astype(int)})
-    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
-    config["images"]["chunk_size"] = 6  # 48 galaxies -> 8 chunks
-    config["finetune"] = {"base_model": "none", "catalog": str(tmp_path / "labels.csv"), "id_column": "galaxy", "file_column": "path",
-                          "label_column": "smooth", "image_size": 32, "image_root": str(tiny_synthetic), "max_quarantine_fraction": 0.0}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    work, target = tmp_path / "work", "results/tiny/finetune/labelled/catalog/ready.parquet"
+    labels, configfile = finetune_chunks_setup(tiny_synthetic, tmp_path, 48, chunk_size=6)  # 8 chunks
+    work, target = tmp_path / "work", READY_FINETUNE
     out = work / "results/tiny/finetune/labelled"
 
     def copy_image(name: str) -> str:
@@ -148,7 +142,7 @@ def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_p
         """Run the chain on `catalog`; the chunk folders it wrote (checked against the jobs it started)."""
         before = {d.name: d.stat().st_mtime_ns for d in (out / "images").glob("chunk_*")}
         catalog.to_csv(tmp_path / "labels.csv", index=False)
-        jobs = _resize_jobs(run_snakemake(work, tmp_path / "config.yaml", target))
+        jobs = _resize_jobs(run_snakemake(work, configfile, target))
         written = {d.name for d in (out / "images").glob("chunk_*") if before.get(d.name) != d.stat().st_mtime_ns}
         assert jobs == len(written)
         ready = pd.read_parquet(work / target).set_index("id_str").loc[catalog["galaxy"]]
@@ -177,7 +171,7 @@ def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_p
     grown = labels.iloc[: 70 - len(labels)].assign(galaxy=lambda t: "MORE" + t["galaxy"], path=lambda t: [copy_image(f"more{i}.png") for i in range(len(t))])
     labels = pd.concat([labels, grown], ignore_index=True)
     assert len(labels) == 70 and rerun(labels) == {f"chunk_{c}" for c in range(16)}
-    dry = run_snakemake(work, tmp_path / "config.yaml", target, "-n")
+    dry = run_snakemake(work, configfile, target, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 

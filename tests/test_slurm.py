@@ -12,7 +12,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-from conftest import assert_same_numbers
+from conftest import READY_FINETUNE, assert_same_numbers, finetune_chunks_setup, run_through_slurm
 
 pytestmark = pytest.mark.workflow
 
@@ -60,3 +60,17 @@ def test_the_cluster_run_gives_the_same_numbers_as_the_local_run(slurm_run, tiny
 def test_the_cluster_is_left_empty(slurm_run, slurm_env):
     queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=slurm_env, check=True)
     assert queue.stdout.strip() == ""
+
+
+def test_a_finetuning_catalog_edit_reruns_only_its_chunk_through_slurm(slurm_env, tiny_synthetic, tmp_path):
+    """The chunk jobs' rerun trigger (a digest of each chunk's galaxies, from the validation checkpoint) works where
+    every job is its own SLURM job and works its params out again: one galaxy added, one chunk job submitted."""
+    labels, configfile = finetune_chunks_setup(tiny_synthetic, tmp_path, 24, chunk_size=6)  # 4 chunks
+    work, target = tmp_path / "work", READY_FINETUNE
+    run_through_slurm(slurm_env, work, configfile, target)
+    assert len(_job_logs(work, "resize_finetune_images")) == 4 and len(pd.read_parquet(work / target)) == 24
+    pd.concat([labels, labels.iloc[[0]].assign(galaxy="ADDED0001")]).to_csv(tmp_path / "labels.csv", index=False)
+    run_through_slurm(slurm_env, work, configfile, target)
+    assert len(_job_logs(work, "resize_finetune_images")) == 5 and len(_job_logs(work, "validate_finetune_catalog")) == 2
+    ready = pd.read_parquet(work / target)
+    assert len(ready) == 25 and "ADDED0001" in set(ready["id_str"])
