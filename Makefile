@@ -59,7 +59,7 @@ bench: venv
 bench-chain: venv
 	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split --out results/bench_chain.json
 
-## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, then changing its labels: each rerun's whole command (validate, resize, gather) beside the first run's (what every edit cost when chunks followed row position); AGAINST=<a checkout before 2c2e53c> also runs the old design side by side (about 20 min on 2 cores; docs/benchmarks.md)
+## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, then changing its labels: each rerun's whole command (validate, resize, gather) beside the first run's (what every edit cost when chunks followed row position); AGAINST=<a checkout before 2c2e53c> also runs the old design side by side (about 15 min on 2 cores with AGAINST, about half without; docs/benchmarks.md)
 bench-rerun: venv
 	$(BIN)/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun.json
 

@@ -241,11 +241,12 @@ def validate_catalog(
 
 
 def chunk_count(n_rows: int, chunk_size: int) -> int:
-    """How many resize chunks `n_rows` galaxies get: the power of two nearest n_rows / chunk_size, at least 1.
+    """How many resize chunks `n_rows` galaxies get: the power of two nearest n_rows / chunk_size on a log
+    scale, at least 1.
 
     Chunks then hold 0.7-1.4 x chunk_size galaxies on average. The count, and every chunk with it, changes only
-    when the catalog crosses a power-of-two step (about each time it doubles), not when galaxies are added or
-    removed between steps.
+    when the catalog crosses chunk_size x 2^(k + 1/2) rows (thresholds a factor of 2 apart), not when galaxies
+    are added or removed between them.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
