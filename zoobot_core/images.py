@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 RESIZED = "resized_loc"
 INDEX_NAME = "index.parquet"
+INDEX_COLUMNS = [ID, RESIZED, "reason", "message"]  # a chunk's index: per galaxy, its resized file or why not
 CHUNK_NAME = "chunk.json"  # in each chunk folder: its number and the digest of the galaxies it holds
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
@@ -158,7 +159,7 @@ def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, confi
             if reason:
                 log.warning("Cannot read image of %s at %s: %s", id_str, file_loc, message)
             records.append({ID: id_str, RESIZED: None if reason else str(out_dir / name), "reason": reason, "message": message})
-        index = pd.DataFrame(records, columns=[ID, RESIZED, "reason", "message"])
+        index = pd.DataFrame(records, columns=INDEX_COLUMNS)
         atomic_write_table(index, tmp / INDEX_NAME)
         write_json({"chunk": int(chunk), "rows_digest": chunk_digests(rows)[int(chunk)]}, tmp / CHUNK_NAME)
     n_bad = index[RESIZED].isna().sum()
@@ -186,7 +187,7 @@ def gather_resized(
             "another version of it, or missing); rerun them: snakemake -R resize_finetune_images"
         )
     indexes = [pd.read_parquet(Path(d) / INDEX_NAME) for d in chunk_dirs]
-    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(columns=[ID, RESIZED, "reason", "message"])
+    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(columns=INDEX_COLUMNS)
     return gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun resize_finetune_images")
 
 
