@@ -2,12 +2,16 @@
 of fold, ImageNet-layout weights as the base (greyscale images through RGB weights), a survey predicted."""
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from conftest import READY_FINETUNE, REPO, finetune_chunks_setup, run_snakemake
+
+sys.path.insert(0, str(REPO / "tests" / "benchmarks"))  # the benchmarks' tiny runs, and bench_rerun's job count
+import bench_rerun  # noqa: E402
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -83,7 +87,6 @@ def test_the_survey_gets_one_prediction_per_ready_galaxy(finetune_run):
 
 def test_imagenet_base_that_cannot_be_fetched_stops_the_run_before_any_job(tiny_synthetic, tmp_path):
     import subprocess
-    import sys
 
     config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
     config["finetune"] = {"base_model": "imagenet", "catalog": str(tiny_synthetic / "catalog.csv"), "label_column": "smooth-or-featured_smooth"}
@@ -102,9 +105,6 @@ def test_imagenet_base_that_cannot_be_fetched_stops_the_run_before_any_job(tiny_
 
 def test_the_bases_experiment_runs_at_a_tiny_size(tiny_synthetic, tmp_path):
     """tests/benchmarks/finetune_bases.py (the docs' table of bases on the real rings), on tiny synthetic labels."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
     import finetune_bases
 
     catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
@@ -119,11 +119,6 @@ def test_the_bases_experiment_runs_at_a_tiny_size(tiny_synthetic, tmp_path):
     rows = report["table"].splitlines()
     assert rows[2].startswith("| none: linear probe (frozen base) | ") and " ± " in rows[2] and rows[-1].startswith("| baseline: constant | 0.500")
     assert json.loads((tmp_path / "work" / "finetune_bases.json").read_text())["table"] == report["table"]
-
-
-def _resize_jobs(result) -> int:
-    """How many resize_finetune_images jobs a Snakemake run started (its log names each job's rule)."""
-    return sum(line.strip() in ("rule resize_finetune_images:", "localrule resize_finetune_images:") for line in (result.stdout + result.stderr).splitlines())
 
 
 def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_path):
@@ -142,7 +137,8 @@ def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_p
         """Run the chain on `catalog`; the chunk folders it wrote (checked against the jobs it started)."""
         before = {d.name: d.stat().st_mtime_ns for d in (out / "images").glob("chunk_*")}
         catalog.to_csv(tmp_path / "labels.csv", index=False)
-        jobs = _resize_jobs(run_snakemake(work, configfile, target))
+        result = run_snakemake(work, configfile, target)
+        jobs = bench_rerun.resize_jobs(result.stdout + result.stderr)
         written = {d.name for d in (out / "images").glob("chunk_*") if before.get(d.name) != d.stat().st_mtime_ns}
         assert jobs == len(written)
         ready = pd.read_parquet(work / target).set_index("id_str").loc[catalog["galaxy"]]
@@ -177,11 +173,6 @@ def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_p
 
 def test_the_rerun_benchmark_runs_at_a_tiny_size(tmp_path):
     """tests/benchmarks/bench_rerun.py (docs/benchmarks.md: adding galaxies to a finetuning catalog), 60 galaxies."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
-    import bench_rerun
-
     report = bench_rerun.main(["--n", "60", "--chunk-size", "15", "--add", "1", "--repeats", "2", "--size", "32", "--workdir", str(tmp_path)])
     ours = report["results"][60]["ours"]
     assert ours["first_jobs"] == 4 and ours["add_jobs"] == [1, 1] and ours["labels_jobs"] == 0
