@@ -321,3 +321,29 @@ def test_a_malformed_catalog_file_stops_with_its_name_and_line(catalog_dir, cont
     with pytest.raises(CatalogError, match=message) as raised:
         validate_catalog(path, _cfg())
     assert str(path) in str(raised.value)
+
+
+def test_a_duplicated_id_with_a_non_utf8_path_is_quarantined_and_written(tmp_path):
+    """Rows quarantined before path inspection (duplicate_id here) store their path escaped, so the tables can be written."""
+    import os
+
+    from zoobot_core.catalog import write_validation
+
+    _image(tmp_path / "img" / "g0.png")
+    (tmp_path / os.fsdecode(b"img/caf\xff.png")).write_bytes(b"x")  # the file exists: only the bytes are odd
+    (tmp_path / "cat.csv").write_bytes(
+        b"id_str,file_loc,a_yes,a_no\n"
+        b"ok,img/g0.png,1,2\n"
+        b"dup,img/caf\xff.png,1,2\n"
+        b"dup,img/caf\xff.png,3,4\n"
+        b",img/caf\xff.png,1,2\n"  # missing_id, also before inspection
+    )
+    validated, quarantine = validate_catalog(tmp_path / "cat.csv", _cfg(image_root=str(tmp_path)))
+    assert validated["id_str"].tolist() == ["ok"]
+    assert quarantine["row"].tolist() == [1, 2, 3]
+    assert quarantine["reason"].tolist() == ["duplicate_id", "duplicate_id", "missing_id"]
+    assert quarantine["file_loc"].tolist() == ["img/caf\\xff.png"] * 3  # shown escaped, as bad_path rows are
+    write_validation(validated, quarantine, tmp_path / "validated.parquet", tmp_path / "quarantine.parquet")
+    written = pd.read_parquet(tmp_path / "quarantine.parquet")
+    assert written["reason"].tolist() == ["duplicate_id", "duplicate_id", "missing_id"]
+    assert written["file_loc"].tolist() == ["img/caf\\xff.png"] * 3

@@ -171,3 +171,71 @@ def test_the_resize_benchmark_runs_with_every_input_format():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1:3] for line in result.stdout.splitlines() if line.startswith("| ") and "px" not in line]
     assert {(fmt.strip(), px.strip()) for fmt, px in rows} >= {(f, p) for f in ("jpg", "png", "fits", "fits.gz") for p in ("128", "224")}
+
+
+def test_a_full_disk_stops_the_chunk_naming_the_file_and_quarantines_nothing(tmp_path, monkeypatch):
+    """A resized image written onto a full disk (/dev/full: the kernel fails every write with ENOSPC) stops the job,
+    naming the galaxy and its file, and leaves no chunk behind: quarantined, the galaxy would stay lost, because a
+    chunk reruns only when its galaxies change. Once the disk has room, a corrupt image is still quarantined."""
+    import builtins
+    import errno
+    import os
+
+    from zoobot_core.images import MachineError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    for name in ("a", "b"):
+        Image.new("RGB", (30, 30), (9, 8, 7)).save(tmp_path / f"{name}.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    validated = pd.DataFrame({
+        "row": [0, 1, 2], "id_str": ["a", "b", "c"], "labelled": [True] * 3, "chunk": [0] * 3,
+        "file_loc": [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "corrupt.png")],
+    })
+    out = tmp_path / "chunk_0"
+    real_open = builtins.open
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        """The chunk's resized images go to /dev/full; everything else as usual."""
+        full = "w" in mode and str(file).startswith(str(tmp_path / ".chunk_0")) and str(file).endswith(".png")
+        return real_open("/dev/full" if full else file, mode, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", open_on_a_full_disk)
+        with pytest.raises(MachineError, match=r"galaxy a: .*a\.png.*No space left on device.*rerun") as caught:
+            resize_chunk(validated, 0, out, ResizeConfig(size=8))
+    assert isinstance(caught.value.__cause__, OSError) and caught.value.__cause__.errno == errno.ENOSPC
+    assert not out.exists() and not list(tmp_path.glob(".chunk_0*"))  # no half-written chunk, no index, no quarantine
+    index = resize_chunk(validated, 0, out, ResizeConfig(size=8))  # the disk has room again: the rerun recovers them
+    assert index.set_index("id_str")["reason"].fillna("ok").to_dict() == {"a": "ok", "b": "ok", "c": "unreadable_image"}
+    assert (out / "a.png").is_file() and (out / "b.png").is_file() and not (out / "c.png").exists()
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EIO", "ESTALE", "EDQUOT", "EROFS", "ENOMEM", "EMFILE"])
+def test_file_system_errors_are_the_machines_fault_and_stop_the_job(code):
+    """One policy for resizing and sharding: an OSError carrying an errno (other than a missing file) is the machine
+    failing, raised as MachineError naming the file, never quarantined."""
+    import errno
+    import os
+
+    from zoobot_core.images import MachineError, unreadable_reason
+
+    error = OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    with pytest.raises(MachineError, match=r"/data/g1\.png.*rerun") as caught:
+        unreadable_reason(error, "/data/g1.png")
+    assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [FileNotFoundError(2, "No such file or directory"), OSError("image file is truncated"), SyntaxError("not a PNG file"), EOFError()],
+    ids=["missing", "truncated", "bad-header", "eof"],
+)
+def test_corrupt_or_missing_images_are_the_files_fault_and_quarantined(error):
+    from PIL import UnidentifiedImageError
+
+    from zoobot_core.images import unreadable_reason
+
+    reason, message = unreadable_reason(error, "/data/g1.png")
+    assert reason == "unreadable_image" and message.startswith(type(error).__name__)
+    assert unreadable_reason(UnidentifiedImageError("cannot identify image file"), "/data/g1.png")[0] == "unreadable_image"

@@ -321,3 +321,78 @@ def test_joining_parts_appends_those_that_hold_records_in_order(tmp_path, presen
         expected = b"".join(contents[k] for k in sorted(contents))
         assert (tmp_path / shard).read_bytes() == expected and checksum == hashlib.sha256(expected).hexdigest()
     assert [p.name for p in (tmp_path / "train").iterdir() if ".part" in p.name] == []
+
+
+@pytest.mark.parametrize("code", ["EIO", "ESTALE", "ENOSPC"])
+def test_a_failing_file_system_stops_the_survey_shards_with_the_policy_resizing_uses(tiny_synthetic, tmp_path, monkeypatch, code):
+    """write_shards(resize=...) and images.resize_chunk share images.unreadable_reason: an I/O error reading a
+    catalog image stops the job with MachineError naming the file, and no shards or unreadable list appear; a corrupt
+    image in the same catalog is listed as unreadable_image once the file system works."""
+    import errno
+
+    import zoobot_core.shards as shards
+    from zoobot_core.catalog import CatalogConfig, validate_catalog
+    from zoobot_core.images import MachineError, ResizeConfig
+
+    tree = get_tree("gz_decals_dr5")
+    validated, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
+    victim = validated.loc[3, "file_loc"]
+    real_load = shards.load_resized
+
+    def load_on_a_failing_disk(path, config):
+        if path == victim:
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), path)
+        return real_load(path, config)
+
+    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=8, image_encoding="raw")
+    with monkeypatch.context() as patch:
+        patch.setattr(shards, "load_resized", load_on_a_failing_disk)
+        with pytest.raises(MachineError, match=rf"reading {victim} into a shard.*{code}.*rerun"):
+            write_shards(validated, tmp_path / "shards", settings, source_col="file_loc", resize=ResizeConfig(size=32))
+    assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards*"))
+    write_shards(validated, tmp_path / "shards", settings, source_col="file_loc", resize=ResizeConfig(size=32))
+    unreadable = pd.read_parquet(tmp_path / "shards" / "unreadable.parquet")
+    assert validated.loc[3, "id_str"] not in set(unreadable["id_str"]) and set(unreadable["reason"]) == {"unreadable_image"}
+    assert len(pd.read_parquet(tmp_path / "shards" / MANIFEST)) + len(unreadable) == len(validated)
+
+
+@pytest.mark.parametrize("hash_images", [True, False], ids=["hash_images", "no_hash_images"])
+def test_provenance_hash_images_decides_whether_write_shards_hashes_the_source_images(tiny_synthetic, tmp_path, monkeypatch, hash_images):
+    """provenance.hash_images reaches write_shards: off, no image is hashed, the manifest has no source_sha256 and
+    provenance lists no image; on, every image written is hashed once and provenance lists its SHA-256. The shard
+    files' own SHA-256 is in the manifest either way."""
+    import json
+    from pathlib import Path
+
+    import zoobot_core.shards as shards
+    from zoobot_core.catalog import CatalogConfig, validate_catalog
+    from zoobot_core.images import ResizeConfig
+    from zoobot_core.provenance import write_provenance
+
+    tree = get_tree("gz_decals_dr5")
+    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
+    validated.to_parquet(tmp_path / "validated.parquet")
+    quarantine.to_parquet(tmp_path / "quarantine.parquet")
+    hashed: list[str] = []
+    real_sha256 = shards.file_sha256
+    monkeypatch.setattr(shards, "file_sha256", lambda path: hashed.append(str(path)) or real_sha256(path))  # a spy: hashes as before
+    settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=8, image_encoding="raw")
+    manifest = shards.survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine.parquet", tmp_path / "shards", settings,
+                                         ResizeConfig(size=32), 0.2, hash_images=hash_images)
+    for shard, group in manifest.groupby("shard"):
+        assert group["shard_sha256"].iloc[0] == _sha(tmp_path / "shards" / shard)
+    provenance = write_provenance({"seed": 1}, tiny_synthetic / "catalog.csv", tmp_path / "validated.parquet", tmp_path / "shards",
+                                  tmp_path / "provenance.json", tmp_path / "provenance_images.parquet", tmp_path, hash_images=hash_images)
+    images = pd.read_parquet(tmp_path / "provenance_images.parquet")
+    assert json.loads((tmp_path / "provenance.json").read_text())["inputs"] == provenance["inputs"]
+    files = validated.set_index("id_str")["file_loc"]
+    if hash_images:
+        assert sorted(hashed) == sorted(files[manifest["id_str"]])  # each image written, hashed once as it was read
+        sums = manifest.set_index("id_str")["source_sha256"]
+        assert sums.to_dict() == {i: _sha(Path(files[i])) for i in manifest["id_str"]}
+        assert provenance["inputs"]["n_images"] == len(images) == len(manifest) and len(provenance["inputs"]["images_digest"]) == 64
+        assert images.set_index("id_str")["sha256"].to_dict() == sums.to_dict()
+    else:
+        assert hashed == []  # not one image's bytes hashed
+        assert "source_sha256" not in manifest and "source_sha256" not in pd.read_parquet(tmp_path / "shards" / MANIFEST)
+        assert provenance["inputs"]["n_images"] is None and provenance["inputs"]["images_digest"] is None and len(images) == 0

@@ -71,7 +71,9 @@ class CatalogConfig:
 
 
 def _quarantine_rows(df: pd.DataFrame, mask: pd.Series, reason: str, message: str | pd.Series) -> pd.DataFrame:
+    """The quarantine table's rows for `mask`; the one place paths become printable (\\xNN for bytes not UTF-8)."""
     rows = df.loc[mask, ["row", ID, FILE]].copy()
+    rows[FILE] = pd.array([printable(p) for p in rows[FILE]], dtype="string")  # before inspection a path keeps raw bytes
     rows["stage"] = "validate"
     rows["reason"] = reason
     rows["message"] = message[mask] if isinstance(message, pd.Series) else message
@@ -112,7 +114,7 @@ def inspect_image_path(path: str, roots: tuple[Path, ...]) -> tuple[str | None, 
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = printable(path)
         return "bad_path", f"path {shown} is not valid UTF-8; {REASONS['bad_path']}", shown
     candidate = Path(path) if Path(path).is_absolute() else roots[0] / path
     absolute = Path(os.path.normpath(candidate))
@@ -189,7 +191,7 @@ def validate_catalog(
     # the root as written and as resolved: a root that is itself a symlink (/data -> /mnt/...) accepts paths either way
     roots = tuple(dict.fromkeys((Path(os.path.abspath(given_root)), root)))
     checked = [inspect_image_path(p, roots) if ok.iat[i] and isinstance(p, str) else (None, "", printable(p)) for i, p in enumerate(df[FILE])]
-    df[FILE] = pd.array([c[2] for c in checked], dtype="string")  # absolute, and printable for the tables
+    df[FILE] = pd.array([c[2] for c in checked], dtype="string")  # absolute, and storable in Arrow strings
     reasons = pd.Series([c[0] for c in checked], index=df.index)
     for reason in [r for r in dict.fromkeys(reasons) if r]:
         mask = reasons == reason

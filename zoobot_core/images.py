@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -28,6 +29,26 @@ CHUNK_NAME = "chunk.json"  # in each chunk folder: its number and the digest of 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
 UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, zlib.error)
+# the OSErrors with an errno that are the file's fault; every other errno (ENOSPC, EIO, ESTALE, EDQUOT, EROFS, ENOMEM,
+# EMFILE...) is the machine's. Decoders (Pillow, astropy, gzip) raise corrupt data as OSErrors without an errno.
+FILE_ERRNOS = frozenset({errno.ENOENT})
+
+
+class MachineError(RuntimeError):
+    """The machine (disk, file system, memory), not the image, failed while an image was read or written."""
+
+
+def unreadable_reason(err: BaseException, files: str) -> tuple[str, str]:
+    """The one policy for an image that failed (resizing and sharding alike): ('unreadable_image', message) when
+    the file is at fault (corrupt, not an image, missing); MachineError naming `files` when the machine is."""
+    if isinstance(err, OSError) and err.errno is not None and err.errno not in FILE_ERRNOS:
+        name = errno.errorcode.get(err.errno, str(err.errno))
+        raise MachineError(
+            f"{files}: {type(err).__name__}: {err} ({name}). The machine failed (disk full, quota, I/O error, stale NFS "
+            "handle, read-only file system, out of memory or file handles), not the image, so nothing was quarantined; "
+            "fix that and rerun the job"
+        ) from err
+    return "unreadable_image", f"{type(err).__name__}: {err}"
 
 
 @dataclass(frozen=True)
@@ -122,7 +143,7 @@ def save_image(image: Image.Image, path: Path | str, config: ResizeConfig) -> No
 
 
 def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, str | None]:
-    """Resize one image to `target`; (None, None) on success, else (reason, message)."""
+    """Resize one image to `target`; (None, None) on success, else (reason, message); MachineError if the machine failed."""
     id_str, file_loc, target, config = task
     try:
         save_image(load_resized(file_loc, config), target, config)
@@ -130,7 +151,7 @@ def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, s
     except BadImage as err:
         return err.reason, str(err)
     except UNREADABLE_ERRORS as err:
-        return "unreadable_image", f"{type(err).__name__}: {err}"
+        return unreadable_reason(err, f"galaxy {id_str}: resizing {file_loc} to {target}")
 
 
 def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> pd.DataFrame:

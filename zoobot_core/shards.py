@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED
 from zoobot_core.fits_images import BadImage
-from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, load_rgb
+from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, load_rgb, unreadable_reason
 from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
 from zoobot_core.tfrecord import ExampleLayout, TFRecordWriter
 
@@ -73,12 +73,12 @@ def _image_bytes(path: str, read_encoded: Callable[[str], bytes], raw_size: int 
     return encoded if raw_size is None else _raw_pixels(encoded, raw_size)
 
 
-def resized_bytes(path: str, config: ResizeConfig, raw: bool) -> tuple[bytes, str]:
+def resized_bytes(path: str, config: ResizeConfig, raw: bool, hash_image: bool = True) -> tuple[bytes, str | None]:
     """One source image resized as `config` says (images.load_rgb): its uint8 RGB pixels (raw) or PNG bytes
-    (png_compress_level), what the survey's shards store, made straight from the catalog's file; and the
-    file's SHA-256 (provenance), taken here where the image is read anyway."""
+    (png_compress_level), what the survey's shards store, made straight from the catalog's file; and, with
+    `hash_image` (provenance.hash_images), the file's SHA-256, taken here where the image is read anyway (else None)."""
     rgb = load_resized(path, config)
-    checksum = file_sha256(path)  # the file is in the page cache now: no second trip to the disk
+    checksum = file_sha256(path) if hash_image else None  # the file is in the page cache now: no second trip to the disk
     if raw:
         return rgb.tobytes(), checksum
     buffer = io.BytesIO()
@@ -92,10 +92,8 @@ def _load_or_reason(load: Callable[[str], bytes | tuple[bytes, str]], path: str)
         loaded = load(path)
     except BadImage as err:
         return None, None, err.reason, str(err)
-    except UNREADABLE_ERRORS as err:
-        if isinstance(err, OSError) and err.errno is not None and not isinstance(err, FileNotFoundError):
-            raise  # the file system failing (EIO, ESTALE, too many open files): stop, do not quarantine by chance
-        return None, None, "unreadable_image", f"{type(err).__name__}: {err}"
+    except UNREADABLE_ERRORS as err:  # the file system failing (EIO, ESTALE...) raises MachineError: stop, quarantine nothing
+        return (None, None, *unreadable_reason(err, f"reading {path} into a shard"))
     return (*loaded, None, None) if isinstance(loaded, tuple) else (loaded, None, None, None)
 
 
@@ -294,6 +292,7 @@ def write_shards(
     split_col: str | None = None,
     resize: ResizeConfig | None = None,
     check_unreadable: Callable[[pd.DataFrame], None] | None = None,
+    hash_images: bool = True,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
@@ -311,7 +310,9 @@ def write_shards(
     `unreadable.parquet` beside the shards (gather_images quarantines it) and its shard is one record short (each
     shard's galaxies are fixed before any image is read, so no other galaxy moves); `check_unreadable(table)` may
     refuse the lot before anything appears. Without `resize` (shards of files already checked), an unreadable file
-    is an error. The whole directory appears at once when writing succeeds.
+    is an error. With `resize` and `hash_images` (provenance.hash_images), the manifest's source_sha256 holds each
+    source image's SHA-256; without, no image is hashed and the column is left out. The whole directory appears at
+    once when writing succeeds.
     """
     shard_dir = Path(shard_dir)
     if settings.image_encoding not in ("encoded", "raw"):
@@ -333,7 +334,7 @@ def write_shards(
     if resize is not None:
         if resize.size != settings.size:
             raise ValueError(f"Resize size {resize.size} differs from the shards' size {settings.size}")
-        load = partial(resized_bytes, config=resize, raw=raw)
+        load = partial(resized_bytes, config=resize, raw=raw, hash_image=hash_images)
     else:
         load = partial(_image_bytes, read_encoded=encoded_bytes or _read_bytes, raw_size=settings.size if raw else None)
     decoding = raw or encoded_bytes is not None or resize is not None
@@ -521,9 +522,11 @@ def survey_shards_file(
     resize: ResizeConfig,
     max_quarantine_fraction: float,
     workers: int = 1,
+    hash_images: bool = True,
 ) -> pd.DataFrame:
     """The write_shards rule: the validated catalog's images, resized in `workers` processes, straight into shards
-    (one pass: no resized copies on disk); unreadable images are listed in unreadable.parquet for gather_images.
+    (one pass: no resized copies on disk), each source image hashed for provenance only with `hash_images`;
+    unreadable images are listed in unreadable.parquet for gather_images.
     A catalog whose validation quarantined more than `max_quarantine_fraction` of its rows stops first, before
     any image is read, and one over the limit with its unreadable images stops before the shards appear (so no
     training starts on it); CatalogError naming the reasons."""
@@ -537,7 +540,8 @@ def survey_shards_file(
     def check_all(unreadable: pd.DataFrame) -> None:  # and with the unreadable images, before the shards appear
         check_quarantine_fraction(n_in, pd.concat([quarantine[["reason"]], unreadable[["reason"]]], ignore_index=True), max_quarantine_fraction, "the catalog")
 
-    return write_shards(validated, shard_dir, settings, workers=workers, source_col=FILE, resize=resize, check_unreadable=check_all)
+    return write_shards(validated, shard_dir, settings, workers=workers, source_col=FILE, resize=resize, check_unreadable=check_all,
+                        hash_images=hash_images)
 
 
 def gather_shards_file(

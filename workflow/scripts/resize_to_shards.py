@@ -17,4 +17,7 @@ survey_shards_file(
     # from the config, not a param: the limit changes no shard, so changing it must not rewrite them
     max_quarantine_fraction=snakemake.config["catalog"]["max_quarantine_fraction"],
     workers=snakemake.threads,
+    # from the config, not a param: it changes no shard, and the provenance rule hashes the images itself when the
+    # manifest lacks them (turned on later), so toggling it must not resize the survey again
+    hash_images=snakemake.config["provenance"]["hash_images"],
 )
