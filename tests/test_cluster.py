@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,6 +88,62 @@ def test_the_cluster_rule_reads_split_files_into_the_same_clusters_as_one_table(
     config = ClusterConfig(n_clusters=4, n_components=5, seed=1)
     pd.testing.assert_frame_equal(cluster_features(ids, features, config), cluster_representations(table, config))
     pd.testing.assert_frame_equal(table, before)
+
+
+def _representations(n: int = 50, dim: int = 12, seed: int = 0) -> pd.DataFrame:
+    """A representation table as predict writes it: id_str, then feat_00... (zero-padded to the widest index)."""
+    table = pd.DataFrame(np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32), columns=[f"feat_{i:02d}" for i in range(dim)])
+    table.insert(0, "id_str", [f"g{seed}_{i}" for i in range(n)])
+    return table
+
+
+def test_representations_are_read_by_column_name_whatever_the_column_order(tmp_path):
+    """Features come out in feat_ order and ids from id_str, whether id_str comes last, the feature columns are shuffled
+    or a non-feature column sits among them; files with different layouts read into one matrix."""
+    from zoobot_core.cluster import feature_matrix, read_representations
+
+    train, val = _representations(seed=0), _representations(n=30, seed=1)
+    train.to_parquet(tmp_path / "predict.parquet", index=False)
+    expected_ids, _, expected = read_representations([tmp_path / "predict.parquet"])
+    np.testing.assert_array_equal(expected, train.drop(columns="id_str").to_numpy())
+    feats = [c for c in train.columns if c.startswith("feat_")]
+    layouts = {
+        "id_last": train[[*feats, "id_str"]],
+        "shuffled": train[["id_str", *np.random.default_rng(1).permutation(feats)]],
+        "extra": train[feats[:5]].assign(split="train", id_str=train["id_str"]).join(train[feats[5:]]),
+    }
+    for name, table in layouts.items():
+        table.to_parquet(tmp_path / f"{name}.parquet", index=False, row_group_size=16)
+        ids, splits, features = read_representations([tmp_path / f"{name}.parquet"])
+        assert ids.tolist() == expected_ids.tolist() and splits.tolist() == [name] * len(train), name
+        np.testing.assert_array_equal(features, expected, err_msg=name)
+    val[["id_str", *feats]][[*feats[::-1], "id_str"]].to_parquet(tmp_path / "val.parquet", index=False)
+    ids, splits, features = read_representations([tmp_path / "id_last.parquet", tmp_path / "val.parquet"])
+    np.testing.assert_array_equal(features, np.concatenate([expected, val[feats].to_numpy()]))
+    assert ids.tolist() == train["id_str"].tolist() + val["id_str"].tolist()
+    np.testing.assert_array_equal(feature_matrix(layouts["shuffled"]), expected)  # the in-memory table too
+
+
+def test_representation_tables_of_another_layout_are_refused_naming_the_file(tmp_path):
+    from zoobot_core.cluster import read_representations
+
+    good = tmp_path / "train.parquet"
+    _representations().to_parquet(good, index=False)
+    bad = {
+        "no_features": (_representations()[["id_str"]].assign(score=1.0), "has no feat_* columns"),
+        "no_ids": (_representations().drop(columns="id_str"), "has no id_str column"),
+        "fewer_features": (_representations().drop(columns="feat_11"), "feat_* columns differ from"),
+        "gap": (_representations().drop(columns="feat_03"), "feat_00 ... feat_11 with feat_03 missing"),
+        "text_feature": (_representations().assign(feat_05="x"), "column feat_05 is not a number"),
+        "bad_name": (_representations().rename(columns={"feat_02": "feat_two"}), "feat_two is not named feat_<number>"),
+    }
+    for name, (table, message) in bad.items():
+        path = tmp_path / f"{name}.parquet"
+        table.to_parquet(path, index=False)
+        paths = [good, path] if name == "fewer_features" else [path]
+        with pytest.raises(ValueError, match=re.escape(message)) as raised:
+            read_representations(paths)
+        assert str(path) in str(raised.value) and "predict" in str(raised.value), name
 
 
 def test_the_clustering_benchmark_runs_at_a_tiny_size():

@@ -48,8 +48,21 @@ def test_colours_follow_the_band_fluxes(tmp_path):
     # Lupton's stretch scales all three bands by one factor of their summed intensity: colour ratios are kept
     np.testing.assert_allclose(centre / centre[0], [1.0, FLUX["r"] / FLUX["z"], FLUX["g"] / FLUX["z"]], atol=0.02)
     assert rgb[0, 0].max() == 0  # empty sky is black
-    again = np.asarray(load_fits_rgb(_write(tmp_path / "g2.fits", _grz()[[2, 1, 0]]), FitsConfig()), dtype=float)
-    np.testing.assert_array_equal(again, rgb)  # bands as given: the same picture
+    again = np.asarray(load_fits_rgb(_write(tmp_path / "g2.fits", _grz()[[2, 1, 0]]), FitsConfig(bands=(0, 1, 2))), dtype=float)
+    np.testing.assert_array_equal(again, rgb)  # planes already z, r, g shown in file order: the same picture
+
+
+def test_a_three_plane_cube_needs_bands_set(tmp_path):
+    """bands null would show a g, r, z cube as R = g, B = z, the reverse of the usual colours: refused, naming the file
+    and the setting, rather than guessed; one plane needs no bands."""
+    path = _write(tmp_path / "grz.fits", _grz())
+    with pytest.raises(BadImage, match=re.escape("set images.fits.bands")) as raised:
+        read_fits_planes(path, FitsConfig())
+    assert raised.value.reason == "fits_bands" and path in str(raised.value) and "[2, 1, 0]" in str(raised.value)
+    index = resize_chunk(pd.DataFrame({"id_str": ["g"], "file_loc": [path], "chunk": 0}), 0, tmp_path / "chunk", ResizeConfig(size=16))
+    assert index["reason"].tolist() == ["fits_bands"] and index[RESIZED].isna().all()  # quarantined with the reason, not shown reversed
+    assert read_fits_planes(_write(tmp_path / "one.fits", _galaxy(1.0)), FitsConfig()).shape == (1, SIZE, SIZE)
+    np.testing.assert_array_equal(read_fits_planes(path, ZRG), _grz()[[2, 1, 0]])  # R = z, G = r, B = g
 
 
 def test_the_stretch_is_absolute_brighter_galaxies_look_brighter(tmp_path):
@@ -68,8 +81,20 @@ def test_scales_q_and_minimum_do_what_the_config_says(tmp_path):
     linear = np.asarray(load_fits_rgb(path, FitsConfig(bands=(2, 1, 0), q=0.0, stretch=4.0)), dtype=float)
     half = np.unravel_index(np.argmin(np.abs(_galaxy(FLUX["z"]) - 1.0)), (SIZE, SIZE))  # where z = 1.0 = a quarter of 4
     assert linear[SIZE - 1 - half[0], half[1], 0] == pytest.approx(255 * 1.0 / 4.0, abs=6)
-    raised = np.asarray(load_fits_rgb(path, FitsConfig(bands=(2, 1, 0), minimum=0.5)), dtype=float)
-    assert raised.sum() < base.sum() * SIZE * SIZE and (raised.max(axis=2) == 0).mean() > (base == 0).mean() / 3
+
+
+def test_minimum_is_the_black_point_where_the_stretch_starts(tmp_path):
+    """minimum is subtracted before the stretch: pixels at or below it are black, the rest shown as (value - minimum)."""
+    row = np.array([[0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 9.0]])
+    path = _write(tmp_path / "row.fits", row)
+    linear = {"stretch": 4.0, "q": 0.0}  # 255 * (value - minimum) / 4, up to 255
+    grey = {m: np.asarray(load_fits_rgb(path, FitsConfig(minimum=m, **linear)))[0, :, 0].tolist() for m in (0.0, 1.0)}
+    assert grey[0.0] == [0, 31, 63, 95, 127, 191, 255]
+    assert grey[1.0] == [0, 0, 0, 31, 63, 127, 255]  # 1.0 and below black; 2.0 looks as 1.0 did with minimum 0
+    shifted = _write(tmp_path / "shifted.fits", row - 1.0)
+    for q in (0.0, 8.0):  # the asinh stretch too starts at minimum: raising it is subtracting it from the data
+        np.testing.assert_array_equal(load_fits_rgb(path, FitsConfig(minimum=1.0, stretch=4.0, q=q)), load_fits_rgb(shifted, FitsConfig(stretch=4.0, q=q)))
+    assert read_fits_planes(path, FitsConfig(minimum=1.0)).tolist() == [row.tolist()]  # the data themselves are not clipped
 
 
 def test_one_band_is_grey_and_north_is_up(tmp_path):
@@ -109,13 +134,14 @@ def test_gzip_extensions_and_multi_extension_files_are_read(tmp_path):
         (_grz(), {"hdu": 3}, "fits_missing_hdu", "has no HDU 3"),
         (_grz(), {"hdu": "SCI"}, "fits_missing_hdu", "has no HDU 'SCI'"),
         (_grz()[:2], {}, "fits_bands", "2 planes; set images.fits.bands"),
+        (_grz(), {}, "fits_bands", "3 planes and images.fits.bands is null; set images.fits.bands"),
         (_grz(), {"bands": (0, 1, 5)}, "fits_bands", "asks for planes [0, 1, 5], the file has 3"),
-        (_grz(), {"scales": (1.0, 2.0)}, "fits_bands", "3 bands but 2 images.fits.scales"),
+        (_galaxy(1.0), {"scales": (1.0, 2.0, 3.0)}, "fits_bands", "1 bands but 3 images.fits.scales"),
         (np.where(_galaxy(1.0) > 0.5, np.nan, _galaxy(1.0)), {}, "fits_nonfinite", "of pixels are NaN or infinite"),
-        (np.zeros((3, SIZE, SIZE), np.float32), {}, "blank_image", "every pixel is 0"),
+        (np.zeros((3, SIZE, SIZE), np.float32), {"bands": (0, 1, 2)}, "blank_image", "every pixel is 0"),
         (np.zeros((2, 3, SIZE, SIZE), np.float32), {}, "fits_bands", "need (y, x) or (bands, y, x)"),
     ],
-    ids=["hdu-index", "hdu-name", "two-planes", "band-out-of-range", "scales-count", "nan", "all-zero", "4d"],
+    ids=["hdu-index", "hdu-name", "two-planes", "three-planes-no-bands", "band-out-of-range", "scales-count", "nan", "all-zero", "4d"],
 )
 def test_bad_fits_files_are_refused_with_their_reason(tmp_path, data, config, reason, message):
     path = _write(tmp_path / "bad.fits", data)
@@ -222,3 +248,24 @@ def test_a_fits_catalog_runs_through_the_workflow_with_its_quarantine_accounted(
     assert counts["quarantined_by_reason"] == {"blank_image": 1, "fits_bands": 1, "fits_nonfinite": 1, "unreadable_image": 1}
     quarantine = pd.read_parquet(out / "quarantine.parquet")
     assert dict(zip(quarantine["id_str"], quarantine["reason"])) == expected
+
+
+def test_a_file_system_error_reading_fits_stops_the_job_instead_of_quarantining(tmp_path, monkeypatch):
+    """The one policy of images.unreadable_reason holds for FITS too: EIO is the machine's fault, a corrupt file the file's."""
+    import errno
+
+    from zoobot_core.images import MachineError
+
+    path = _write(tmp_path / "g.fits", _grz())
+    rows = pd.DataFrame({"id_str": ["g"], "file_loc": [path], "chunk": 0})
+
+    def failing_open(name, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", str(name))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fits, "open", failing_open)
+        with pytest.raises(MachineError, match=re.escape(f"galaxy g: resizing {path}")):
+            resize_chunk(rows, 0, tmp_path / "chunk", ResizeConfig(size=16, fits=ZRG))
+    assert not (tmp_path / "chunk").exists()
+    index = resize_chunk(rows, 0, tmp_path / "chunk", ResizeConfig(size=16, fits=ZRG))
+    assert index["reason"].isna().all() and index[RESIZED].notna().all()

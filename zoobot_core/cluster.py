@@ -6,11 +6,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from zoobot_core.images import ImageViewer, ResizeConfig, view_file
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +32,36 @@ class ClusterConfig:
 
 
 def feature_matrix(representations: pd.DataFrame) -> np.ndarray:
-    """The feat_* columns as a float32 matrix."""
-    cols = [c for c in representations.columns if c.startswith("feat_")]
+    """The feat_* columns as a float32 matrix, in feature-number order whatever the table's column order."""
+    cols = sorted((c for c in representations.columns if c.startswith("feat_")), key=lambda c: (len(c), c))
     if not cols:
         raise ValueError("Representation table has no feat_* columns; pass the output of predict")
     return representations[cols].to_numpy(np.float32)
+
+
+def representation_columns(path: str | Path, schema: pa.Schema) -> list[str]:
+    """The feat_* columns of a representation file in feature order, after checking its layout (id_str, feat_0 ... feat_n-1)."""
+    import pyarrow as pa
+
+    fix = "pass the predict rule's representations (results/<run>/representations/<split>.parquet: id_str, feat_0000 ...)"
+    if "id_str" not in schema.names:
+        raise ValueError(f"{path} has no id_str column; {fix}")
+    feats = [name for name in schema.names if name.startswith("feat_")]
+    if not feats:
+        raise ValueError(f"{path} has no feat_* columns; {fix}")
+    for name in feats:
+        if not name[len("feat_"):].isdigit():
+            raise ValueError(f"{path}: column {name} is not named feat_<number>; rename or drop it, or {fix}")
+        kind = schema.field(name).type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            raise ValueError(f"{path}: column {name} is not a number ({kind}); {fix}")
+    feats.sort(key=lambda name: int(name[len("feat_"):]))
+    numbers = [int(name[len("feat_"):]) for name in feats]
+    if numbers != list(range(len(feats))):
+        missing = sorted(set(range(numbers[-1] + 1)) - set(numbers))
+        detail = f"with feat_{missing[0]:0{len(feats[0]) - 5}d} missing" if missing else "numbered twice"
+        raise ValueError(f"{path}: columns {feats[0]} ... {feats[-1]} {detail}; {fix}")
+    return feats
 
 
 def read_representations(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,18 +70,22 @@ def read_representations(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarra
     import pyarrow.parquet as pq
 
     files = [pq.ParquetFile(p) for p in paths]
-    cols = [c for c in files[0].schema_arrow.names if c.startswith("feat_")] if files else []
-    if files and not cols:
-        raise ValueError(f"{paths[0]} has no feat_* columns; pass the predict rule's representations")
+    cols = representation_columns(paths[0], files[0].schema_arrow) if files else []
+    for path, file in zip(paths[1:], files[1:]):
+        if representation_columns(path, file.schema_arrow) != cols:
+            raise ValueError(
+                f"{path}: its feat_* columns differ from those of {paths[0]} ({cols[0]} ... {cols[-1]}); "
+                "cluster representations of one model, as the predict rule writes them"
+            )
     n = sum(f.metadata.num_rows for f in files)
     features = np.empty((n, len(cols)), np.float32)
     ids, splits, row = [], [], 0
     for path, file in zip(paths, files):
         for batch in file.iter_batches(batch_size=16384, columns=["id_str", *cols]):
             rows = slice(row, row + batch.num_rows)
-            for j in range(len(cols)):
-                features[rows, j] = batch.column(1 + j).to_numpy(zero_copy_only=False)
-            ids += batch.column(0).to_pylist()
+            for j, col in enumerate(cols):  # by name, in feat_ number order, whatever the order of the file's columns
+                features[rows, j] = batch.column(col).to_numpy(zero_copy_only=False)
+            ids += batch.column("id_str").to_pylist()
             row += batch.num_rows
         splits += [Path(path).stem] * file.metadata.num_rows
     return np.asarray(ids, dtype=object), np.asarray(splits, dtype=object), features

@@ -45,7 +45,7 @@ class FitsConfig:
     """
 
     hdu: int | str | None = None  # index or EXTNAME; None: the first HDU holding an image
-    bands: tuple[int, ...] | None = None  # planes of the cube as (R, G, B), or one plane (greyscale); None: all (1 or 3)
+    bands: tuple[int, ...] | None = None  # planes of the cube as (R, G, B), or one plane (greyscale); None: one-plane files only
     scales: tuple[float, ...] | None = None  # multiply each chosen band by this before the stretch; None: 1
     minimum: float = 0.0
     stretch: float = 0.5
@@ -106,12 +106,20 @@ def read_fits_planes(path: Path | str, config: FitsConfig) -> np.ndarray:
     except BadImage:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, zlib.error) as err:
+        if isinstance(err, OSError) and err.errno is not None:  # the file system's, not the file's: images.unreadable_reason decides
+            raise
         raise BadImage("unreadable_image", f"{path}: not a readable FITS file ({type(err).__name__}: {err})") from None
     if data.ndim == 2:
         data = data[np.newaxis]
     elif data.ndim != 3:
         raise BadImage("fits_bands", f"{path}: image has shape {data.shape}; need (y, x) or (bands, y, x)")
     n_planes = data.shape[0]
+    if config.bands is None and n_planes == 3:  # file order would show a g, r, z cube as R = g, B = z: reversed colours
+        raise BadImage(
+            "fits_bands",
+            f"{path}: 3 planes and images.fits.bands is null; set images.fits.bands to the planes shown as R, G, B: "
+            "[2, 1, 0] for a Legacy Survey g, r, z cube (R = z, G = r, B = g, the usual colours), [0, 1, 2] if the planes are R, G, B",
+        )
     bands = config.bands if config.bands is not None else tuple(range(n_planes))
     if any(b < 0 or b >= n_planes for b in bands):
         raise BadImage("fits_bands", f"{path}: images.fits.bands asks for planes {list(bands)}, the file has {n_planes}")

@@ -87,7 +87,8 @@ def naive(path: Path, size: int) -> bytes:
 
 def ours(path: Path, size: int, config: ResizeConfig) -> bytes:
     buffer = io.BytesIO()
-    save_image(load_rgb(path, size, config.draft_tolerance, config.reducing_gap), buffer, config)
+    # the cubes are made from PNGs: their planes are R, G, B already
+    save_image(load_rgb(path, size, config.draft_tolerance, config.reducing_gap, fits=FitsConfig(bands=(0, 1, 2))), buffer, config)
     return buffer.getvalue()
 
 

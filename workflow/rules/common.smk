@@ -26,7 +26,8 @@ if not config["synthetic"]["enabled"] and not config["catalog"]["path"]:
 
 
 wildcard_constraints:
-    run="[A-Za-z0-9._-]+",
+    # as the schema's run_name pattern: not only dots, no '/', so no target reaches results/../
+    run="[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*",
     split="|".join(SPLITS),
     chunk=r"\d+",
     dataset="labelled|survey",
