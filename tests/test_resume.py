@@ -120,3 +120,83 @@ def test_the_backup_is_one_file_whose_own_epoch_decides_and_an_unreadable_one_re
     fresh = _atomic_backup(backup_dir)
     fresh.set_model(model())
     assert _restore_backup(fresh, backup_dir) == 0 and not backup_dir.exists() and not (tmp_path / "history.csv").exists()
+
+
+# patience 3 at this learning rate: the best val_loss is epoch 1's, so an uninterrupted run stops after epoch 4
+_EARLY_STOPPING = """
+import os
+import sys
+import zoobot_core.train as train
+from zoobot_core.io import setup_logging
+from zoobot_core.schemas import get_tree
+
+kill_epoch, kill_when = int(sys.argv[4]), sys.argv[5]
+make_backup = train._atomic_backup
+
+def killing_backup(backup_dir):
+    # the backup is the last callback: os._exit here is a SIGKILL after the epoch's history row (and, 'after', its backup)
+    backup = make_backup(backup_dir)
+    backup_epoch_end = backup.on_epoch_end
+
+    def on_epoch_end(epoch, logs=None):
+        if epoch == kill_epoch and kill_when == "before_backup":
+            os._exit(137)
+        backup_epoch_end(epoch, logs)
+        if epoch == kill_epoch and kill_when == "after_backup":
+            os._exit(137)
+
+    backup.on_epoch_end = on_epoch_end
+    return backup
+
+train._atomic_backup = killing_backup
+setup_logging(sys.argv[3])
+config = train.TrainConfig(epochs=8, batch_size=8, patience=3, learning_rate=1e-2, greyscale=True, seed=3, resize_size=32, tensorboard=False)
+train.train_from_shards(sys.argv[1], sys.argv[2], get_tree("gz_decals_dr5"), config, state_dir=sys.argv[2] + "_state", threads=1)
+"""
+
+
+def _train_early_stopping(shards: Path, out: Path, log: Path, kill_epoch: int = -1, kill_when: str = "never") -> int:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = [sys.executable, "-c", _EARLY_STOPPING, str(shards), str(out), str(log), str(kill_epoch), kill_when]
+    return subprocess.run(args, env=env, timeout=600).returncode
+
+
+@pytest.fixture(scope="module")
+def early_stopped(tiny_shards, tmp_path_factory) -> Path:
+    """An uninterrupted run that early-stops: its output folder."""
+    out = tmp_path_factory.mktemp("early_stopped") / "model"
+    assert _train_early_stopping(tiny_shards, out, out.parent / "train.log") == 0
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4], "early stopping should fire after epoch 4; retune the test"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kill_epoch", "kill_when", "backed_up"),
+    [
+        (3, "before_backup", 3),  # epoch 3 in the history, not in the backup: resuming repeats it
+        (4, "after_backup", 5),  # the stopping epoch backed up, training not yet ended: resuming must not train on
+    ],
+)
+def test_resumed_run_early_stops_at_the_same_epoch_as_an_uninterrupted_one(tiny_shards, tmp_path, early_stopped, kill_epoch, kill_when, backed_up):
+    """A kill between an epoch's history row and its backup made EarlyStopping count the repeated epoch twice (one
+    epoch early); a kill after the stopping epoch's backup made the resumed run train another epoch."""
+    import h5py
+
+    from zoobot_core.train import BACKUP_WEIGHTS
+
+    out, state = tmp_path / "model", tmp_path / "model_state"
+    assert _train_early_stopping(tiny_shards, out, tmp_path / "killed.log", kill_epoch, kill_when) == 137
+    # what the kill left on disk: history up to kill_epoch, a backup of the first `backed_up` epochs, no model
+    assert pd.read_csv(state / "history.csv")["epoch"].tolist() == list(range(kill_epoch + 1))
+    with h5py.File(state / "backup" / BACKUP_WEIGHTS, "r") as f:
+        assert int(f.attrs["epoch"]) == backed_up
+    assert not (out / "model.keras").exists()
+
+    assert _train_early_stopping(tiny_shards, out, tmp_path / "resumed.log") == 0
+    assert "Resuming from the last finished epoch" in (tmp_path / "resumed.log").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), pd.read_csv(early_stopped / "history.csv"), check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(state / "history.csv"), pd.read_csv(early_stopped / "history.csv"), check_exact=True)
+    assert not (state / "backup").exists()  # training ended: the backup is gone, as after an uninterrupted run
+    for a, b in zip(_weights(out / "model.keras"), _weights(early_stopped / "model.keras")):
+        np.testing.assert_array_equal(a, b)

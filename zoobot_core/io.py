@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,16 +20,48 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
+TEMPORARY = "tmp"  # the mark of a writer's temporary, file or folder, in its name: .NAME.RANDOM.tmp[SUFFIX]
+SET_ASIDE = "old"  # the mark of a folder atomic_dir moved aside to put the new one in its place: .NAME.RANDOM.old
+# temporaries of earlier versions, named .NAME.RANDOM.keras and .NAME.RANDOM.weights.h5 (tempfile's 8 random characters)
+_EARLIER_TEMPORARY = r"[a-z0-9_]{8}(?:\.keras|\.weights\.h5)"
+
+
+def _sibling(path: Path | str, mark: str = TEMPORARY, suffix: str = "", directory: bool = False) -> Path:
+    """Create an empty file (or folder) beside `path`, named .NAME.RANDOM.MARK[SUFFIX]: the one naming scheme of every
+    temporary the package writes, so that `_siblings` finds what a killed writer left, whatever its suffix."""
+    path = Path(path)
+    prefix, suffix = f".{path.name}.", f".{mark}{suffix}"
+    if directory:
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=suffix))
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def _siblings(path: Path, mark: str) -> list[Path]:
+    """What `_sibling(path, mark, ...)` made beside `path`, whatever the suffix; not another output's (a name that only
+    starts with ours: tempfile's random part has no dots)."""
+    earlier = f"|{_EARLIER_TEMPORARY}" if mark == TEMPORARY else ""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:[a-z0-9_]+\.{mark}(?:\.[^/]*)?{earlier})")
+    return sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if pattern.fullmatch(p.name))
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder (not a link's target)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path` (ending in `suffix`, for writers that check it); rename it
     onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)  # a killed earlier writer's temporary (a long prediction's can be gigabytes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _sibling(path, suffix=suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -39,27 +72,46 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
 def _remove_stale(path: Path) -> None:
     """Remove temporaries beside `path` that an earlier writer of it left when it was killed (SIGKILL: no cleanup ran).
     Safe because one job writes one output at a time (Snakemake's rule)."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for stale in _siblings(path, TEMPORARY):
         log.info("Removing %s, left by an interrupted earlier write", stale)
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+        _remove(stale)
+
+
+def _recover_set_aside(path: Path) -> None:
+    """Undo what a killed atomic_dir commit left: put the old folder it had moved aside back if nothing replaced it,
+    else remove it. A kill at any step of the commit thus leaves the old folder or the new one at `path`, whole."""
+    set_aside = _siblings(path, SET_ASIDE)
+    if set_aside and not path.exists() and not path.is_symlink():
+        # the only one unless something else moved folders here; the newest move (rename sets ctime) is the last old folder
+        restored = max(set_aside, key=lambda p: p.stat().st_ctime)
+        log.info("Restoring %s from %s, moved aside by an interrupted earlier write", path, restored)
+        os.replace(restored, path)
+        set_aside.remove(restored)
+    for stale in set_aside:
+        log.info("Removing %s, the old folder an interrupted earlier write had replaced", stale)
+        _remove(stale)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds.
-    Temporary directories an earlier, killed writer of `path` left behind are removed first."""
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds: the old folder is
+    moved aside, the new one moved in, then the old one removed. What an earlier, killed writer of `path` left
+    behind (temporaries, a folder moved aside) is cleaned up, or put back, first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _recover_set_aside(path)
     _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = _sibling(path, directory=True)
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
+        old = None
+        if path.exists() or path.is_symlink():
+            # onto the empty folder (or file) just made: a name no one else uses
+            old = _sibling(path, SET_ASIDE, directory=path.is_dir() and not path.is_symlink())
+            os.replace(path, old)
         os.replace(tmp, path)
+        if old is not None:
+            _remove(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

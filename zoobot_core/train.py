@@ -60,11 +60,44 @@ def _prepare_state_dir(state_dir: Path, fingerprint: dict) -> bool:
     return resumable
 
 
-def _finished_epochs(history_path: Path) -> pd.DataFrame:
-    """Epochs a killed run already finished (its history), or an empty table."""
+def _finished_epochs(history_path: Path, backed_up: int) -> pd.DataFrame:
+    """Epochs a killed run finished and backed up: its history cut, on disk too, to the backup's first `backed_up` epochs.
+
+    An epoch's history row is written before its backup, so a kill between the two left a row for an epoch that
+    the resumed run repeats; kept, EarlyStopping would count that epoch twice. Rows are cut as text, keeping
+    every digit the kept rows were written with (and dropping a row torn by the kill).
+    """
     if not history_path.exists() or history_path.stat().st_size == 0:
         return pd.DataFrame(columns=["epoch", "loss", "val_loss"])
+    header, *rows = history_path.read_text().splitlines(keepends=True)
+
+    def backed_up_row(row: str) -> bool:
+        try:
+            return row.endswith("\n") and int(row.split(",", 1)[0]) < backed_up
+        except ValueError:
+            return False
+
+    kept = [row for row in rows if backed_up_row(row)]
+    if len(kept) < len(rows):
+        log.info("Dropping %d row(s) of %s past the backup's %d epoch(s): those epochs run again", len(rows) - len(kept), history_path, backed_up)
+    if not kept:  # CSVLogger writes the header again (a torn one included)
+        history_path.unlink()
+        return pd.DataFrame(columns=["epoch", "loss", "val_loss"])
+    if len(kept) < len(rows):
+        with atomic_path(history_path) as tmp:
+            tmp.write_text(header + "".join(kept))
     return pd.read_csv(history_path).drop_duplicates("epoch", keep="last")
+
+
+def _early_stopping_state(previous: pd.DataFrame) -> tuple[float, int, int]:
+    """EarlyStopping's (best val_loss, best epoch, wait) after the epochs in `previous`, as an uninterrupted run has them."""
+    best = previous.loc[previous["val_loss"].idxmin()]
+    return float(best["val_loss"]), int(best["epoch"]), int(previous["epoch"].max()) - int(best["epoch"])
+
+
+def _patience_spent(previous: pd.DataFrame, patience: int) -> bool:
+    """Whether EarlyStopping stopped training at the last recorded epoch (its backup written, the run killed before it ended)."""
+    return len(previous) > 0 and int(previous["epoch"].max()) > 0 and _early_stopping_state(previous)[2] >= patience
 
 
 def _best_checkpoint(path: Path, best: float):
@@ -94,9 +127,7 @@ def _early_stopping(patience: int, previous: pd.DataFrame):
         def on_train_begin(self, logs=None):
             super().on_train_begin(logs)
             if len(previous):
-                best = previous.loc[previous["val_loss"].idxmin()]
-                self.best, self.best_epoch = float(best["val_loss"]), int(best["epoch"])
-                self.wait = int(previous["epoch"].max()) - self.best_epoch
+                self.best, self.best_epoch, self.wait = _early_stopping_state(previous)
 
     return ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False)
 
@@ -251,9 +282,13 @@ def train_from_shards(
     first_epoch = _restore_backup(backup, state_dir / "backup")
     best_path = state_dir / "best.keras"
     history_path = state_dir / HISTORY
-    previous = _finished_epochs(history_path)
-    # the epoch's record (history, best model) is written before its backup: a kill in between
-    # repeats that epoch on resume rather than losing it
+    previous = _finished_epochs(history_path, first_epoch)
+    # the epoch's record (history, best model) is written before its backup: a kill in between repeats that
+    # epoch on resume rather than losing it, and _finished_epochs drops its row, so it is counted once
+    last_epoch = config.epochs
+    if _patience_spent(previous, config.patience):  # stopped early, killed before training ended: train no further
+        log.info("Early stopping had ended training after %d epoch(s); finishing", first_epoch)
+        last_epoch = first_epoch
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         _epoch_seeds(config.seed),
@@ -272,7 +307,7 @@ def train_from_shards(
     )
     model.fit(
         # min: a backup of the last epoch leaves fit nothing to do, but it still wants a dataset
-        train_dataset(min(first_epoch, config.epochs - 1)), validation_data=val_dataset(), epochs=config.epochs, steps_per_epoch=train_batches,
+        train_dataset(min(first_epoch, config.epochs - 1)), validation_data=val_dataset(), epochs=last_epoch, steps_per_epoch=train_batches,
         callbacks=callbacks, verbose=0, shuffle=False,  # the dataset is already shuffled, per epoch
     )
     history = pd.read_csv(history_path).drop_duplicates("epoch", keep="last").reset_index(drop=True)
