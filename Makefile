@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test bench bench-chain bench-rerun bench-gpu scale finetune-bases active-learning cross-cpu lint format clean system-deps lock
+.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-gpu scale finetune-bases active-learning cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -32,6 +32,14 @@ run: venv
 # REQUIRE_SERVICES=1 turns the SLURM and browser tests' "not installed" skips into failures (CI sets it)
 test: venv
 	REQUIRE_SERVICES=$(REQUIRE_SERVICES) $(BIN)/pytest
+
+## test-random / test-reversed: the suite in a random order (pytest-randomly; SEED=<n> repeats one, its seed is printed at the top) or back to front (pytest-reverse): tests may not depend on what ran before them
+SEED ?= $(shell date +%s)
+test-random: venv
+	REQUIRE_SERVICES=$(REQUIRE_SERVICES) $(BIN)/pytest -p randomly --randomly-seed=$(SEED)
+
+test-reversed: venv
+	REQUIRE_SERVICES=$(REQUIRE_SERVICES) $(BIN)/pytest --reverse
 
 ## lock: pin every package of .venv into requirements.lock (install from it: make venv LOCKED=1)
 lock: venv

@@ -56,3 +56,26 @@ def test_constant_predicts_the_training_majority_and_multiclass_probabilities_co
     assert fitted.scores.shape == (15, 3) and np.allclose(fitted.scores.sum(axis=1), 1)
     reg = fit_linear(features, classes.astype(float), np.arange(0, 30, 2), np.arange(1, 30, 2), "regression", 1, inner_folds=3, seed=0)
     assert reg.scores.shape == (15,) and reg.threshold is None
+
+
+def test_the_image_baselines_see_only_the_centre_crop_the_network_sees():
+    """Finetuning's network sees the centre crop (crop_fraction of the width, as Keras' CenterCrop takes it):
+    the radial profile and pixel baselines must see that field of view too, not the whole image."""
+    import keras
+
+    from zoobot_core.baselines import centre_crop, image_baseline_features
+
+    images, _ = _rings(6, size=48)
+    outside = np.ones((48, 48), bool)
+    outside[6:42, 6:42] = False  # the centre 36 px = round(0.75 * 48) that the network sees
+    other = images.copy()
+    other[:, outside] = np.random.default_rng(1).integers(0, 256, (6, outside.sum(), 3), dtype=np.uint8)
+    cropped = centre_crop(images, 0.75)
+    np.testing.assert_array_equal(cropped, keras.ops.convert_to_numpy(keras.layers.CenterCrop(36, 36)(images.astype(np.float32))).astype(np.uint8))
+    features, again = image_baseline_features(images, 0.75, pixel_size=8), image_baseline_features(other, 0.75, pixel_size=8)
+    assert features["radial_profile"].shape == (6, 3 * 18) and features["pixels"].shape == (6, 64)
+    for name in ("radial_profile", "pixels"):
+        np.testing.assert_array_equal(again[name], features[name])
+    assert not np.allclose(image_baseline_features(other, 1.0)["radial_profile"], image_baseline_features(images, 1.0)["radial_profile"])
+    with pytest.raises(ValueError, match="crop_fraction"):
+        image_baseline_features(images, 0.0)

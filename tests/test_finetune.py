@@ -2,6 +2,7 @@
 base saw, unfreezing that does not help keeps the probe, and the saved model predicts with MC dropout."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -9,12 +10,27 @@ import pandas as pd
 import pytest
 
 from zoobot_core.baselines import fit_linear
-from zoobot_core.bases import BaseSpec, build_network, efficientnet_of
+from zoobot_core.bases import PIPELINE, BaseSpec, build_network, efficientnet_of
 from zoobot_core.finetune import EXCLUDED_FOLD, FinetuneConfig, assign_folds, cross_validate, finetune, set_head, unfreeze_last_blocks
-from zoobot_core.finetuned import feature_extractor, head_outputs, predict_images, rotation_features
+from zoobot_core.finetuned import FINETUNE_CONFIG, feature_extractor, head_outputs, predict_images, rotation_features
+from zoobot_core.model import get_model
+from zoobot_core.runtime import TRAINED_ON
 
 pytestmark = pytest.mark.slow
 NONE = BaseSpec("none")
+
+
+def _pipeline_base(folder: Path, trained_on: list[str] | None = None) -> BaseSpec:
+    """A model this pipeline trained (random weights, 48 px colour), and beside it (if given) the ids it was trained on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    get_model(34, 48, 36, 36, 3, seed=0).save(folder / "model.keras")
+    if trained_on is not None:
+        pd.DataFrame({"id_str": trained_on, "split": "train"}).to_parquet(folder / TRAINED_ON)
+    return BaseSpec(PIPELINE, str(folder / "model.keras"))
+
+
+def _efficientnet_weights(path) -> list[np.ndarray]:
+    return efficientnet_of(keras.models.load_model(path, compile=False)).get_weights()
 
 
 def _galaxies(n=36, size=48, seed=0):
@@ -88,24 +104,124 @@ def test_cross_validation_scores_every_galaxy_once_and_never_one_the_base_saw():
     pd.testing.assert_frame_equal(again.set_index("id_str").sort_index(), table.set_index("id_str").sort_index(), check_exact=False, rtol=1e-5)
 
 
-def test_unfreezing_that_does_not_help_keeps_the_linear_probe():
+def test_unfreezing_that_does_not_help_keeps_the_linear_probe_and_saves_and_reports_it(tmp_path):
+    """A learning rate of 50 only makes the network worse: every fold and the final model keep the probe, the saved
+    model has the base's weights untouched, and metrics.json reports the probe (0 epochs), not N unfrozen blocks."""
     images, labels, ids = _galaxies(24)
-    config = FinetuneConfig(folds=2, inner_folds=2, unfreeze_blocks=1, unfreeze_epochs=2, unfreeze_learning_rate=50.0, patience=1, batch_size=8, val_fraction=0.3)
-    table, _, history, _ = cross_validate(images, ids, labels, NONE, config, threads=2)
-    np.testing.assert_array_equal(table["finetuned_score"], table["linear_probe_score"])  # a learning rate of 50 only makes it worse
+    base = _pipeline_base(tmp_path / "base", trained_on=[])
+    config = FinetuneConfig(folds=2, inner_folds=2, unfreeze_blocks=1, unfreeze_epochs=2, unfreeze_learning_rate=50.0, patience=1, batch_size=8,
+                            val_fraction=0.3, n_samples=2)
+    summary = finetune(images, ids, labels, base, tmp_path / "out", config, label_col="ring", threads=2)
+    table, history = pd.read_parquet(tmp_path / "out/cv_predictions.parquet"), pd.read_csv(tmp_path / "out/history.csv")
+    np.testing.assert_array_equal(table["finetuned_score"], table["linear_probe_score"])
+    finetuned = summary["methods"]["finetuned"]
+    assert finetuned["unfreeze_epochs"] == [0, 0] and finetuned["thresholds"] == summary["methods"]["linear_probe"]["thresholds"]
     chosen = history[history["kept"].fillna(False).astype(bool)]
-    assert sorted(chosen["fold"]) == [0, 1] and (chosen["epoch"] == 0).all()
+    assert sorted(chosen["fold"].astype(str)) == ["0", "1", "final"] and (chosen["epoch"] == 0).all()
+    assert "refit" not in set(history["stage"])
+    assert summary["final_model"]["kept"] == "linear_probe" and summary["final_model"]["unfreeze_epochs"] == 0
+    assert summary["final_model"]["unfrozen_blocks"] == 0
+    assert json.loads((tmp_path / "out" / FINETUNE_CONFIG).read_text())["kept"] == "linear_probe"
+    for saved, original in zip(_efficientnet_weights(tmp_path / "out/model.keras"), _efficientnet_weights(base.path)):
+        np.testing.assert_array_equal(saved, original)
+
+
+def test_unfreezing_that_helps_is_kept_with_its_inner_split_threshold_rescored_saved_and_reported(tmp_path, monkeypatch):
+    """When unfreezing wins, keeping it means: its epochs and its binary threshold come from the inner split of the
+    training galaxies (never the scored fold), the scored fold is rescored by the refitted network, and the final
+    model saved is the unfrozen one (block7 trained, earlier blocks as the base), reported as such.
+
+    Contrived but honest set-up: every linear model's regularisation grid is pinned to C = 1e-6, so the probe (the
+    head-only starting point) scores every galaxy about 0.5, as a probe would on frozen features that say nothing
+    about the label. Rings are easy for the trainable head and block7, so a few epochs at lr 3e-4 beat that start
+    by far more than one standard error of the validation loss, and the unfrozen model must be kept.
+    """
+    import zoobot_core.baselines as baselines
+    import zoobot_core.finetune as ft
+
+    monkeypatch.setattr(baselines, "C_GRID", np.array([1e-6]))
+    calls, real = [], ft.balanced_threshold
+
+    def spy(truth, scores):
+        calls.append((np.asarray(truth).copy(), real(truth, scores)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(ft, "balanced_threshold", spy)
+    images, labels, ids = _galaxies(40)
+    base = _pipeline_base(tmp_path / "base", trained_on=[])
+    config = FinetuneConfig(folds=2, inner_folds=2, unfreeze_blocks=1, unfreeze_epochs=3, unfreeze_learning_rate=3e-4, patience=3, batch_size=8,
+                            val_fraction=0.4, n_samples=2)
+    summary = finetune(images, ids, labels, base, tmp_path / "out", config, label_col="ring", threads=2)
+    table, history = pd.read_parquet(tmp_path / "out/cv_predictions.parquet"), pd.read_csv(tmp_path / "out/history.csv")
+    finetuned = summary["methods"]["finetuned"]
+    assert len(finetuned["unfreeze_epochs"]) == 2 and min(finetuned["unfreeze_epochs"]) > 0  # unfreezing kept in every fold
+    assert len(calls) == 4  # fold 0's, fold 1's and the final model's inner splits, then the final threshold from out-of-fold scores
+    for fold, epochs in enumerate(finetuned["unfreeze_epochs"]):
+        train, scored = np.flatnonzero(table["fold"] != fold), np.flatnonzero(table["fold"] == fold)
+        _, val = ft._inner_split(labels, train, config, config.seed + fold)
+        np.testing.assert_array_equal(calls[fold][0], labels[val])  # the threshold is chosen on the inner split's validation galaxies
+        assert finetuned["thresholds"][fold] == calls[fold][1]
+        rows = history[history["fold"].astype(str) == str(fold)]
+        kept = rows[rows["kept"].fillna(False).astype(bool)]
+        assert kept["epoch"].tolist() == [epochs] and kept["val_loss"].iloc[0] < rows.loc[rows["epoch"] == 0, "val_loss"].iloc[0]
+        assert (rows["stage"] == "refit").sum() == epochs
+        part = table.iloc[scored]
+        assert (part["finetuned_score"] - part["linear_probe_score"]).abs().min() > 1e-3  # rescored by the unfrozen network, not the probe's scores
+        np.testing.assert_array_equal(part["finetuned_predicted"], (part["finetuned_score"] >= finetuned["thresholds"][fold]).astype(int))
+    final = summary["final_model"]
+    assert final["kept"] == "unfrozen" and final["unfreeze_epochs"] > 0 and final["unfrozen_blocks"] == 1
+    assert final["threshold"] == calls[3][1] and calls[3][0].tolist() == table["label"].tolist()
+    settings = json.loads((tmp_path / "out" / FINETUNE_CONFIG).read_text())
+    assert settings["kept"] == "unfrozen" and settings["threshold"] == final["threshold"]
+    saved = efficientnet_of(keras.models.load_model(tmp_path / "out/model.keras", compile=False))
+    original = efficientnet_of(keras.models.load_model(base.path, compile=False))
+    assert not np.allclose(saved.get_layer("block7a_project_conv").get_weights()[0], original.get_layer("block7a_project_conv").get_weights()[0])
+    np.testing.assert_array_equal(saved.get_layer("stem_conv").get_weights()[0], original.get_layer("stem_conv").get_weights()[0])
+
+
+def test_finetune_from_python_keeps_out_what_a_pipeline_base_was_trained_on_or_says_it_could_not_check(tmp_path):
+    """seen_by_base left unknown (the default): finetune reads the trained_on.parquet beside a pipeline base and never
+    scores those galaxies; without that file it cannot know, so it scores them all and says it did not check."""
+    images, labels, ids = _galaxies(24)
+    config = FinetuneConfig(folds=2, inner_folds=2, batch_size=8, n_samples=2)
+    base = _pipeline_base(tmp_path / "base", trained_on=["G000", "G001", "G002", "G003", "NOT_IN_THIS_CATALOG"])
+    summary = finetune(images, ids, labels, base, tmp_path / "checked", config, threads=2)
+    assert summary["n_scored"] == 20
+    assert summary["base_overlap"] == {"checked": True, "n_matched": 4, "source": str(tmp_path / "base" / TRAINED_ON)}
+    table = pd.read_parquet(tmp_path / "checked/cv_predictions.parquet")
+    assert table.loc[table["fold"] == EXCLUDED_FOLD, "id_str"].tolist() == ["G000", "G001", "G002", "G003"]
+    (tmp_path / "base" / TRAINED_ON).unlink()
+    unknown = finetune(images, ids, labels, base, tmp_path / "unknown", config, threads=2)
+    assert unknown["n_scored"] == 24 and unknown["base_overlap"] == {"checked": False, "n_matched": None, "source": None}
+    assert json.loads((tmp_path / "unknown/metrics.json").read_text())["base_overlap"]["checked"] is False
+
+
+def test_every_method_sees_the_same_field_of_view():
+    """The network sees the centre crop (crop_fraction 0.75: 36 of 48 px), and so must the radial-profile and pixel
+    baselines: galaxies whose images differ only outside it get the same out-of-fold scores from every method, so
+    "finetuned minus baseline" compares the same pixels; metrics say which field of view."""
+    images, labels, ids = _galaxies(24)
+    other = images.copy()
+    outside = np.ones((48, 48), bool)
+    outside[6:42, 6:42] = False
+    other[:, outside] = np.random.default_rng(1).integers(0, 256, (len(images), outside.sum(), 3), dtype=np.uint8)
+    config = FinetuneConfig(folds=2, inner_folds=2, batch_size=8)
+    table, metrics, _, _ = cross_validate(images, ids, labels, NONE, config, threads=2)
+    again, _, _, _ = cross_validate(other, ids, labels, NONE, config, threads=2)
+    pd.testing.assert_frame_equal(again, table, check_exact=False, rtol=1e-5, atol=1e-7)
+    assert {m: metrics[m]["field_of_view"] for m in metrics} == dict.fromkeys(metrics, {"crop_fraction": 0.75, "crop_px": 36, "image_px": 48})
 
 
 def test_finetune_writes_the_final_model_and_it_predicts_with_mc_dropout(tmp_path):
     images, labels, ids = _galaxies()
     config = FinetuneConfig(folds=3, inner_folds=3, batch_size=8, n_samples=3)
     summary = finetune(images, ids, labels, NONE, tmp_path, config, label_col="ring", seen_by_base={"G000"}, threads=2, catalog={"n_in": 40})
-    assert summary["n_scored"] == 35 and summary["n_excluded_seen_by_base"] == 1 and summary["catalog"] == {"n_in": 40}
-    assert summary["base_overlap_checked"] is True
+    assert summary["n_scored"] == 35 and summary["catalog"] == {"n_in": 40}
+    assert summary["base_overlap"] == {"checked": True, "n_matched": 1, "source": "seen_by_base"}
     assert json.loads((tmp_path / "metrics.json").read_text())["methods"]["finetuned"]["roc_auc"]["pooled"] == summary["methods"]["finetuned"]["roc_auc"]["pooled"]
     cv_metrics = pd.read_csv(tmp_path / "cv_metrics.csv")
     assert cv_metrics["method"].tolist() == ["finetuned", "linear_probe", "radial_profile", "pixels", "constant"]
+    assert (cv_metrics["field_of_view"] == "centre 36 of 48 px").all()  # every method saw the network's crop
     settings = json.loads((tmp_path / "finetune_config.json").read_text())
     assert settings["label"] == "ring" and settings["channels"] == 3 and 0 < settings["threshold"] < 1
     predictions = predict_images(tmp_path, images, ids=list(ids))

@@ -66,7 +66,7 @@ def test_bad_labels_are_quarantined_and_every_other_galaxy_is_scored_once(finetu
     assert sorted(cv["id_str"]) == sorted(ready["id_str"]) and cv["id_str"].is_unique
     assert set(cv["fold"]) == {0, 1, 2} and cv["finetuned_score"].notna().all()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_scored"] == len(ready) and metrics["n_excluded_seen_by_base"] == 0
+    assert metrics["n_scored"] == len(ready) and metrics["base_overlap"] == {"checked": True, "n_matched": 0, "source": "imagenet base: trained on no galaxies"}
     assert metrics["catalog"]["n_in"] == len(labels) and metrics["catalog"]["n_quarantined"] == len(quarantine)
     assert metrics["base"] == "imagenet" and json.loads((out / "finetune_config.json").read_text())["channels"] == 1
     for name in ("scores.png", "roc.png", "surest_examples.png"):

@@ -23,6 +23,7 @@ import pandas as pd
 from zoobot_core.acquisition import AcquireConfig, bald_scores
 from zoobot_core.dirichlet import question_nll
 from zoobot_core.io import write_json
+from zoobot_core.runtime import leaves_process_state
 from zoobot_core.schemas import DecisionTree, get_tree
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def choose(strategy: str, scores: pd.DataFrame, n: int, rng: np.random.Generator
     raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}")
 
 
+@leaves_process_state
 def run_seed(catalog: pd.DataFrame, out_dir: Path, config: ActiveLearningConfig, seed: int, tree: DecisionTree) -> list[dict]:
     """Every round of both strategies for one seed; finished rounds (their record.json) are reused, so a killed run resumes."""
     from zoobot_core.runtime import configure_tensorflow

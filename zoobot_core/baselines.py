@@ -7,6 +7,10 @@
 - linear probe: the same on the frozen base's pooled features (finetune computes them, averaged over
   the four 90-degree rotations).
 
+The pixel and radial-profile baselines see the field of view the network sees: the centre crop of
+`crop_fraction` of the width (centre_crop, as Keras' CenterCrop takes it), so "finetuned minus
+baseline" compares methods on the same pixels.
+
 Every linear model is standardised and class-balanced, with its regularisation chosen by an inner
 cross-validation on the training folds only. The decision threshold of a binary model is chosen on
 the training folds too (scores.balanced_threshold of inner out-of-fold scores), never on the scored fold.
@@ -33,6 +37,29 @@ class Fitted:
     threshold: float | None = None
     chosen: dict = field(default_factory=dict)
     estimator: object = None
+
+
+def crop_px(size: int, crop_fraction: float) -> int:
+    """The side in pixels of the centre crop the finetuned network sees of a size-px image."""
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"finetune.settings.crop_fraction must be in (0, 1], got {crop_fraction}")
+    return max(1, int(round(size * crop_fraction)))
+
+
+def centre_crop(images: np.ndarray, crop_fraction: float) -> np.ndarray:
+    """The centre crop of each (n, h, w, c) image, at the offsets Keras' CenterCrop takes ((h - crop) // 2):
+    exactly the pixels the finetuned network sees at inference."""
+    images = np.asarray(images)
+    height, width = images.shape[1:3]
+    crop_h, crop_w = crop_px(height, crop_fraction), crop_px(width, crop_fraction)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return images[:, top : top + crop_h, left : left + crop_w]
+
+
+def image_baseline_features(images: np.ndarray, crop_fraction: float, pixel_size: int = 16, greyscale: bool = False) -> dict[str, np.ndarray]:
+    """The radial-profile and pixel baselines' features of 0-255 images, both from the network's centre crop."""
+    cropped = np.ascontiguousarray(centre_crop(images, crop_fraction))
+    return {"radial_profile": radial_profile_features(cropped, greyscale=greyscale), "pixels": pixel_features(cropped, pixel_size)}
 
 
 def pixel_features(images: np.ndarray, size: int = 16) -> np.ndarray:

@@ -14,7 +14,7 @@ distort pretrained features"):
    the head-only starting point, the starting point is kept.
 
 Galaxies the base was trained on are never scored (they may help train). Thresholds (binary) come
-from training galaxies only.
+from training galaxies only. Every method sees the same field of view: the network's centre crop.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoobot_core.baselines import Fitted, fit_constant, fit_linear, pixel_features, radial_profile_features, splitter
-from zoobot_core.bases import HEAD, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
+from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, image_baseline_features, splitter
+from zoobot_core.bases import HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
 from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
+from zoobot_core.runtime import leaves_process_state
 from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def assign_folds(ids: np.ndarray, labels: np.ndarray, excluded: np.ndarray, conf
 
 
 def _network(base: BaseSpec, size: int, channels: int, config: FinetuneConfig):
-    crop = int(round(size * config.crop_fraction))
+    crop = crop_px(size, config.crop_fraction)
     activation = {"binary": "sigmoid", "multiclass": "softmax", "regression": None}[config.task]
     return build_network(base, size, channels, crop, config.resize_size or crop, config.n_outputs, activation, config.dropout_rate, config.seed)
 
@@ -268,15 +269,16 @@ def fit_finetuned(
     head, model = _head_only(network, features, labels, train, scored, config, seed, probe)
     if config.unfreeze_blocks == 0:
         return head, model, pd.DataFrame()
+    probe_kept = Fitted(head.scores, head.threshold, {**head.chosen, "unfreeze_epochs": 0}, head.estimator)
     if config.task != "regression" and np.bincount(labels[train].astype(int), minlength=config.n_classes).min() < 4:
         log.warning("Fewer than 4 training galaxies of a class: too few to choose unfreezing epochs on a split of them; keeping the linear probe")
-        return head, model, pd.DataFrame()
+        return probe_kept, model, pd.DataFrame()
     fit, val = _inner_split(labels, train, config, seed)
     _, trial = _head_only(network, features, labels, fit, fit[:0], config, seed)
     history = _train_unfrozen(trial, images, labels, fit, channels, config, seed, config.unfreeze_epochs, val).assign(stage="choose epochs")
     epochs = int(history.loc[history["kept"], "epoch"].iloc[0])
     if epochs == 0:
-        return head, model, history
+        return probe_kept, model, history
     threshold = None
     if config.task == "binary":
         val_scores = model_scores(trial, images[val], channels, config.task, config.batch_size)
@@ -286,6 +288,7 @@ def fit_finetuned(
     return Fitted(scores, threshold, {**head.chosen, "unfreeze_epochs": epochs}), model, pd.concat([history, refit], ignore_index=True)
 
 
+@leaves_process_state
 def cross_validate(
     images: np.ndarray, ids: np.ndarray, labels: np.ndarray, base: BaseSpec, config: FinetuneConfig,
     excluded: np.ndarray | None = None, threads: int | None = None,
@@ -305,17 +308,16 @@ def cross_validate(
     started = time.perf_counter()
     features = rotation_features(feature_extractor(network), images, channels, config.batch_size, desc="base features")
     log.info("Frozen base features of %d galaxies x %d rotations: %.0f s", len(images), ROTATIONS, time.perf_counter() - started)
-    inputs = {
-        "linear_probe": features,
-        "radial_profile": radial_profile_features(images, greyscale=channels == 1),
-        "pixels": pixel_features(images, config.pixel_size),
-    }
+    inputs = {"linear_probe": features, **image_baseline_features(images, config.crop_fraction, config.pixel_size, greyscale=channels == 1)}
+    field_of_view = {"crop_fraction": config.crop_fraction, "crop_px": crop_px(images.shape[1], config.crop_fraction), "image_px": int(images.shape[1])}
+    log.info("Every method sees the centre %d of %d px (crop_fraction %.2f), as the network does", field_of_view["crop_px"], images.shape[1], config.crop_fraction)
     folds = assign_folds(ids, labels, excluded, config)
     n_folds = int(folds.max()) + 1
     shape = (len(ids), config.n_classes) if config.task == "multiclass" else (len(ids),)
     scores = {m: np.full(shape, np.nan) for m in METHODS}
     predicted = {m: np.full(len(ids), -1) for m in METHODS}
     thresholds: dict[str, list] = {m: [] for m in METHODS}
+    unfreeze_epochs: list[int] = []  # per fold: epochs of unfreezing kept (0: the linear probe kept)
     histories = []
     for fold in range(n_folds):
         started = time.perf_counter()
@@ -329,6 +331,7 @@ def cross_validate(
         else:
             results["finetuned"], _, history = fit_finetuned(network, features, images, labels, train, scored, channels, config, seed, results["linear_probe"])
             histories.append(history.assign(fold=fold))
+            unfreeze_epochs.append(int(results["finetuned"].chosen["unfreeze_epochs"]))
         for name, fitted in results.items():
             scores[name][scored] = fitted.scores
             thresholds[name].append(fitted.threshold)
@@ -354,6 +357,9 @@ def cross_validate(
         )
         if config.task == "binary":
             metrics[name]["thresholds"] = thresholds[name]
+        metrics[name]["field_of_view"] = field_of_view
+    if config.unfreeze_blocks > 0:
+        metrics["finetuned"]["unfreeze_epochs"] = unfreeze_epochs
     finetuned = (scores["finetuned"][scored_rows], predicted["finetuned"][scored_rows] if config.task != "regression" else None)
     for name in METHODS[1:]:
         # does the finetuned model beat this method on the same galaxies, beyond what resampling them could do?
@@ -365,9 +371,10 @@ def cross_validate(
     return table, metrics, history, (network, features, channels)
 
 
-def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame, config: FinetuneConfig) -> tuple[object, float | None, pd.DataFrame]:
+def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame, config: FinetuneConfig) -> tuple[object, float | None, pd.DataFrame, int]:
     """The model to use: the same procedure on every labelled galaxy. Its binary threshold is the one that
-    maximises balanced accuracy on the cross-validation's out-of-fold scores (or the configured one)."""
+    maximises balanced accuracy on the cross-validation's out-of-fold scores (or the configured one).
+    Returns (model, threshold, history, epochs of unfreezing kept: 0 when it is the linear probe)."""
     network, features, channels = start
     everyone = np.arange(len(labels))
     fitted, model, history = fit_finetuned(network, features, images, labels, everyone, everyone[:0], channels, config, config.seed + 1000)
@@ -375,41 +382,44 @@ def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame
     if config.task == "binary":
         scored = oof[oof["fold"] != EXCLUDED_FOLD]
         threshold = balanced_threshold(scored["label"].to_numpy(), scored["finetuned_score"].to_numpy()) if config.decision_threshold is None else float(config.decision_threshold)
-    return model, threshold, history
+    return model, threshold, history, int(fitted.chosen.get("unfreeze_epochs", 0))
 
 
+@leaves_process_state
 def finetune(
     images: np.ndarray, ids, labels, base: BaseSpec, out_dir: Path | str, config: FinetuneConfig,
-    label_col: str = "label", seen_by_base: set[str] | frozenset | None = frozenset(), threads: int | None = None, catalog: dict | None = None,
+    label_col: str = "label", seen_by_base: set[str] | frozenset | None = None, threads: int | None = None, catalog: dict | None = None,
 ) -> dict:
     """Cross-validate, then train the final model on every galaxy; write into `out_dir`:
     model.keras and finetune_config.json (the final model), cv_predictions.parquet (out-of-fold scores
     of every method), cv_metrics.csv (one row per method), history.csv (unfreezing), metrics.json.
 
     `images` are 0-255 RGB (n, size, size, 3) resized by the pipeline's resize (images.load_rgb);
-    `seen_by_base` are ids the base was trained on: never scored (matched by id; None: not known, which
-    metrics.json says). `catalog` (the row accounting) goes into metrics.json.
+    `seen_by_base` are ids the base was trained on: never scored (matched by id). None (the default): read
+    them from the trained_on.parquet beside a pipeline base (see base_overlap); metrics.json's
+    `base_overlap` says whether that was possible and how many labelled ids matched. `catalog` (the row
+    accounting) goes into metrics.json.
     """
     from zoobot_core.io import atomic_path, atomic_write_table, write_json
 
     out_dir = Path(out_dir)
     ids = np.asarray(ids).astype(str)
     labels = np.asarray(labels, np.float64 if config.task == "regression" else np.int64)
-    excluded = np.isin(ids, list(seen_by_base or ()))
+    excluded, overlap = base_overlap(ids, base, seen_by_base)
     timings, started = {}, time.perf_counter()
     log.info("Finetuning %s on %d galaxies (%d px, task %s): %d-fold CV, then a final model; %d never scored (the base was trained on them)",
              base.label, len(ids), images.shape[1], config.task, config.folds, excluded.sum())
     oof, metrics, history, start = cross_validate(images, ids, labels, base, config, excluded, threads)
     timings["cross_validation"] = time.perf_counter() - started
     started = time.perf_counter()
-    model, threshold, final_history = train_final(start, images, labels, oof, config)
+    model, threshold, final_history, final_epochs = train_final(start, images, labels, oof, config)
     timings["final_model"] = time.perf_counter() - started
     history = pd.concat([history, final_history.assign(fold="final")], ignore_index=True) if len(final_history) else history
     channels = start[2]
     settings = {
         "task": config.task, "n_classes": config.n_classes, "label": label_col, "threshold": threshold, "channels": channels,
         "input_size": int(images.shape[1]), "rotations": ROTATIONS, "n_samples": config.n_samples, "base": base.label,
-        "config": asdict(config),
+        "kept": "unfrozen" if final_epochs else "linear_probe", "unfreeze_epochs": final_epochs, "config": asdict(config),
     }
     summary = {
         "task": config.task,
@@ -417,11 +427,11 @@ def finetune(
         "base": base.label,
         "n_galaxies": int(len(ids)),
         "n_scored": int((oof["fold"] != EXCLUDED_FOLD).sum()),
-        "n_excluded_seen_by_base": int(excluded.sum()) if seen_by_base is not None else None,
-        "base_overlap_checked": seen_by_base is not None,
+        "base_overlap": overlap,
         "n_folds": int(oof["fold"].max()) + 1,
         "methods": metrics,
-        "final_model": {"threshold": threshold, "unfrozen_blocks": config.unfreeze_blocks},
+        "final_model": {"threshold": threshold, "kept": settings["kept"], "unfreeze_epochs": final_epochs,
+                        "unfrozen_blocks": config.unfreeze_blocks if final_epochs else 0},
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "config": asdict(config),
         **({"catalog": catalog} if catalog is not None else {}),
@@ -457,13 +467,41 @@ def load_ready_images(ready: pd.DataFrame) -> np.ndarray:
 
 def seen_by(base: BaseSpec) -> set[str] | None:
     """Ids a pipeline base was trained or early-stopped on (trained_on.parquet beside it); None when unknown."""
-    from zoobot_core.bases import PIPELINE
     from zoobot_core.runtime import TRAINED_ON
 
     if base.kind != PIPELINE:
         return set()
     record = Path(base.path).parent / TRAINED_ON
-    return set(pd.read_parquet(record)["id_str"].astype(str)) if record.is_file() else None
+    if not record.is_file():
+        return None
+    table = pd.read_parquet(record)
+    if "id_str" not in table.columns:
+        raise ValueError(f"{record} has no id_str column (columns: {list(table.columns)}); it is not a trained_on.parquet train_model wrote: retrain the base or remove the file")
+    return set(table["id_str"].astype(str))
+
+
+def base_overlap(ids: np.ndarray, base: BaseSpec, seen_by_base: set[str] | frozenset | None = None) -> tuple[np.ndarray, dict]:
+    """Which labelled galaxies the base was trained on (never to be scored), and the record of how that was known:
+    {"checked": whether it could be known, "n_matched": labelled ids among the base's training ids (None when not
+    checked), "source": "seen_by_base", the trained_on.parquet read, or why none is needed}.
+
+    `seen_by_base` None: a pipeline base's trained_on.parquet; ImageNet or random weights saw no galaxy.
+    """
+    from zoobot_core.runtime import TRAINED_ON
+
+    ids = np.asarray(ids).astype(str)
+    if seen_by_base is not None:
+        seen, source = {str(i) for i in seen_by_base}, "seen_by_base"
+    else:
+        seen = seen_by(base)
+        source = str(Path(base.path).parent / TRAINED_ON) if base.kind == PIPELINE else f"{base.kind} base: trained on no galaxies"
+    if seen is None:
+        log.warning("%s has no %s beside it: cannot tell whether the finetuning galaxies were among its training galaxies, so none is kept "
+                    "out of scoring (metrics.json: base_overlap checked false). Pass seen_by_base, or put the file back beside the model", base.path, TRAINED_ON)
+        return np.zeros(len(ids), bool), {"checked": False, "n_matched": None, "source": None}
+    excluded = np.isin(ids, sorted(seen))
+    log.info("%d of %d labelled galaxies are among the base's training galaxies (%s): never scored", excluded.sum(), len(ids), source)
+    return excluded, {"checked": True, "n_matched": int(excluded.sum()), "source": source}
 
 
 def finetune_files(
@@ -475,10 +513,7 @@ def finetune_files(
     import json
 
     ready = pd.read_parquet(ready_path).sort_values("id_str").reset_index(drop=True)
-    seen = seen_by(base)
-    if seen is None:
-        log.warning("%s has no trained_on.parquet beside it: cannot tell whether the finetuning galaxies were among its training "
-                    "galaxies, so none is kept out of scoring (metrics.json: base_overlap_checked false)", base.path)
     images = load_ready_images(ready)
     accounting = json.loads(Path(accounting_path).read_text())
-    return finetune(images, ready["id_str"].to_numpy(), ready[label_col].to_numpy(), base, out_dir, config, label_col, seen, threads, accounting)
+    # seen_by_base None: finetune reads the base's trained_on.parquet (base_overlap), as the workflow always has
+    return finetune(images, ready["id_str"].to_numpy(), ready[label_col].to_numpy(), base, out_dir, config, label_col, None, threads, accounting)

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core.bases import DROPOUT, HEAD, STANDARDISE
+from zoobot_core.runtime import leaves_process_state
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def predict_survey_shards(model_dir: Path | str, shard_dir: Path | str, batch_si
     return prediction_table(ids, deterministic_array, samples_array, settings), samples_array.transpose(0, 2, 1)
 
 
+@leaves_process_state
 def predict_survey_files(model_dir: Path | str, shard_dir: Path | str, predictions_path: Path | str, hdf5_path: Path | str | None = None,
                          batch_size: int = 64, seed: int = 0, threads: int | None = None) -> pd.DataFrame:
     """The predict_survey rule: the finetuned model over a survey's shards, as Parquet (and, with

@@ -114,9 +114,10 @@ def compute_environment() -> dict:
 
 
 def cap_onednn_isa(isa: str | None) -> None:
-    """Cap the instruction set oneDNN dispatches to (ONEDNN_MAX_CPU_ISA) for this process and the jobs it starts.
+    """Cap the instruction set oneDNN dispatches to (ONEDNN_MAX_CPU_ISA) for this process and the processes it starts.
 
-    oneDNN reads it once, when TensorFlow starts, so call this first; None leaves the environment as it is.
+    For a process's entry point (each TensorFlow job's script calls it first), never inside a library call: it
+    writes os.environ, and oneDNN reads it once, when TensorFlow starts. None leaves the environment as it is.
     """
     import os
     import sys

@@ -149,12 +149,14 @@ def paired_difference(
 
 
 def summary_table(metrics: dict[str, dict], task: str) -> pd.DataFrame:
-    """One row per method: each headline score pooled, with its bootstrap interval and fold mean ± std, and
+    """One row per method (and the field of view it saw): each headline score pooled, with its bootstrap interval and fold mean ± std, and
     how much the finetuned model beats it on the same galaxies (paired bootstrap 95% interval)."""
     names = ("balanced_accuracy", "roc_auc", "accuracy") if task in CLASSIFICATION else ("mae", "r2")
     rows = []
     for method, m in metrics.items():
         row = {"method": method, "n_scored": m["n_scored"]}
+        if "field_of_view" in m:  # the pixels every method saw: the network's centre crop
+            row["field_of_view"] = "centre {crop_px} of {image_px} px".format(**m["field_of_view"])
         for name in names:
             row[name] = m[name]["pooled"]
             row[f"{name}_ci95"] = "{:.3f}-{:.3f}".format(*m[name]["ci95"])

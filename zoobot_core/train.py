@@ -17,7 +17,7 @@ import pandas as pd
 from zoobot_core import shards as shard_io
 from zoobot_core.hardware import compute_environment, distribution_strategy, precision_policy
 from zoobot_core.io import atomic_dir, atomic_path, atomic_write_table, write_json
-from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, TRAINED_ON, configure_tensorflow
+from zoobot_core.runtime import MODEL_CONFIG, MODEL_FILE, TRAINED_ON, configure_tensorflow, leaves_process_state
 from zoobot_core.schemas import DecisionTree
 
 if TYPE_CHECKING:
@@ -181,8 +181,12 @@ def _restore_backup(backup: "keras.callbacks.BackupAndRestore", backup_dir: Path
 
 
 def seed_states(model: "keras.Model") -> list:
-    """The model's random-number states (augmentation layers, dropout), in a stable order."""
-    return sorted((v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")), key=lambda v: v.path)
+    """The model's random-number states (augmentation layers, dropout), in the order of the model's layers.
+
+    Not by name: a state's path is Keras' process-wide counter (seed_generator_12/...), so sorting by it
+    gave each layer another seed in a process that had built or loaded a model before.
+    """
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
 def _epoch_seeds(seed: int) -> "keras.callbacks.Callback":
@@ -206,6 +210,7 @@ def preprocessing_config(label_cols: list[str], size: int, greyscale: bool):
     return PreprocessingConfig(label_cols=list(label_cols), input_size=size, make_greyscale=greyscale)
 
 
+@leaves_process_state
 def train_from_shards(
     shard_dir: Path | str,
     out_dir: Path | str,

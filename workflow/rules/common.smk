@@ -7,14 +7,10 @@ import pandas as pd
 from zoobot_core.bases import NONE, PIPELINE, BaseModelError, resolve_base
 from zoobot_core.catalog import chunk_digests_file
 from zoobot_core.fits_images import FitsConfig
-from zoobot_core.hardware import cap_onednn_isa
 from zoobot_core.schemas import get_tree
 
 RUN = config["run_name"]
 
-# oneDNN reads its instruction-set cap when TensorFlow starts: set here, every job's script inherits it
-# (a SLURM job parses this file again before running its script)
-cap_onednn_isa(config["onednn_max_isa"])
 # FITS settings the schema cannot check (scales for as many bands as chosen) stop the run here, not in every resize job
 FitsConfig(**config["images"]["fits"])
 SPLITS = ["train", "val", "test", "unlabelled"]

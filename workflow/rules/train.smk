@@ -29,7 +29,7 @@ rule train_model:
         # the script reads the switch from the config
         train=training_settings(),
         seed=config["seed"],
-        onednn_max_isa=config["onednn_max_isa"],  # set for every job in common.smk; here so a change retrains
+        onednn_max_isa=config["onednn_max_isa"],  # set by each TensorFlow job's script; here so a change retrains
         state_dir=lambda wildcards: f"results/{wildcards.run}/train_state",
     script:
         "../scripts/train_model.py"

@@ -1,5 +1,10 @@
 """Rule finetune_model: cross-validated finetuning of the configured base, and the final model."""
 
+from zoobot_core.hardware import cap_onednn_isa
+
+# before anything starts TensorFlow in this job: oneDNN reads its instruction-set cap once, at start-up
+cap_onednn_isa(snakemake.config["onednn_max_isa"])
+
 from pathlib import Path
 
 from zoobot_core.bases import resolve_base

@@ -1,5 +1,10 @@
 """Rule predict_survey: the finetuned model over every galaxy of the survey catalog's shards."""
 
+from zoobot_core.hardware import cap_onednn_isa
+
+# before anything starts TensorFlow in this job: oneDNN reads its instruction-set cap once, at start-up
+cap_onednn_isa(snakemake.config["onednn_max_isa"])
+
 from pathlib import Path
 
 from zoobot_core.finetuned import predict_survey_files

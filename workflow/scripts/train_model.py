@@ -1,5 +1,10 @@
 """Rule train_model: train on the shards, keep the best epoch."""
 
+from zoobot_core.hardware import cap_onednn_isa
+
+# before anything starts TensorFlow in this job: oneDNN reads its instruction-set cap once, at start-up
+cap_onednn_isa(snakemake.config["onednn_max_isa"])
+
 from pathlib import Path
 
 from zoobot_core.io import setup_logging
