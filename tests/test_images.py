@@ -211,10 +211,10 @@ def test_a_full_disk_stops_the_chunk_naming_the_file_and_quarantines_nothing(tmp
     assert (out / "a.png").is_file() and (out / "b.png").is_file() and not (out / "c.png").exists()
 
 
-@pytest.mark.parametrize("code", ["ENOSPC", "EIO", "ESTALE", "EDQUOT", "EROFS", "ENOMEM", "EMFILE"])
+@pytest.mark.parametrize("code", ["ENOSPC", "EIO", "ESTALE", "EDQUOT", "EROFS", "ENOMEM", "EMFILE", "EACCES"])
 def test_file_system_errors_are_the_machines_fault_and_stop_the_job(code):
-    """One policy for resizing and sharding: an OSError carrying an errno (other than a missing file) is the machine
-    failing, raised as MachineError naming the file, never quarantined."""
+    """One policy for resizing and sharding: an OSError whose errno is the machine's (images.MACHINE_ERRNOS) is raised
+    as MachineError naming the file, never quarantined: a rerun after fixing the machine reads the image."""
     import errno
     import os
 
@@ -228,8 +228,9 @@ def test_file_system_errors_are_the_machines_fault_and_stop_the_job(code):
 
 @pytest.mark.parametrize(
     "error",
-    [FileNotFoundError(2, "No such file or directory"), OSError("image file is truncated"), SyntaxError("not a PNG file"), EOFError()],
-    ids=["missing", "truncated", "bad-header", "eof"],
+    [FileNotFoundError(2, "No such file or directory"), OSError("image file is truncated"), SyntaxError("not a PNG file"), EOFError(),
+     IsADirectoryError(21, "Is a directory"), OSError(22, "Invalid argument")],
+    ids=["missing", "truncated", "bad-header", "eof", "a-directory", "bad-seek"],
 )
 def test_corrupt_or_missing_images_are_the_files_fault_and_quarantined(error):
     from PIL import UnidentifiedImageError

@@ -30,6 +30,13 @@ from zoobot_core.train import TrainConfig, seed_states, train_from_shards
 TREE = get_tree("gz_decals_dr5")
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_process_as_found():
+    """These tests reseed the global generators on purpose: the next test gets the process as this one found it."""
+    with restored_process_state():
+        yield
+
+
 def _train(shards, out, **settings) -> tuple[pd.DataFrame, list[np.ndarray]]:
     config = TrainConfig(epochs=2, batch_size=8, resize_size=32, tensorboard=False, seed=5, **settings)
     history = train_from_shards(shards, out, TREE, config, threads=2)
@@ -137,3 +144,27 @@ def test_restored_process_state_undoes_seeds_determinism_policy_and_environment(
         assert keras.config.dtype_policy().name == policy and "ZOOBOT_TEST_VARIABLE" not in os.environ
     finally:
         (tf_config.enable_op_determinism if deterministic else tf_config.disable_op_determinism)()
+
+
+@pytest.mark.slow
+def test_finetuning_with_unfreezing_repeats_whatever_state_the_process_was_in(tmp_path):
+    """Two finetunings (unfreezing included) from other global seeds and with op determinism off give the same model:
+    every random thing in them (the copies' drop-connect seeds, augmentation, shuffling) is seeded by the config."""
+    images, labels, ids = _ring_images()
+    config = FinetuneConfig(folds=2, inner_folds=2, batch_size=8, unfreeze_blocks=1, unfreeze_epochs=2, patience=2)
+    runs = []
+    for k, seed in enumerate((1, 2)):
+        with restored_process_state():
+            _seed_everything(seed)
+            tf_config.disable_op_determinism()
+            finetune(images, ids, labels, BaseSpec("none"), tmp_path / str(k), config, label_col="ring", seen_by_base=set(), threads=2)
+        out = tmp_path / str(k)
+        runs.append((pd.read_csv(out / "history.csv"), pd.read_parquet(out / "cv_predictions.parquet"),
+                     keras.models.load_model(out / "model.keras", compile=False).get_weights()))
+    (history, oof, weights), (history_again, oof_again, weights_again) = runs
+    assert len(history) > 0
+    pd.testing.assert_frame_equal(history_again, history, check_exact=True)
+    pd.testing.assert_frame_equal(oof_again, oof, check_exact=True)
+    assert len(weights_again) == len(weights) > 0
+    for again, first in zip(weights_again, weights):
+        np.testing.assert_array_equal(again, first)

@@ -266,6 +266,11 @@ def fit_finetuned(
     training rows, then the model is refitted on all of them for that many epochs: with 0 it is the
     linear probe. The threshold comes from the inner split's validation galaxies.
     """
+    import keras
+
+    # the copies made below rebuild EfficientNet's unseeded drop-connect layers, which draw their seeds from Python's
+    # generator: seeded here, this fit is the same whatever ran before it
+    keras.utils.set_random_seed(seed)
     head, model = _head_only(network, features, labels, train, scored, config, seed, probe)
     if config.unfreeze_blocks == 0:
         return head, model, pd.DataFrame()
@@ -412,6 +417,9 @@ def finetune(
     oof, metrics, history, start = cross_validate(images, ids, labels, base, config, excluded, threads)
     timings["cross_validation"] = time.perf_counter() - started
     started = time.perf_counter()
+    from zoobot_core.runtime import configure_tensorflow
+
+    configure_tensorflow(config.seed, True, threads)  # cross_validate put the caller's state back; finetune restores it at the end
     model, threshold, final_history, final_epochs = train_final(start, images, labels, oof, config)
     timings["final_model"] = time.perf_counter() - started
     history = pd.concat([history, final_history.assign(fold="final")], ignore_index=True) if len(final_history) else history

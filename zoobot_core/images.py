@@ -29,9 +29,11 @@ CHUNK_NAME = "chunk.json"  # in each chunk folder: its number and the digest of 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
 UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, zlib.error)
-# the OSErrors with an errno that are the file's fault; every other errno (ENOSPC, EIO, ESTALE, EDQUOT, EROFS, ENOMEM,
-# EMFILE...) is the machine's. Decoders (Pillow, astropy, gzip) raise corrupt data as OSErrors without an errno.
-FILE_ERRNOS = frozenset({errno.ENOENT})
+# the OSErrors that are the machine's fault (disk full, quota, I/O error, stale NFS handle, read-only file system, out of
+# memory or file handles, permissions): a rerun after fixing the machine reads the image. Every other error is the file's
+# (missing, a directory, corrupt: decoders raise corrupt data as OSErrors without an errno, or with EINVAL from a bad seek)
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE,
+                            errno.EACCES, errno.EPERM, errno.ETIMEDOUT, errno.ENOLCK})
 
 
 class MachineError(RuntimeError):
@@ -41,11 +43,11 @@ class MachineError(RuntimeError):
 def unreadable_reason(err: BaseException, files: str) -> tuple[str, str]:
     """The one policy for an image that failed (resizing and sharding alike): ('unreadable_image', message) when
     the file is at fault (corrupt, not an image, missing); MachineError naming `files` when the machine is."""
-    if isinstance(err, OSError) and err.errno is not None and err.errno not in FILE_ERRNOS:
+    if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:
         name = errno.errorcode.get(err.errno, str(err.errno))
         raise MachineError(
             f"{files}: {type(err).__name__}: {err} ({name}). The machine failed (disk full, quota, I/O error, stale NFS "
-            "handle, read-only file system, out of memory or file handles), not the image, so nothing was quarantined; "
+            "handle, read-only file system, out of memory or file handles, permissions), not the image, so nothing was quarantined; "
             "fix that and rerun the job"
         ) from err
     return "unreadable_image", f"{type(err).__name__}: {err}"

@@ -53,8 +53,9 @@ def configure_tensorflow(seed: int, deterministic: bool = True, threads: int | N
 def restored_process_state() -> Iterator[None]:
     """Run a block that seeds random number generators or turns on op determinism, and put back after it
     what it changed: Python's, NumPy's, Keras' and TensorFlow's global random states, TensorFlow's op
-    determinism, Keras' dtype policy and the environment variables. A later call in the same process (a
-    notebook's next cell) then computes what it would have computed in a fresh one."""
+    determinism, Keras' dtype policy and the environment variables: a notebook's next cell sees the state its
+    previous cell left. Not put back: TensorFlow's thread pools (sized once per process) and Keras' layer-name
+    counter (names only; no result depends on them, see train.seed_states)."""
     import keras
     from keras.src.backend.common import global_state
     from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR

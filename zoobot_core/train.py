@@ -97,7 +97,8 @@ def _early_stopping_state(previous: pd.DataFrame) -> tuple[float, int, int]:
 
 def _patience_spent(previous: pd.DataFrame, patience: int) -> bool:
     """Whether EarlyStopping stopped training at the last recorded epoch (its backup written, the run killed before it ended)."""
-    return len(previous) > 0 and int(previous["epoch"].max()) > 0 and _early_stopping_state(previous)[2] >= patience
+    # max(patience, 1): Keras checks patience only after an epoch that did not improve, when wait is at least 1
+    return len(previous) > 0 and int(previous["epoch"].max()) > 0 and _early_stopping_state(previous)[2] >= max(patience, 1)
 
 
 def _best_checkpoint(path: Path, best: float):
@@ -246,7 +247,8 @@ def train_from_shards(
     manifest = pd.read_parquet(shard_dir / shard_io.MANIFEST, columns=["shard_sha256"])
     # a backup left under other threads or another instruction-set cap would resume into other bits: start over
     numeric = {"threads": threads, **{k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")}}
-    fingerprint = {"train_config": asdict(config), "shards": sorted(manifest["shard_sha256"].unique()), "numeric": numeric}
+    # seed_states: a backup of a version that seeded the layers' random states in name order resumes into other numbers
+    fingerprint = {"train_config": asdict(config), "shards": sorted(manifest["shard_sha256"].unique()), "numeric": numeric, "seed_states": "model order"}
     if _prepare_state_dir(state_dir, fingerprint):
         log.info("Resuming from the last finished epoch saved in %s", state_dir)
     configure_tensorflow(config.seed, config.deterministic, threads)
