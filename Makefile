@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-gpu scale finetune-bases active-learning cross-cpu lint format clean system-deps lock
+.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-gpu scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -74,6 +74,11 @@ bench-rerun: venv
 ## bench-gpu: EfficientNetB0 + the Dirichlet-Multinomial loss, train and predict img/s at 224 and 300 px, float32 / bfloat16 / float16, with and without XLA, two batch sizes, and the input side; for a GPU machine (KERAS_BACKEND=jax works without TensorFlow; docs/benchmarks.md)
 bench-gpu: venv
 	$(BIN)/python tests/benchmarks/bench_gpu.py --out results/bench_gpu.json
+
+## recalibration-study: on finished runs (RUNS=, default results/demo: `make run` first), each recalibration map fitted on validation and scored on test, and BALD's top 100 raw vs recalibrated (seconds; docs/results.md)
+RUNS ?= results/demo
+recalibration-study: venv
+	$(BIN)/python tests/benchmarks/recalibration_study.py $(RUNS) --out results/recalibration_study
 
 ## scale: 300,000 real cutouts (hard links, 32 px) through the whole workflow (one epoch), with every rule's time and peak memory (about 20 min on 2 cores; docs/benchmarks.md)
 scale: venv

@@ -91,7 +91,7 @@ def assert_same_numbers(run_a: Path, run_b: Path) -> None:
                   *(f"{kind}/{split}.parquet" for kind in ("predictions", "prediction_samples", "representations") for split in ("train", "val", "test", "unlabelled"))]:
         a, b = (pd.read_parquet(run / table).drop(columns=["file_loc"], errors="ignore") for run in (run_a, run_b))  # absolute source paths
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=table)
-    for same in ("evaluation/metrics.json", "evaluation/calibration.json", "evaluation/calibration.csv"):
+    for same in ("model/recalibration.json", "evaluation/metrics.json", "evaluation/calibration.json", "evaluation/calibration.csv"):
         assert (run_a / same).read_text() == (run_b / same).read_text(), same
     ranked_a, ranked_b = (pd.read_parquet(run / "acquisition/ranked.parquet").drop(columns=["file_loc"]) for run in (run_a, run_b))
     pd.testing.assert_frame_equal(ranked_a, ranked_b, check_exact=True, obj="acquisition/ranked.parquet")

@@ -83,13 +83,14 @@ def test_calibrate_table_and_headline_on_a_made_up_tree():
     arms = _draw_votes(alpha_arms, shape[:, 1], rng)
     votes = np.concatenate([shape, arms], axis=1).astype(float)
     alpha = np.concatenate([alpha_shape, alpha_arms], axis=1)[:, None, :].repeat(3, axis=1)
-    table, curve, headline = calibrate(alpha, votes, votes[: g // 2], TREE, CalibrationConfig(levels=(0.5, 0.9)))
+    table, curve, headline, pit = calibrate(alpha, votes, votes[: g // 2], TREE, CalibrationConfig(levels=(0.5, 0.9)))
     assert table["question"].tolist() == ["shape", "arms"]
     assert table.loc[1, "n_galaxies"] == int((shape[:, 1] >= 1).sum())  # galaxies nobody asked about arms do not count
     assert (table["nll_model"] < table["nll_constant"]).all()  # knowing each galaxy's truth beats one constant
     assert {"coverage_0.5", "expected_0.5", "constant_coverage_0.9", "constant_expected_0.9"} <= set(table.columns)
     assert set(curve["question"]) == {"shape", "arms", "all"} and set(curve["predictor"]) == {"model", "constant"}
     assert headline["nll_per_galaxy"]["model"] < headline["nll_per_galaxy"]["constant"]
+    assert "raw" not in headline["nll_per_galaxy"] and set(pit["predictor"]) == {"model"}  # no raw posterior given: none scored
     assert headline["coverage"]["0.9"]["model"]["coverage"] == pytest.approx(headline["coverage"]["0.9"]["model"]["expected"], abs=0.05)
     with pytest.raises(ValueError, match="between 0 and 1"):
         CalibrationConfig(levels=(0.5, 1.0))

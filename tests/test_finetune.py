@@ -15,6 +15,7 @@ from zoobot_core.finetune import EXCLUDED_FOLD, FinetuneConfig, assign_folds, cr
 from zoobot_core.finetuned import FINETUNE_CONFIG, feature_extractor, head_outputs, predict_images, rotation_features
 from zoobot_core.model import get_model
 from zoobot_core.runtime import TRAINED_ON
+from zoobot_core.temperature import apply_temperature, fit_temperature
 
 pytestmark = pytest.mark.slow
 NONE = BaseSpec("none")
@@ -225,11 +226,60 @@ def test_finetune_writes_the_final_model_and_it_predicts_with_mc_dropout(tmp_pat
     settings = json.loads((tmp_path / "finetune_config.json").read_text())
     assert settings["label"] == "ring" and settings["channels"] == 3 and 0 < settings["threshold"] < 1
     predictions = predict_images(tmp_path, images, ids=list(ids))
-    assert predictions.columns.tolist() == ["id_str", "ring_probability", "ring_probability_mc_mean", "ring_probability_mc_std", "ring_predicted"]
-    assert (predictions["ring_predicted"] == (predictions["ring_probability"] >= settings["threshold"])).all()
+    assert predictions.columns.tolist() == ["id_str", "ring_probability", "ring_probability_raw", "ring_probability_mc_mean", "ring_probability_mc_std", "ring_predicted"]
+    assert (predictions["ring_predicted"] == (predictions["ring_probability_raw"] >= settings["threshold"])).all()  # temperature scaling on: see below
     assert predictions["ring_probability_mc_std"].max() > 0 and predictions["ring_probability_mc_mean"].between(0, 1).all()
     model = keras.models.load_model(tmp_path / "model.keras", compile=False)
     features = rotation_features(feature_extractor(model), images, 3)
-    np.testing.assert_allclose(predictions["ring_probability"], head_outputs(model, features)[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(predictions["ring_probability_raw"], head_outputs(model, features)[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(predictions["ring_probability"], apply_temperature(head_outputs(model, features)[:, 0], settings["temperature"], "binary"), rtol=1e-5)
     with pytest.raises(ValueError, match="finetuned at 48 px"):
         predict_images(tmp_path, images[:, :32, :32])
+
+
+def test_temperature_scaling_is_fitted_out_of_fold_changes_no_score_or_class_and_off_leaves_outputs_raw(tmp_path):
+    """On: each fold's temperature is the one fitted on the other folds' out-of-fold scores, balanced accuracy, AUC,
+    thresholds and classes are those of the raw scores, and the final model's stored temperature rescales its
+    predictions (sigmoid(logit(raw) / T)). Off: no temperature anywhere, and predictions are the head's own."""
+    from dataclasses import replace
+
+    from scipy.special import expit, logit
+
+    images, labels, ids = _galaxies(24)
+    config = FinetuneConfig(folds=2, inner_folds=2, batch_size=8, n_samples=2)
+    on = finetune(images, ids, labels, NONE, tmp_path / "on", config, label_col="ring", threads=2)
+    off = finetune(images, ids, labels, NONE, tmp_path / "off", replace(config, temperature_scaling=False), label_col="ring", threads=2)
+    cv_on, cv_off = pd.read_parquet(tmp_path / "on/cv_predictions.parquet"), pd.read_parquet(tmp_path / "off/cv_predictions.parquet")
+    assert [c for c in cv_on.columns if c not in cv_off.columns] == ["finetuned_score_scaled"]
+    pd.testing.assert_frame_equal(cv_on[cv_off.columns], cv_off)
+    for method in on["methods"]:
+        assert "calibration" in on["methods"][method] and "calibration" not in off["methods"][method]
+        for name in ("balanced_accuracy", "roc_auc", "accuracy"):
+            assert on["methods"][method][name] == off["methods"][method][name]
+        assert on["methods"][method]["thresholds"] == off["methods"][method]["thresholds"]
+    calibration = on["methods"]["finetuned"]["calibration"]
+    for fold, temperature in enumerate(calibration["fold_temperatures"]):
+        others, scored = cv_on[cv_on["fold"] != fold], cv_on[cv_on["fold"] == fold]
+        assert temperature == pytest.approx(fit_temperature(others["finetuned_score"], others["label"], "binary"), rel=1e-9)
+        np.testing.assert_allclose(scored["finetuned_score_scaled"], apply_temperature(scored["finetuned_score"].to_numpy(), temperature, "binary"))
+    assert calibration["scaled"]["log_loss"] == pytest.approx(-np.mean(np.log(np.where(cv_on["label"] == 1, cv_on["finetuned_score_scaled"], 1 - cv_on["finetuned_score_scaled"]))))
+    expected = fit_temperature(cv_on["finetuned_score"], cv_on["label"], "binary") if calibration["helps"] else 1.0
+    settings_on = json.loads((tmp_path / "on" / FINETUNE_CONFIG).read_text())
+    settings_off = json.loads((tmp_path / "off" / FINETUNE_CONFIG).read_text())
+    assert settings_on["temperature"] == pytest.approx(expected) == on["final_model"]["temperature"]
+    assert settings_on["threshold_scaled"] == pytest.approx(expit(logit(settings_on["threshold"]) / settings_on["temperature"]))
+    assert not {"temperature", "temperature_reason", "threshold_scaled"} & (set(settings_off) | set(off["final_model"]))
+    assert "temperature" not in off["final_model"] and settings_off["threshold"] == settings_on["threshold"]
+    raw = predict_images(tmp_path / "off", images, ids=list(ids), n_samples=2)
+    assert raw.columns.tolist() == ["id_str", "ring_probability", "ring_probability_mc_mean", "ring_probability_mc_std", "ring_predicted"]
+    model = keras.models.load_model(tmp_path / "off/model.keras", compile=False)
+    np.testing.assert_allclose(raw["ring_probability"], head_outputs(model, rotation_features(feature_extractor(model), images, 3))[:, 0], rtol=1e-5)
+    # a model folder with a stored temperature: its probabilities are sigmoid(logit(raw) / T), its classes the raw ones'
+    settings_on["temperature"] = 2.5
+    (tmp_path / "on" / FINETUNE_CONFIG).write_text(json.dumps(settings_on))
+    scaled = predict_images(tmp_path / "on", images, ids=list(ids), n_samples=2)
+    np.testing.assert_allclose(scaled["ring_probability_raw"], raw["ring_probability"], rtol=1e-5)
+    p = scaled["ring_probability_raw"].to_numpy(np.float64)
+    np.testing.assert_allclose(scaled["ring_probability"], expit(logit(np.clip(p, 1e-7, 1 - 1e-7)) / 2.5), rtol=1e-5)
+    assert (scaled["ring_probability"] - scaled["ring_probability_raw"]).abs().min() > 1e-3  # every probability softened
+    pd.testing.assert_series_equal(scaled["ring_predicted"], raw["ring_predicted"])

@@ -69,8 +69,13 @@ def test_bad_labels_are_quarantined_and_every_other_galaxy_is_scored_once(finetu
     assert metrics["n_scored"] == len(ready) and metrics["base_overlap"] == {"checked": True, "n_matched": 0, "source": "imagenet base: trained on no galaxies"}
     assert metrics["catalog"]["n_in"] == len(labels) and metrics["catalog"]["n_quarantined"] == len(quarantine)
     assert metrics["base"] == "imagenet" and json.loads((out / "finetune_config.json").read_text())["channels"] == 1
-    for name in ("scores.png", "roc.png", "surest_examples.png"):
+    for name in ("scores.png", "roc.png", "surest_examples.png", "reliability.png"):
         assert (out / name).stat().st_size > 10_000
+    # temperature scaling (on by default): raw and rescaled scores side by side, one temperature per fold, the final one stored
+    calibration = metrics["methods"]["finetuned"]["calibration"]
+    assert set(calibration["raw"]) == set(calibration["scaled"]) == {"log_loss", "brier", "ece"} and len(calibration["fold_temperatures"]) == 3
+    assert json.loads((out / "finetune_config.json").read_text())["temperature"] == metrics["final_model"]["temperature"] == calibration["final_temperature"]
+    assert (calibration["final_temperature"] == 1.0) != calibration["helps"]
 
 
 def test_the_survey_gets_one_prediction_per_ready_galaxy(finetune_run):
@@ -83,6 +88,15 @@ def test_the_survey_gets_one_prediction_per_ready_galaxy(finetune_run):
 
     samples, ids, names = load_predictions_hdf5(out / "survey/predictions.hdf5")
     assert samples.shape == (len(ready), 1, 3) and names == ["smooth_probability"] and ids == predictions["id_str"].tolist()
+    # the stored temperature rescales the survey's probabilities and samples; the raw probability and the classes stay
+    import numpy as np
+    from scipy.special import expit, logit
+
+    settings = json.loads((out / "finetune_config.json").read_text())
+    raw = np.clip(predictions["smooth_probability_raw"].to_numpy(np.float64), 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(predictions["smooth_probability"], expit(logit(raw) / settings["temperature"]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(predictions["smooth_probability_mc_mean"], samples[:, 0].mean(axis=1), rtol=1e-5, atol=1e-7)
+    assert (predictions["smooth_predicted"] == (predictions["smooth_probability_raw"] >= settings["threshold"])).all()
 
 
 def test_imagenet_base_that_cannot_be_fetched_stops_the_run_before_any_job(tiny_synthetic, tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 pytestmark = pytest.mark.workflow
 
 FIGURES = ["accounting.png", "quarantine.csv", "resize_examples.png", "training_curves.png", "per_question.png", "prediction_examples.png", "montage.png", "calibration.png",
-           "calibration.csv", "top.csv", "next_to_label.png"]
+           "calibration_pit.png", "calibration.csv", "top.csv", "next_to_label.png"]
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,84 @@ def test_the_predict_rule_streams_windows_to_disk_with_the_same_numbers(tiny_sha
 
     assert pq.ParquetFile(paths[1]).num_row_groups > 1  # written window by window
     assert not list(tmp_path.glob(".*.tmp"))  # no temporaries left behind
+
+
+_PREDICT_IN_A_FRESH_PROCESS = """
+import sys
+from zoobot_core.predict import PredictConfig, predict_shards
+predictions, _, samples = predict_shards(sys.argv[1], sys.argv[2], "test", PredictConfig(n_samples=3, seed=4))
+predictions.to_parquet(sys.argv[3])
+samples.to_parquet(sys.argv[4])
+"""
+
+
+def test_recalibration_is_fitted_on_validation_only_and_applied_by_a_prediction_in_a_fresh_process(tiny_shards, trained, tmp_path):
+    import shutil
+
+    from zoobot_core.recalibration import RECALIBRATION_FILE, RecalibrationConfig, recalibrate_files
+
+    out, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(out, model)  # the shared model folder stays without a recalibration
+    settings = PredictConfig(n_samples=3, seed=4)
+    raw, _, raw_samples = predict_shards(model, tiny_shards, "test", settings)
+    fitted = recalibrate_files(model, tiny_shards, model / RECALIBRATION_FILE, settings, RecalibrationConfig(method="scale", min_galaxies=5))
+    assert fitted["fitted_on"] == "val" and fitted["n_val"] == read_metadata(tiny_shards)["counts"]["val"]
+    scales = {name: q["scale"] for name, q in fitted["questions"].items()}
+    assert any(q["status"] == "fitted" and q["scale"] != 1.0 for q in fitted["questions"].values())
+
+    # the fit never reads test: other test votes, the same recalibration; other validation votes, another one
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    test = pd.read_parquet(shards / "test_catalog.parquet")
+    test[TREE.label_cols] = test[TREE.label_cols].to_numpy()[::-1]
+    test.to_parquet(shards / "test_catalog.parquet")
+    again = recalibrate_files(model, shards, tmp_path / "again.json", settings, RecalibrationConfig(method="scale", min_galaxies=5))
+    assert again["questions"] == fitted["questions"]
+    val = pd.read_parquet(shards / "val_catalog.parquet")
+    val[TREE.label_cols] = val[TREE.label_cols].to_numpy()[::-1]
+    val.to_parquet(shards / "val_catalog.parquet")
+    other = recalibrate_files(model, shards, tmp_path / "other.json", settings, RecalibrationConfig(method="scale", min_galaxies=5))
+    assert {n: q["scale"] for n, q in other["questions"].items()} != scales
+
+    # a fresh process reads recalibration.json from the model folder and applies it
+    subprocess.run([sys.executable, "-c", _PREDICT_IN_A_FRESH_PROCESS, str(model), str(tiny_shards), str(tmp_path / "p.parquet"), str(tmp_path / "s.parquet")],
+                   check=True, capture_output=True)
+    calibrated, calibrated_samples = pd.read_parquet(tmp_path / "p.parquet"), pd.read_parquet(tmp_path / "s.parquet")
+    for question, (first, last) in zip(TREE.questions, TREE.question_index_groups):
+        cols = TREE.label_cols[first : last + 1]
+        np.testing.assert_allclose(calibrated_samples[cols].to_numpy(), raw_samples[cols].to_numpy() * scales[question.name], rtol=1e-5)
+        np.testing.assert_allclose(calibrated[[f"{c}_concentration_raw" for c in cols]].to_numpy(), raw[[f"{c}_concentration" for c in cols]].to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(calibrated[[f"{c}_concentration" for c in cols]].to_numpy(),
+                                   raw[[f"{c}_concentration" for c in cols]].to_numpy() * scales[question.name], rtol=1e-5)
+        for suffix in ("_fraction", "_fraction_std"):  # a scale keeps every sample's vote fractions
+            np.testing.assert_allclose(calibrated[[f"{c}{suffix}" for c in cols]].to_numpy(), raw[[f"{c}{suffix}" for c in cols]].to_numpy(), rtol=1e-4, atol=1e-6)
+
+    from zoobot_core.recalibration import METADATA_KEY, applied_recalibration
+
+    assert applied_recalibration(tmp_path / "s.parquet") == (False, None)  # to_parquet of the DataFrame: no record; predict_files writes one
+    from zoobot_core.predict import predict_files
+
+    predict_files(model, tiny_shards, "test", tmp_path / "pf.parquet", tmp_path / "rf.parquet", settings, samples_path=tmp_path / "sf.parquet")
+    assert applied_recalibration(tmp_path / "sf.parquet")[1]["questions"] == fitted["questions"]
+    assert applied_recalibration(tmp_path / "pf.parquet")[0] and METADATA_KEY not in (pq_schema(tmp_path / "rf.parquet").metadata or {})
+
+    # switched off, the prediction is the raw one exactly, columns and all
+    off, _, off_samples = predict_shards(model, tiny_shards, "test", PredictConfig(n_samples=3, seed=4, recalibrate=False))
+    pd.testing.assert_frame_equal(off, raw, check_exact=True)
+    pd.testing.assert_frame_equal(off_samples, raw_samples, check_exact=True)
+
+    # a recalibration fitted for another network (the model retrained since) is refused, naming the fix
+    from zoobot_core.recalibration import RecalibrationError
+
+    stale = json.loads((model / RECALIBRATION_FILE).read_text())
+    stale["model_sha256"] = "0" * 64
+    (model / RECALIBRATION_FILE).write_text(json.dumps(stale))
+    with pytest.raises(RecalibrationError, match="fitted for another model.keras"):
+        predict_shards(model, tiny_shards, "test", settings)
+
+
+def pq_schema(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path)

@@ -102,6 +102,33 @@ def test_confident_confusion_and_similar_galaxies(tiny_run):
     assert (tiny_run / "similar/neighbours.png").stat().st_size > 5000
 
 
+def test_recalibration_study_on_the_tiny_run(tiny_run, tmp_path):
+    """make recalibration-study at a tiny size: every method fitted on validation and scored on test, and BALD raw vs recalibrated."""
+    from zoobot_core.acquisition import AcquireConfig
+    from zoobot_core.recalibration_study import STUDY_METHODS, recalibration_study
+
+    summary = recalibration_study(tiny_run, tmp_path, None, AcquireConfig(), "unlabelled", top_n=3)  # the run's own settings
+    methods = pd.read_csv(tmp_path / "methods.csv")
+    per_question = pd.read_csv(tmp_path / "per_question.csv")
+    assert methods["method"].tolist() == list(STUDY_METHODS)
+    headline = json.loads((tiny_run / "evaluation/calibration.json").read_text())
+    # the raw row is the calibration rule's raw network, and auto (the default) is the rule's posterior
+    assert methods.loc[0, "nll_per_galaxy"] == pytest.approx(headline["nll_per_galaxy"]["raw"], rel=1e-5)
+    # (to the float32 rounding of the stored samples the study recovers the raw ones from)
+    assert methods.loc[3, "nll_per_galaxy"] == pytest.approx(headline["nll_per_galaxy"]["model"], rel=1e-4)
+    recorded = json.loads((tiny_run / "model/recalibration.json").read_text())["questions"]
+    fitted = per_question[per_question["method"] == "auto"].set_index("question")
+    for name, entry in recorded.items():  # the study's auto is the pipeline's: the run's own seed and settings
+        assert fitted.loc[name, "scale"] == pytest.approx(entry["scale"], rel=1e-3) and fitted.loc[name, "power"] == pytest.approx(entry["power"], abs=1e-3)
+    assert methods["vote_fraction_mae"].nunique() == 1 or np.ptp(methods["vote_fraction_mae"]) < 1e-6  # every map keeps the fractions
+    assert len(per_question) == len(STUDY_METHODS) * len(TREE.questions)
+    bald = json.loads((tmp_path / "bald.json").read_text())
+    n_unlabelled = len(pd.read_parquet(tiny_run / "shards/manifest.parquet").query("split == 'unlabelled'"))
+    assert bald["n_pool"] == n_unlabelled and 0 <= bald["top_overlap"] <= bald["top_n"] == min(3, n_unlabelled)
+    assert sum(bald["composition"]["pool"].values()) == pytest.approx(1.0)
+    assert summary["calibrated_reference"]["replicates"] == 20
+
+
 def test_calibration_and_acquisition(tiny_run):
     table = pd.read_csv(tiny_run / "evaluation/calibration.csv")
     assert table["question"].tolist() == TREE.question_names
@@ -116,6 +143,36 @@ def test_calibration_and_acquisition(tiny_run):
     curve = pd.read_csv(tiny_run / "evaluation/calibration_curve.csv")
     assert set(curve["question"]) == {*TREE.question_names, "all"}
     assert (tiny_run / "report/calibration.png").stat().st_size > 5000
+
+    # the recalibration: fitted on the validation split, applied by predict, scored beside the raw network
+    recalibration = json.loads((tiny_run / "model/recalibration.json").read_text())
+    assert recalibration["fitted_on"] == "val" and recalibration["n_val"] == len(pd.read_parquet(tiny_run / "shards/val_catalog.parquet"))
+    statuses = [q["status"] for q in recalibration["questions"].values()]
+    assert "fitted" in statuses and any("fewer than min_galaxies=8" in s for s in statuses)
+    assert headline["posterior"].startswith("recalibrated") and set(headline["recalibration"]) == set(TREE.question_names)
+    assert {"raw_coverage_0.8", "raw_coverage_0.8_low", "nll_raw", "raw_nll_difference"} <= set(table.columns)
+    assert {"model", "raw", "constant"} == set(curve["predictor"])
+    nll = headline["nll_per_galaxy"]
+    assert nll["raw"] != nll["model"] and nll["raw_difference"] == pytest.approx(nll["raw"] - nll["constant"])
+    predictions = pd.read_parquet(tiny_run / "predictions/test.parquet")
+    samples = pd.read_parquet(tiny_run / "prediction_samples/test.parquet")
+    from zoobot_core.dirichlet import samples_array
+    from zoobot_core.recalibration import invert_recalibration
+
+    ids, calibrated = samples_array(samples, TREE.label_cols)
+    raw = invert_recalibration(calibrated, recalibration, TREE)
+    by_id = predictions.set_index("id_str").loc[ids]
+    np.testing.assert_allclose(by_id[[f"{c}_concentration" for c in TREE.label_cols]].to_numpy(), calibrated.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(by_id[[f"{c}_concentration_raw" for c in TREE.label_cols]].to_numpy(), raw.mean(axis=1), rtol=1e-4)
+    pit = pd.read_csv(tiny_run / "evaluation/calibration_pit.csv")
+    np.testing.assert_allclose(pit.groupby(["question", "predictor"])["fraction"].sum(), 1.0)
+    assert set(pit["predictor"]) == {"model", "raw"} and (tiny_run / "report/calibration_pit.png").stat().st_size > 5000
+    assert json.loads((tiny_run / "evaluation/metrics.json").read_text())["posterior"].startswith("recalibrated")
+    import h5py
+
+    with h5py.File(tiny_run / "predictions/test.hdf5") as f:  # the Zoobot-layout export says which map its samples carry
+        assert json.loads(f.attrs["recalibration"])["questions"] == recalibration["questions"]
+
     ranked = pd.read_parquet(tiny_run / "acquisition/ranked.parquet")
     unlabelled = pd.read_parquet(tiny_run / "shards/manifest.parquet").query("split == 'unlabelled'")["id_str"]
     assert sorted(ranked["id_str"]) == sorted(unlabelled) and ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
@@ -129,7 +186,8 @@ def test_calibration_and_acquisition(tiny_run):
 def test_every_rule_logged_and_a_rerun_has_nothing_to_do(tiny_run):
     workdir = tiny_run.parent.parent
     logs = {p.name for p in (workdir / "logs/tiny").rglob("*.log")}
-    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "write_shards.log", "train_model.log", "evaluate.log", "cluster.log", "calibration.log", "acquire.log"} <= logs
+    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "write_shards.log", "train_model.log", "evaluate.log", "cluster.log", "calibration.log", "acquire.log",
+            "recalibrate.log"} <= logs
     dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 

@@ -32,6 +32,7 @@ expected to reach the question (the product of the predicted fractions of the an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -211,15 +212,23 @@ def rank(scores: pd.DataFrame) -> pd.DataFrame:
 
 def acquire_files(
     samples_path: Path | str, ready_path: Path | str, ranked_path: Path | str, top_path: Path | str, montage_path: Path | str,
-    tree: DecisionTree, config: AcquireConfig, resize: ResizeConfig | None = None,
+    tree: DecisionTree, config: AcquireConfig, resize: ResizeConfig | None = None, recalibration_path: Path | str | None = None,
 ) -> pd.DataFrame:
     """The acquire rule: rank one split's galaxies by BALD; write the ranked table (Parquet), the top
-    `top_n` as an upload list (CSV: rank, id_str, file_loc, mutual_information) and a montage of the top ones."""
+    `top_n` as an upload list (CSV: rank, id_str, file_loc, mutual_information) and a montage of the top ones.
+
+    The samples are those predict wrote: the recalibrated posterior where the model has a recalibration
+    (`recalibration_path`, its recalibration.json, says so in the log), else the raw network's."""
     from zoobot_core.dirichlet import samples_array
     from zoobot_core.figures import plot_acquisition_montage
     from zoobot_core.io import atomic_path, atomic_write_table
 
     ids, alpha = samples_array(pd.read_parquet(samples_path), tree.label_cols)
+    if recalibration_path is not None:
+        log.info("Ranking on the recalibrated posterior (%s, fitted on the validation split); calibration.recalibrate: false ranks the raw network's",
+                 json.loads(Path(recalibration_path).read_text())["method"])
+    else:
+        log.info("Ranking on the raw network's posterior (calibration.recalibrate is off)")
     if ids and alpha.shape[1] < 2:
         log.warning("One prediction sample per galaxy: there is nothing for samples to disagree about, so every galaxy scores 0 "
                     "and the ranking is by id. Set predict.n_samples >= 2 (MC dropout) for a useful ranking.")

@@ -105,8 +105,16 @@ def evaluate_files(
         "model": None if pd.isna(first["accuracy"]) else float(first["accuracy"]), "n": int(first["n_confident"]),
         "confident_fraction": confident_fraction, "min_votes": min_votes,
     }
+    headline["posterior"] = posterior_label(predictions)
     write_json(headline, metrics_path)
     return headline
+
+
+def posterior_label(predictions: pd.DataFrame) -> str:
+    """Which posterior a predictions table holds: recalibrated (it then also has *_concentration_raw columns) or the raw network's."""
+    if any(c.endswith("_concentration_raw") for c in predictions.columns):
+        return "recalibrated on the validation split (vote fractions are the raw network's: recalibration keeps them)"
+    return "raw network (no recalibration applied)"
 
 
 def confident_confusion(

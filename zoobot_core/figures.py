@@ -319,48 +319,147 @@ def plot_confident_examples(cv: pd.DataFrame, image_paths: dict[str, str], metri
     save_figure(fig, path)
 
 
+def plot_finetune_reliability(cv: pd.DataFrame, metrics: dict, path: Path | str) -> None:
+    """Reliability diagram of the finetuned model's out-of-fold probabilities, raw and temperature-scaled (each fold
+    by the other folds' temperature), against the diagonal, with the galaxies per bin below: binary on P(class 1),
+    multiclass on the top-class probability. Regression, or temperature scaling off: what there is to show."""
+    from zoobot_core.temperature import reliability_bins
+
+    plt = pyplot()
+    task = metrics["task"]
+    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(5.6, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if task == "regression":
+        ax.text(0.5, 0.5, "regression: no probabilities to calibrate", ha="center", va="center", transform=ax.transAxes)
+        save_figure(fig, path)
+        return
+    scored = cv[cv["fold"] >= 0]
+    truth = scored["label"].to_numpy()
+    columns = ["finetuned_score"] if task == "binary" else [f"finetuned_p{k}" for k in range(metrics["config"]["n_classes"])]
+    calibration = metrics["methods"]["finetuned"].get("calibration")
+    curves = [("raw", "#c0392b", columns)]
+    if calibration is not None:
+        curves.append(("temperature-scaled", "#2a7ab0", [f"{c}_scaled" for c in columns]))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", lw=1, label="perfectly calibrated")
+    width = 0.1 / len(curves)
+    for i, (name, colour, cols) in enumerate(curves):
+        probabilities = scored[cols[0]].to_numpy() if task == "binary" else scored[cols].to_numpy()
+        bins = reliability_bins(probabilities, truth, task)
+        used = bins[bins["count"] > 0]
+        scores = calibration["raw" if name == "raw" else "scaled"] if calibration is not None else None
+        label = name + (f": ECE {scores['ece']:.3f}, Brier {scores['brier']:.3f}, log loss {scores['log_loss']:.3f}" if scores else "")
+        ax.plot(used["mean_predicted"], used["observed"], "o-", color=colour, label=label)
+        counts_ax.bar(bins["lower"] + width * (i + 0.5), bins["count"], width=width, color=colour, alpha=0.8)
+    ax.set_ylabel("share of class 1" if task == "binary" else "share whose top class is right")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    counts_ax.set_xlabel("P(class 1), out of fold" if task == "binary" else "top-class probability, out of fold")
+    counts_ax.set_ylabel("galaxies per bin", fontsize=8)
+    title = f"{metrics['label']}: the finetuned model's {len(scored)} out-of-fold probabilities"
+    if calibration is not None:
+        folds = ", ".join(f"{t:.2f}" for t in calibration["fold_temperatures"])
+        title += f"\nfold temperatures (each fitted on the other folds): {folds}"
+        title += f"\nfinal model T = {calibration['final_temperature']:.2f}" + ("" if calibration["helps"] else " (rescaling did not lower the log loss)")
+    else:
+        title += "\n(temperature scaling off)"
+    ax.set_title(title, fontsize=8)
+    save_figure(fig, path)
+
+
 def finetune_figures(
-    cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, scores_path: Path | str, roc_path: Path | str, examples_path: Path | str
+    cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, scores_path: Path | str, roc_path: Path | str, examples_path: Path | str,
+    reliability_path: Path | str | None = None,
 ) -> None:
-    """The finetune_figures rule: the scores with their intervals, the ROC figure and the montage of the surest calls."""
+    """The finetune_figures rule: the scores with their intervals, the ROC figure, the montage of the surest calls and
+    (with `reliability_path`) the reliability diagram, raw and temperature-scaled."""
     cv = pd.read_parquet(cv_path)
     metrics = json.loads(Path(metrics_path).read_text())
     ready = pd.read_parquet(ready_path)
     plot_finetune_scores(metrics, scores_path)
     plot_finetune_roc(cv, metrics, roc_path)
     plot_confident_examples(cv, dict(zip(ready["id_str"], ready["resized_loc"])), metrics, examples_path)
+    if reliability_path is not None:
+        plot_finetune_reliability(cv, metrics, reliability_path)
 
 
-def plot_calibration(table: pd.DataFrame, curve: pd.DataFrame, path: Path | str) -> None:
-    """Reliability of the vote-count intervals (observed coverage against a calibrated model's), and held-out NLL per question."""
+_PREDICTOR_STYLE = {"model": ("#2a7ab0", "-", "model"), "raw": ("#c0392b", "-", "raw network"), "constant": ("grey", "--", "constant")}
+
+
+def _predictor_label(curve: pd.DataFrame, name: str) -> str:
+    """'recalibrated' for the model's posterior when the raw network is shown beside it."""
+    return "recalibrated" if name == "model" and "raw" in set(curve["predictor"]) else _PREDICTOR_STYLE[name][2]
+
+
+def plot_calibration(table: pd.DataFrame, curve: pd.DataFrame, path: Path | str, columns: int = 4) -> None:
+    """Reliability of the vote-count intervals per question and pooled (observed coverage against what each posterior
+    promises; raw network beside recalibrated when both are scored), and held-out NLL per question against the constant."""
     plt = pyplot()
-    fig, (ax, bars) = plt.subplots(1, 2, figsize=(11, 0.3 * len(table) + 3.6), gridspec_kw={"width_ratios": [1, 1.1]})
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
-    questions = curve.loc[curve["question"] != "all", "question"].unique()
-    colours = plt.get_cmap("tab10")
-    for i, question in enumerate(questions):
-        part = curve[(curve["question"] == question) & (curve["predictor"] == "model")].sort_values("level")
-        ax.plot(part["expected"], part["coverage"], linewidth=0.9, alpha=0.7, color=colours(i % 10), label=question)
-    for predictor, style in (("model", "-"), ("constant", "--")):
-        part = curve[(curve["question"] == "all") & (curve["predictor"] == predictor)].sort_values("level")
-        ax.plot(part["expected"], part["coverage"], style, color="black", linewidth=2.2, label=f"all questions, {predictor}")
-    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
-    ax.set_xlabel("probability the predicted interval holds the count\n(central 5%...95% intervals)")
-    ax.set_ylabel("fraction of test counts inside")
-    ax.set_title("Reliability of predicted vote counts\n(below the diagonal: intervals too narrow)", fontsize=10)
-    ax.legend(fontsize=6, loc="upper left")
+    questions = [q for q in table["question"] if (curve["question"] == q).any()]
+    panels = ["all", *questions]
+    rows = -(-(len(panels) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 2.9 * rows), squeeze=False)
+    predictors = [p for p in ("raw", "model", "constant") if p in set(curve["predictor"])]
+    for ax, question in zip(axes.flat, panels):
+        ax.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=0.8)
+        for name in predictors:
+            colour, style, _ = _PREDICTOR_STYLE[name]
+            part = curve[(curve["question"] == question) & (curve["predictor"] == name)].sort_values("level")
+            ax.plot(part["expected"], part["coverage"], style, color=colour, linewidth=2 if question == "all" else 1.3, label=_predictor_label(curve, name))
+        n_pairs = int(curve.loc[(curve["question"] == question) & (curve["predictor"] == "model"), "n_pairs"].max() or 0)
+        ax.set_title(f"{'all questions' if question == 'all' else question} ({n_pairs} counts)", fontsize=8.5)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        if question == "all":
+            ax.legend(fontsize=7, loc="upper left")
+            ax.set_xlabel("probability the interval holds the count", fontsize=7.5)
+            ax.set_ylabel("fraction of test counts inside\n(below the diagonal: too narrow)", fontsize=7.5)
+    bars = axes.flat[len(panels)]
     y = np.arange(len(table))
-    difference = table["nll_difference"].to_numpy(float)
-    errors = np.abs(np.stack([difference - table["nll_difference_low"].to_numpy(float), table["nll_difference_high"].to_numpy(float) - difference]))
-    bars.barh(y, difference, color=np.where(difference < 0, "#2a7ab0", "#c0392b"), height=0.6, xerr=errors, capsize=3, ecolor="#333333")
+    names = [p for p in ("raw", "model") if f"{'' if p == 'model' else p + '_'}nll_difference" in table]
+    height = 0.8 / len(names)
+    for i, name in enumerate(names):
+        prefix = "" if name == "model" else f"{name}_"
+        difference = table[f"{prefix}nll_difference"].to_numpy(float)
+        errors = np.abs(np.stack([difference - table[f"{prefix}nll_difference_low"].to_numpy(float),
+                                  table[f"{prefix}nll_difference_high"].to_numpy(float) - difference]))
+        bars.barh(y + (i - (len(names) - 1) / 2) * height, difference, height=height, xerr=errors, capsize=2, ecolor="#333333",
+                  color=_PREDICTOR_STYLE[name][0], label=_predictor_label(curve, name))
     bars.axvline(0, color="grey", linewidth=1)
-    for i, (model, constant) in enumerate(zip(table["nll_model"], table["nll_constant"])):
-        bars.annotate(f"{model:.2f} vs {constant:.2f}", (0, i), xytext=(4 if difference[i] < 0 else -4, 9), textcoords="offset points",
-                      ha="left" if difference[i] < 0 else "right", fontsize=6.5, color="#333333")
-    bars.set_yticks(y, table["question"], fontsize=8)
+    bars.set_yticks(y, table["question"], fontsize=6.5)
     bars.invert_yaxis()
-    bars.set_xlabel("held-out NLL per galaxy, model - constant (95% bootstrap)\nleft of 0: the model explains the votes better")
-    bars.set_title("Held-out likelihood of the volunteers' votes", fontsize=10)
+    bars.tick_params(axis="x", labelsize=7)
+    bars.legend(fontsize=7)
+    bars.set_xlabel("held-out NLL per galaxy, minus the constant's\n(95% bootstrap; left of 0: better)", fontsize=7.5)
+    for ax in list(axes.flat)[len(panels) + 1 :]:
+        ax.axis("off")
+    fig.suptitle("Reliability of the predicted vote counts (central 5%...95% intervals) and held-out likelihood", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_pit(pit: pd.DataFrame, path: Path | str, columns: int = 4) -> None:
+    """Randomised PIT histograms per question (flat at 1 when a posterior is calibrated; a U: too narrow, a hump: too wide)."""
+    plt = pyplot()
+    questions = list(dict.fromkeys(pit["question"])) if len(pit) else []
+    rows = max(1, -(-len(questions) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 2.4 * rows), squeeze=False)
+    label_curve = pd.DataFrame({"predictor": pit["predictor"]}) if len(pit) else pd.DataFrame({"predictor": []})
+    for ax, question in zip(axes.flat, questions):
+        for name in [p for p in ("raw", "model") if p in set(pit["predictor"])]:
+            part = pit[(pit["question"] == question) & (pit["predictor"] == name)].sort_values("bin_low")
+            density = part["fraction"].to_numpy() * len(part)
+            ax.stairs(density, np.r_[part["bin_low"].to_numpy(), 1.0], color=_PREDICTOR_STYLE[name][0], linewidth=1.5,
+                      label=_predictor_label(label_curve, name))
+        ax.axhline(1, color="black", linestyle=":", linewidth=0.8)
+        n_pairs = int(pit.loc[pit["question"] == question, "n_pairs"].max())
+        ax.set_title(f"{question} ({n_pairs} counts)", fontsize=8.5)
+        ax.set_xlim(0, 1), ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=7)
+    if questions:
+        axes.flat[0].legend(fontsize=7)
+        axes.flat[0].set_xlabel("PIT of the observed count", fontsize=7.5)
+        axes.flat[0].set_ylabel("density", fontsize=7.5)
+    for ax in list(axes.flat)[len(questions) :]:
+        ax.axis("off")
+    fig.suptitle("Randomised PIT of each answer's test vote count (uniform = calibrated)", fontsize=10)
     save_figure(fig, path)
 
 

@@ -15,6 +15,9 @@ distort pretrained features"):
 
 Galaxies the base was trained on are never scored (they may help train). Thresholds (binary) come
 from training galaxies only. Every method sees the same field of view: the network's centre crop.
+With `temperature_scaling`, classification probabilities are rescaled by one temperature (temperature.py):
+each fold's out-of-fold scores by one fitted on the other folds' only, the final model's by one fitted on all
+of them (or 1, where that did not lower the cross-validated log loss). Classes and thresholds stay the raw ones'.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class FinetuneConfig:
     batch_size: int = 16
     val_fraction: float = 0.2  # of the training galaxies, for early stopping of the unfreezing stage
     pixel_size: int = 16  # the pixel baseline's downsampled size
+    temperature_scaling: bool = True  # classes: rescale probabilities by a temperature fitted on out-of-fold scores (temperature.py)
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -372,8 +376,55 @@ def cross_validate(
             labels[scored_rows], finetuned, (scores[name][scored_rows], predicted[name][scored_rows] if config.task != "regression" else None),
             config.task, config.n_classes, seed=config.seed,
         )
+    if config.temperature_scaling and config.task != "regression":
+        add_temperature_scaling(table, metrics, scores, thresholds["finetuned"], labels, folds, config.task)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["fold", "epoch", "loss", "val_loss", "kept"])
     return table, metrics, history, (network, features, channels)
+
+
+def add_temperature_scaling(
+    table: pd.DataFrame, metrics: dict, scores: dict[str, np.ndarray], thresholds: list, labels: np.ndarray, folds: np.ndarray, task: str,
+) -> None:
+    """Temperature scaling of every method's out-of-fold probabilities, each fold by a temperature fitted on the
+    other folds only (temperature.temperature_report): metrics[m]["calibration"] (raw and scaled log loss, Brier,
+    ECE; the final model's temperature for the finetuned model), and the finetuned model's rescaled scores in the
+    table (finetuned_score_scaled, or finetuned_p<k>_scaled). Classes and thresholds stay those of the raw scores:
+    a binary fold's threshold, mapped through its temperature, is reported as thresholds_scaled."""
+    from zoobot_core.temperature import apply_temperature, temperature_report
+
+    scored = folds != EXCLUDED_FOLD
+    for name in METHODS:
+        report, scaled = temperature_report(scores[name][scored], labels[scored], folds[scored], task)
+        if name != "finetuned":  # no final model of a baseline to rescale
+            report = {k: v for k, v in report.items() if not k.startswith("final_")}
+        metrics[name]["calibration"] = report
+        if name == "finetuned":
+            full = np.full(scores[name].shape, np.nan)
+            full[scored] = scaled
+            if task == "binary":
+                table["finetuned_score_scaled"] = full
+                report["thresholds_scaled"] = [float(apply_temperature(np.array([t]), temp, task)[0])
+                                               for t, temp in zip(thresholds, report["fold_temperatures"])]
+            else:
+                for k in range(full.shape[1]):
+                    table[f"finetuned_p{k}_scaled"] = full[:, k]
+    report = metrics["finetuned"]["calibration"]
+    log.info("Temperature scaling (each fold by the other folds' T: %s): out-of-fold log loss %.4f -> %.4f, Brier %.4f -> %.4f, ECE %.4f -> %.4f; "
+             "final model T = %.3f (%s)", ", ".join(f"{t:.2f}" for t in report["fold_temperatures"]), report["raw"]["log_loss"], report["scaled"]["log_loss"],
+             report["raw"]["brier"], report["scaled"]["brier"], report["raw"]["ece"], report["scaled"]["ece"], report["final_temperature"],
+             report["final_temperature_reason"])
+
+
+def final_temperature_settings(calibration: dict, threshold: float | None) -> dict:
+    """What finetune_config.json keeps of temperature scaling: the final model's temperature (fitted on every
+    out-of-fold score, or 1 where that did not help), why, and a binary threshold mapped through it."""
+    from zoobot_core.temperature import apply_temperature
+
+    temperature = float(calibration["final_temperature"])
+    out = {"temperature": temperature, "temperature_reason": calibration["final_temperature_reason"]}
+    if threshold is not None:
+        out["threshold_scaled"] = float(apply_temperature(np.array([threshold]), temperature, "binary")[0])
+    return out
 
 
 def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame, config: FinetuneConfig) -> tuple[object, float | None, pd.DataFrame, int]:
@@ -398,6 +449,8 @@ def finetune(
     """Cross-validate, then train the final model on every galaxy; write into `out_dir`:
     model.keras and finetune_config.json (the final model), cv_predictions.parquet (out-of-fold scores
     of every method), cv_metrics.csv (one row per method), history.csv (unfreezing), metrics.json.
+    With `temperature_scaling` (classes): metrics.json's methods[m]["calibration"] compares raw and
+    temperature-scaled out-of-fold probabilities, and finetune_config.json keeps the final model's temperature.
 
     `images` are 0-255 RGB (n, size, size, 3) resized by the pipeline's resize (images.load_rgb);
     `seen_by_base` are ids the base was trained on: never scored (matched by id). None (the default): read
@@ -429,6 +482,9 @@ def finetune(
         "input_size": int(images.shape[1]), "rotations": ROTATIONS, "n_samples": config.n_samples, "base": base.label,
         "kept": "unfrozen" if final_epochs else "linear_probe", "unfreeze_epochs": final_epochs, "config": asdict(config),
     }
+    calibration = metrics["finetuned"].get("calibration")
+    if calibration is not None:  # survey predictions rescale by it (finetuned.calibrate); `threshold` stays on the raw probability
+        settings.update(final_temperature_settings(calibration, threshold))
     summary = {
         "task": config.task,
         "label": label_col,
@@ -439,7 +495,8 @@ def finetune(
         "n_folds": int(oof["fold"].max()) + 1,
         "methods": metrics,
         "final_model": {"threshold": threshold, "kept": settings["kept"], "unfreeze_epochs": final_epochs,
-                        "unfrozen_blocks": config.unfreeze_blocks if final_epochs else 0},
+                        "unfrozen_blocks": config.unfreeze_blocks if final_epochs else 0,
+                        **{k: settings[k] for k in ("temperature", "temperature_reason", "threshold_scaled") if k in settings}},
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "config": asdict(config),
         **({"catalog": catalog} if catalog is not None else {}),

@@ -3,7 +3,8 @@ head, once with dropout off (the prediction) and `n_samples` times with it on (M
 spread). On images in memory, or on a whole survey's TFRecord shards a batch at a time.
 
 The model is a plain Keras model (bases.build_network); `finetune_config.json` beside it records
-what prediction needs: task, label, classes, decision threshold, channels.
+what prediction needs: task, label, classes, decision threshold, channels, and (temperature scaling
+on) the temperature every probability is rescaled by.
 """
 
 from __future__ import annotations
@@ -81,21 +82,45 @@ def output_names(settings: dict) -> list[str]:
     return [f"{settings['label']}_probability" if settings["task"] == "binary" else settings["label"]]
 
 
+def is_calibrated(settings: dict) -> bool:
+    """Whether a finetuned model's probabilities are rescaled by a stored temperature (temperature scaling was on)."""
+    return settings.get("temperature") is not None and settings["task"] != "regression"
+
+
+def calibrate(outputs: np.ndarray, settings: dict) -> np.ndarray:
+    """Head outputs (..., units) rescaled by the model's stored temperature (temperature.apply_temperature);
+    unchanged without one (temperature scaling off, or regression)."""
+    if not is_calibrated(settings):
+        return outputs
+    from zoobot_core.temperature import apply_temperature
+
+    return apply_temperature(outputs, float(settings["temperature"]), settings["task"]).astype(np.float32)
+
+
 def prediction_table(ids: list[str], deterministic: np.ndarray, samples: np.ndarray, settings: dict) -> pd.DataFrame:
     """Per galaxy: the prediction (dropout off), its MC-dropout mean and spread, and the predicted class.
 
     Columns for label L: binary L_probability, L_probability_mc_mean, L_probability_mc_std, L_predicted
     (P >= the configured threshold); multiclass L_p<k>, its _mc_mean and _mc_std, L_predicted (most
     probable class); regression L, L_mc_mean, L_mc_std.
+
+    A model with a temperature (finetune_config.json `temperature`, from temperature scaling) rescales
+    every probability and MC-dropout sample by it (calibrate), and keeps the head's own probability
+    as L_probability_raw (L_p<k>_raw). L_predicted is unchanged by it: the raw probability against
+    `threshold` (equivalently the rescaled one against `threshold_scaled`), or the most probable class.
+    `deterministic` and `samples` are the head's raw outputs.
     """
     from zoobot_core.scores import classify
 
     label, task = settings["label"], settings["task"]
     columns: dict[str, np.ndarray] = {"id_str": np.asarray(ids, dtype=object)}
+    scaled, scaled_samples = calibrate(deterministic, settings), calibrate(samples, settings)
     for k, name in enumerate(output_names(settings)):
-        columns[name] = deterministic[:, k]
-        columns[f"{name}_mc_mean"] = samples[:, :, k].mean(axis=1)
-        columns[f"{name}_mc_std"] = samples[:, :, k].std(axis=1)
+        columns[name] = scaled[:, k]
+        if is_calibrated(settings):
+            columns[f"{name}_raw"] = deterministic[:, k]
+        columns[f"{name}_mc_mean"] = scaled_samples[:, :, k].mean(axis=1)
+        columns[f"{name}_mc_std"] = scaled_samples[:, :, k].std(axis=1)
     if task != "regression":
         columns[f"{label}_predicted"] = classify(scores_from_outputs(deterministic, task), task, 0.5 if settings["threshold"] is None else settings["threshold"])
     table = pd.DataFrame(columns)
@@ -124,7 +149,8 @@ def predict_images(model_dir: Path | str, images: np.ndarray, ids: list[str] | N
 def predict_survey_shards(model_dir: Path | str, shard_dir: Path | str, batch_size: int = 64, seed: int = 0,
                           n_samples: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Predictions for every galaxy in a survey's shards (all splits, in shard order), read a batch at a
-    time: the table (see prediction_table) and the MC-dropout samples (galaxies, outputs, samples)."""
+    time: the table (see prediction_table) and the MC-dropout samples (galaxies, outputs, samples),
+    rescaled by the model's temperature when it has one (calibrate)."""
     from zoobot_core import shards as shard_io
     from zoobot_core.datasets import get_dataset
     from zoobot_core.runtime import load_model
@@ -151,7 +177,7 @@ def predict_survey_shards(model_dir: Path | str, shard_dir: Path | str, batch_si
     units = model.output_shape[-1]
     deterministic_array = np.concatenate(deterministic) if deterministic else np.zeros((0, units), np.float32)
     samples_array = np.concatenate(samples) if samples else np.zeros((0, n_samples, units), np.float32)
-    return prediction_table(ids, deterministic_array, samples_array, settings), samples_array.transpose(0, 2, 1)
+    return prediction_table(ids, deterministic_array, samples_array, settings), calibrate(samples_array, settings).transpose(0, 2, 1)
 
 
 @leaves_process_state
@@ -172,6 +198,7 @@ def predict_survey_files(model_dir: Path | str, shard_dir: Path | str, predictio
 
         settings = json.loads((Path(model_dir) / FINETUNE_CONFIG).read_text())
         write_predictions_hdf5(samples, table["id_str"].tolist(), output_names(settings), hdf5_path,
-                               {"task": settings["task"], "label": settings["label"], "mc_dropout_samples": samples.shape[2]})
+                               {"task": settings["task"], "label": settings["label"], "mc_dropout_samples": samples.shape[2],
+                                **({"temperature": float(settings["temperature"])} if is_calibrated(settings) else {})})
     log.info("Predicted %d survey galaxies with the finetuned model in %s", len(table), model_dir)
     return table

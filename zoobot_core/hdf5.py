@@ -75,6 +75,13 @@ def load_predictions_hdf5(path: Path | str) -> tuple[np.ndarray, list[str], list
 
 
 def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_path: Path | str, attrs: dict | None = None) -> None:
-    """The predictions_hdf5 rule: convert one split's samples Parquet into Zoobot's HDF5 layout."""
+    """The predictions_hdf5 rule: convert one split's samples Parquet into Zoobot's HDF5 layout (with the recalibration
+    the samples carry, as JSON in the `recalibration` attribute: "null" for the raw network's)."""
+    import json
+
+    from zoobot_core.recalibration import applied_recalibration
+
     values, ids = samples_to_array(pd.read_parquet(samples_path), label_cols)
+    recorded, recalibration = applied_recalibration(samples_path)
+    attrs = {**(attrs or {}), **({"recalibration": json.dumps(recalibration)} if recorded else {})}
     write_predictions_hdf5(values, ids, label_cols, hdf5_path, attrs)

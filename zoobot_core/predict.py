@@ -9,6 +9,7 @@ orientation, so each view is an equally valid look at it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from zoobot_core import shards as shard_io
 from zoobot_core.dirichlet import expected_vote_fractions
+from zoobot_core.recalibration import METADATA_KEY, apply_recalibration, check_recalibration, read_recalibration
 from zoobot_core.schemas import get_tree
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,14 @@ TTA_VIEWS = (1, 2, 4, 8)
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Dropout samples per view, dihedral views per galaxy (1: no test-time augmentation), batch size."""
+    """Dropout samples per view, dihedral views per galaxy (1: no test-time augmentation), batch size, and whether to
+    apply the model folder's recalibration (recalibration.json, where it has one)."""
 
     n_samples: int = 5
     batch_size: int = 64
     seed: int = 42
     tta_views: int = 1
+    recalibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.tta_views not in TTA_VIEWS:
@@ -67,6 +71,11 @@ def predict_windows(
     samples), the expected vote fraction and its standard deviation across samples. Representations
     hold the base model's pooled features (feat_0000...) of the image as it is (view 0). Samples hold
     every sample's concentrations: one row per (galaxy, sample), with the view it came from.
+
+    Where the model folder holds a recalibration (recalibration.json) and config.recalibrate is on,
+    concentrations (in predictions and samples) are the recalibrated ones, and predictions add the raw
+    network's mean concentration as {answer}_concentration_raw. Recalibration keeps every sample's
+    expected vote fractions, so the fraction columns are the raw network's either way.
     """
     import keras
 
@@ -79,6 +88,11 @@ def predict_windows(
     model, model_config = load_model(model_dir)
     label_cols = model_config["label_cols"]
     tree = get_tree(model_config.get("tree_definition", model_config["tree"]), model_config["question_suffix"])
+    recalibration = read_recalibration(model_dir) if config.recalibrate else None
+    if recalibration is not None:
+        check_recalibration(recalibration, model_dir, tree, config.n_samples, config.tta_views)
+        log.info("Applying the model's recalibration (%s, fitted on %s): calibrated concentrations, raw ones as *_concentration_raw",
+                 recalibration["method"], recalibration["fitted_on"])
     pre = preprocessing_config(label_cols, model_config["input_size"], model_config["greyscale"])
     extractor = representation_model(model)
     head = model.get_layer(HEAD_NAME)
@@ -92,11 +106,15 @@ def predict_windows(
     def tables() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         features_array = np.concatenate(features) if features else np.zeros((0, n_features), np.float32)
         samples_array = np.concatenate(samples) if samples else np.zeros((0, config.tta_views * config.n_samples, len(label_cols)), np.float32)
-        return (
-            _prediction_table(ids, samples_array, label_cols, tree.question_index_groups),
-            _representation_table(ids, features_array),
-            sample_table(ids, samples_array, label_cols, config.tta_views),
-        )
+        calibrated = apply_recalibration(samples_array, recalibration, tree)
+        predictions = _prediction_table(ids, calibrated, label_cols, tree.question_index_groups)
+        if recalibration is not None:
+            for j, col in enumerate(label_cols):
+                predictions.insert(predictions.columns.get_loc(f"{col}_fraction_std") + 1, f"{col}_concentration_raw",
+                                   samples_array[:, :, j].mean(axis=1).astype(np.float32))
+        sample_rows = sample_table(ids, calibrated, label_cols, config.tta_views)
+        predictions.attrs["recalibration"] = sample_rows.attrs["recalibration"] = recalibration  # predict_files records it in the Parquet metadata
+        return predictions, _representation_table(ids, features_array), sample_rows
 
     if paths:
         dataset = get_dataset(
@@ -182,6 +200,8 @@ def predict_files(
             n += len(tables[0])
             for k, table in enumerate(tables[: len(targets)]):
                 arrow = pa.Table.from_pandas(table, preserve_index=False)
+                if "recalibration" in table.attrs:  # predictions and samples: which map they carry (null: the raw network's)
+                    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(table.attrs["recalibration"])})
                 if writers[k] is None:
                     writers[k] = stack.enter_context(pq.ParquetWriter(tmps[k], arrow.schema))
                 writers[k].write_table(arrow.cast(writers[k].schema))

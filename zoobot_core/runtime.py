@@ -131,7 +131,11 @@ def load_keras_model(model_path: Path | str):
     return keras.models.load_model(model_path, compile=False)
 
 
+def load_model_config(model_dir: Path | str, config_name: str = MODEL_CONFIG) -> dict:
+    """A model folder's JSON config (model_config.json by default), without loading the network."""
+    return json.loads((Path(model_dir) / config_name).read_text())
+
+
 def load_model(model_dir: Path | str, config_name: str = MODEL_CONFIG):
     """Load model.keras (uncompiled) and its JSON config (model_config.json by default) from a model folder."""
-    model_dir = Path(model_dir)
-    return load_keras_model(model_dir / MODEL_FILE), json.loads((model_dir / config_name).read_text())
+    return load_keras_model(Path(model_dir) / MODEL_FILE), load_model_config(model_dir, config_name)

@@ -68,6 +68,25 @@ def training_settings():
     )
 
 
+def predict_settings():
+    """The MC-dropout sampling settings (predict.PredictConfig, as the predict rule's params) for the recalibrate rule:
+    the recalibration is fitted on the same mixture of samples that predictions apply it to.
+    """
+    return {
+        "n_samples": config["predict"]["n_samples"],
+        "batch_size": config["predict"]["batch_size"],
+        "seed": config["seed"],
+        "tta_views": config["predict"]["tta_views"],
+    }
+
+
+def recalibration_input(wildcards):
+    """The model's recalibration (fitted on the validation split) where calibration.recalibrate is on; nothing otherwise."""
+    if config["calibration"]["recalibrate"]:
+        return {"recalibration": f"results/{wildcards.run}/model/recalibration.json"}
+    return {}
+
+
 def view_settings():
     """How catalog images become what the model sees (images.ResizeConfig): size, the speed knobs, FITS.
     Figures pass it to show galaxies so; no resized copies are kept."""

@@ -177,6 +177,11 @@ rule finetune_figures:
             caption="../report/finetune_examples.rst",
             category="8. Finetuning",
         ),
+        reliability=report(
+            "results/{run}/finetune/reliability.png",
+            caption="../report/finetune_reliability.rst",
+            category="8. Finetuning",
+        ),
     log:
         "logs/{run}/finetune/finetune_figures.log",
     conda:

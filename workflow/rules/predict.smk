@@ -5,6 +5,7 @@ localrules:
 
 rule predict:
     input:
+        unpack(recalibration_input),
         model="results/{run}/model/model.keras",
         model_config="results/{run}/model/model_config.json",
         shards="results/{run}/shards",
@@ -28,6 +29,7 @@ rule predict:
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
         tta_views=config["predict"]["tta_views"],
+        recalibrate=config["calibration"]["recalibrate"],
     script:
         "../scripts/predict.py"
 

@@ -1,5 +1,37 @@
+# The validation split's raw posterior, predicted as the predict rule samples it, fits a map of each question's
+# concentrations that the predict rule then applies (calibration.recalibrate); test never enters the fit.
+rule recalibrate:
+    input:
+        model="results/{run}/model/model.keras",
+        model_config="results/{run}/model/model_config.json",
+        shards="results/{run}/shards",
+    output:
+        "results/{run}/model/recalibration.json",
+    log:
+        "logs/{run}/recalibrate.log",
+    benchmark:
+        "benchmarks/{run}/recalibrate.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=min(1, config["train"]["gpus"]),
+    params:
+        predict=predict_settings(),
+        method=config["calibration"]["method"],
+        min_galaxies=config["calibration"]["min_galaxies"],
+        min_votes=config["calibration"]["min_votes"],
+        folds=config["calibration"]["folds"],
+        seed=config["seed"],
+    script:
+        "../scripts/recalibrate.py"
+
+
 rule calibration:
     input:
+        unpack(recalibration_input),
         samples="results/{run}/prediction_samples/test.parquet",
         shards="results/{run}/shards",
     output:
@@ -13,6 +45,12 @@ rule calibration:
         figure=report(
             "results/{run}/report/calibration.png",
             caption="../report/calibration.rst",
+            category="4. Evaluation",
+        ),
+        pit="results/{run}/evaluation/calibration_pit.csv",
+        pit_figure=report(
+            "results/{run}/report/calibration_pit.png",
+            caption="../report/calibration_pit.rst",
             category="4. Evaluation",
         ),
     log:
@@ -35,6 +73,7 @@ rule calibration:
 
 rule acquire:
     input:
+        unpack(recalibration_input),
         samples=f"results/{{run}}/prediction_samples/{config['acquire']['split']}.parquet",
         ready="results/{run}/catalog/ready.parquet",
     output:

@@ -23,4 +23,5 @@ acquire_files(
         seed=params.seed,
     ),
     ResizeConfig(**params.view),
+    recalibration_path=snakemake.input.get("recalibration"),
 )

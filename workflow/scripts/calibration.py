@@ -1,17 +1,21 @@
-"""Rule calibration: coverage of the predicted vote-count intervals and held-out likelihood, test split."""
+"""Rule calibration: coverage of the predicted vote-count intervals, held-out likelihood and PIT, test split."""
 
 from zoobot_core.calibration import CalibrationConfig, calibration_files
 from zoobot_core.io import setup_logging
 from zoobot_core.schemas import get_tree
 
 setup_logging(snakemake.log[0])
+i, o = snakemake.input, snakemake.output
 calibration_files(
-    snakemake.input.samples,
-    snakemake.input.shards,
+    i.samples,
+    i.shards,
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
-    snakemake.output.table,
-    snakemake.output.curve,
-    snakemake.output.headline,
-    snakemake.output.figure,
+    o.table,
+    o.curve,
+    o.headline,
+    o.figure,
     CalibrationConfig(levels=tuple(snakemake.params.levels), min_votes=snakemake.params.min_votes),
+    recalibration_path=i.get("recalibration"),
+    pit_path=o.pit,
+    pit_figure_path=o.pit_figure,
 )
