@@ -69,8 +69,8 @@ def training_settings():
 
 
 def predict_settings():
-    """The MC-dropout sampling settings (predict.PredictConfig, as the predict rule's params) for the recalibrate rule:
-    the recalibration is fitted on the same mixture of samples that predictions apply it to.
+    """The MC-dropout sampling settings (predict.PredictConfig) of the predict and recalibrate rules: the
+    recalibration is fitted on the same mixture of samples that predictions apply it to.
     """
     return {
         "n_samples": config["predict"]["n_samples"],

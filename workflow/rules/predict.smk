@@ -25,10 +25,7 @@ rule predict:
         runtime=120,
         gpu=min(1, config["train"]["gpus"]),
     params:
-        n_samples=config["predict"]["n_samples"],
-        batch_size=config["predict"]["batch_size"],
-        seed=config["seed"],
-        tta_views=config["predict"]["tta_views"],
+        **predict_settings(),
         recalibrate=config["calibration"]["recalibrate"],
     script:
         "../scripts/predict.py"
