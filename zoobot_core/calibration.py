@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 CURVE_LEVELS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 PIT_BINS = 10
+
+
+def predictor_prefix(name: str) -> str:
+    """Column prefix of a scored posterior in the calibration table: none for `model` (the one predictions use), `raw_` for `raw`."""
+    return "" if name == "model" else f"{name}_"
 _BATCH_ELEMENTS = 4_000_000
 
 
@@ -113,7 +118,7 @@ def randomised_pit(cdf: np.ndarray, counts: np.ndarray, rng: np.random.Generator
 def _score(name: str, alpha: np.ndarray, counts: np.ndarray, nll: np.ndarray, constant_nll: np.ndarray, levels: tuple[float, ...],
            all_levels: tuple[float, ...], row: dict, curve: list, pit: list, question: str, rng: np.random.Generator) -> dict[float, np.ndarray]:
     """One predictor's figures on one question: fills `row` (prefixed columns), the curve and PIT rows; returns hits per galaxy per level."""
-    prefix = "" if name == "model" else f"{name}_"
+    prefix = predictor_prefix(name)
     difference = nll - constant_nll
     low, high = _bootstrap(difference, np.ones_like(difference))
     asked = len(counts) > 0
@@ -206,7 +211,7 @@ def calibrate(
     if g:
         nll_headline = {"constant": float(total["constant"].mean())}
         for name in predictors:
-            prefix = "" if name == "model" else f"{name}_"
+            prefix = predictor_prefix(name)
             difference = total[name] - total["constant"]
             nll_headline.update({name: float(total[name].mean()), f"{prefix}difference": float(difference.mean()),
                                  f"{prefix}difference_interval": list(_bootstrap(difference, np.ones(g)))})
@@ -224,7 +229,7 @@ def calibrate(
 
 def _questions_covering(table: pd.DataFrame, name: str, levels: tuple[float, ...]) -> dict[str, int]:
     """How many questions' bootstrap coverage intervals hold the probability promised, per level (and at every level)."""
-    prefix = "" if name == "model" else f"{name}_"
+    prefix = predictor_prefix(name)
     held = {f"{level:g}": ((table[f"{prefix}coverage_{level:g}_low"] <= table[f"{prefix}expected_{level:g}"])
                            & (table[f"{prefix}expected_{level:g}"] <= table[f"{prefix}coverage_{level:g}_high"])) for level in levels}
     out = {level: int(h.sum()) for level, h in held.items()}

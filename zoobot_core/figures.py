@@ -414,10 +414,12 @@ def plot_calibration(table: pd.DataFrame, curve: pd.DataFrame, path: Path | str,
             ax.set_ylabel("fraction of test counts inside\n(below the diagonal: too narrow)", fontsize=7.5)
     bars = axes.flat[len(panels)]
     y = np.arange(len(table))
-    names = [p for p in ("raw", "model") if f"{'' if p == 'model' else p + '_'}nll_difference" in table]
+    from zoobot_core.calibration import predictor_prefix
+
+    names = [p for p in ("raw", "model") if f"{predictor_prefix(p)}nll_difference" in table]
     height = 0.8 / len(names)
     for i, name in enumerate(names):
-        prefix = "" if name == "model" else f"{name}_"
+        prefix = predictor_prefix(name)
         difference = table[f"{prefix}nll_difference"].to_numpy(float)
         errors = np.abs(np.stack([difference - table[f"{prefix}nll_difference_low"].to_numpy(float),
                                   table[f"{prefix}nll_difference_high"].to_numpy(float) - difference]))
