@@ -278,7 +278,7 @@ def test_recalibration_is_fitted_on_validation_only_and_applied_by_a_prediction_
     from zoobot_core.recalibration import RecalibrationError
 
     stale = json.loads((model / RECALIBRATION_FILE).read_text())
-    stale["model_sha256"] = "0" * 64
+    stale["model_weights_sha256"] = "0" * 64
     (model / RECALIBRATION_FILE).write_text(json.dumps(stale))
     with pytest.raises(RecalibrationError, match="fitted for another model.keras"):
         predict_shards(model, tiny_shards, "test", settings)

@@ -55,10 +55,11 @@ def test_predictions_and_representations_per_split(tiny_run, split):
     ids = manifest.loc[manifest["split"] == split, "id_str"].tolist()
     predictions = pd.read_parquet(tiny_run / f"predictions/{split}.parquet")
     assert predictions["id_str"].tolist() == ids
-    expected = ["id_str"] + [f"{c}_{k}" for c in TREE.label_cols for k in ("concentration", "fraction", "fraction_std")]
-    assert list(predictions.columns) == expected
-    concentrations = predictions[[f"{c}_concentration" for c in TREE.label_cols]].to_numpy()
-    assert ((concentrations > 1) & (concentrations < 101)).all()
+    expected = ["id_str"] + [f"{c}_{k}" for c in TREE.label_cols for k in ("concentration", "fraction", "fraction_std", "concentration_raw")]
+    assert list(predictions.columns) == expected  # recalibrated (the default), with the raw network's concentrations beside
+    raw = predictions[[f"{c}_concentration_raw" for c in TREE.label_cols]].to_numpy()
+    assert ((raw > 1) & (raw < 101)).all()  # the head's range
+    assert (predictions[[f"{c}_concentration" for c in TREE.label_cols]].to_numpy() > 0).all()
     for question in TREE.questions:
         fractions = predictions[[f"{TREE.column(question.name, a)}_fraction" for a in question.answers]].sum(axis=1)
         np.testing.assert_allclose(fractions, 1.0, rtol=1e-5)
@@ -271,7 +272,7 @@ def test_a_users_own_decision_tree_runs_the_whole_workflow(tmp_path):
     environment = model_config["environment"]
     assert environment["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and environment["tensorflow"]["intra_op_threads"] == 3  # on 2 cores
     predictions = pd.read_parquet(out / "predictions/test.parquet")
-    assert list(predictions.columns) == ["id_str"] + [f"{c}_{k}" for c in tree.label_cols for k in ("concentration", "fraction", "fraction_std")]
+    assert list(predictions.columns) == ["id_str"] + [f"{c}_{k}" for c in tree.label_cols for k in ("concentration", "fraction", "fraction_std", "concentration_raw")]
     for question in tree.questions:
         fractions = predictions[[f"{tree.column(question.name, a)}_fraction" for a in question.answers]].sum(axis=1)
         np.testing.assert_allclose(fractions, 1.0, rtol=1e-5)

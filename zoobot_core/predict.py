@@ -90,7 +90,7 @@ def predict_windows(
     tree = get_tree(model_config.get("tree_definition", model_config["tree"]), model_config["question_suffix"])
     recalibration = read_recalibration(model_dir) if config.recalibrate else None
     if recalibration is not None:
-        check_recalibration(recalibration, model_dir, tree, config.n_samples, config.tta_views)
+        check_recalibration(recalibration, model, model_dir, tree, config.n_samples, config.tta_views)
         log.info("Applying the model's recalibration (%s, fitted on %s): calibrated concentrations, raw ones as *_concentration_raw",
                  recalibration["method"], recalibration["fitted_on"])
     pre = preprocessing_config(label_cols, model_config["input_size"], model_config["greyscale"])

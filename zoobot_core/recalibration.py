@@ -17,7 +17,7 @@ The power stays within [0.05, 3], so the map can be undone: the raw network's po
 from the recalibrated samples predict stores (calibration scores both).
 
 The fitted parameters are written beside model.keras (recalibration.json, with the SHA-256 of the
-model.keras they were fitted for) and applied by every prediction from that model folder
+weights of the network they were fitted for) and applied by every prediction from that model folder
 (predict.predict_shards, the predict rule), unless switched off. Predictions record what they applied in
 their Parquet metadata (key `zoobot_recalibration`), so the raw posterior is recovered with the same map.
 """
@@ -192,22 +192,21 @@ def read_recalibration(model_dir: Path | str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def model_fingerprint(model_dir: Path | str) -> str:
-    """SHA-256 of the folder's model.keras: which network a recalibration was fitted for."""
-    from zoobot_core.runtime import MODEL_FILE
-
+def model_fingerprint(model) -> str:
+    """SHA-256 of a Keras model's weights, in order: which network a recalibration was fitted for. (Not of the
+    model.keras file, whose zip entries carry timestamps: two identical trainings write different bytes.)"""
     digest = hashlib.sha256()
-    with open(Path(model_dir) / MODEL_FILE, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
     return digest.hexdigest()
 
 
-def check_recalibration(recalibration: dict, model_dir: Path | str, tree: DecisionTree, n_samples: int, tta_views: int) -> None:
-    """Refuse a recalibration fitted for another network or other answers; warn where the samples are drawn otherwise than it was fitted on."""
+def check_recalibration(recalibration: dict, model, model_dir: Path | str, tree: DecisionTree, n_samples: int, tta_views: int) -> None:
+    """Refuse a recalibration fitted for another network (`model`, loaded from `model_dir`) or other answers; warn where
+    the samples are drawn otherwise than it was fitted on."""
     _parameters(recalibration, tree)
-    fitted_for = recalibration.get("model_sha256")
-    if fitted_for is not None and fitted_for != model_fingerprint(model_dir):
+    fitted_for = recalibration.get("model_weights_sha256")
+    if fitted_for is not None and fitted_for != model_fingerprint(model):
         raise RecalibrationError(
             f"{Path(model_dir) / RECALIBRATION_FILE} was fitted for another model.keras (the model was retrained or replaced since); "
             f"rerun the recalibrate rule, delete the file, or predict with recalibrate=False")
@@ -249,7 +248,7 @@ def recalibrate_files(model_dir: Path | str, shard_dir: Path | str, out_path: Pa
     from zoobot_core.dirichlet import samples_array
     from zoobot_core.io import write_json
     from zoobot_core.predict import predict_shards
-    from zoobot_core.runtime import load_model_config
+    from zoobot_core.runtime import MODEL_FILE, load_keras_model, load_model_config
     from zoobot_core.schemas import get_tree
 
     model_config = load_model_config(model_dir)
@@ -259,7 +258,8 @@ def recalibrate_files(model_dir: Path | str, shard_dir: Path | str, out_path: Pa
     val = pd.read_parquet(Path(shard_dir) / "val_catalog.parquet", columns=["id_str", *tree.label_cols]).set_index("id_str")
     votes = val.loc[ids, tree.label_cols].to_numpy(np.float64) if ids else np.zeros((0, len(tree.label_cols)))
     recalibration = fit_recalibration(alpha, votes, tree, config)
-    recalibration.update({"n_val": len(ids), "n_samples": predict_config.n_samples * predict_config.tta_views, "model_sha256": model_fingerprint(model_dir),
+    recalibration.update({"n_val": len(ids), "n_samples": predict_config.n_samples * predict_config.tta_views,
+                          "model_weights_sha256": model_fingerprint(load_keras_model(Path(model_dir) / MODEL_FILE)),
                           "predict": {"n_samples": predict_config.n_samples, "tta_views": predict_config.tta_views, "seed": predict_config.seed}})
     write_json(recalibration, out_path)
     for name, entry in recalibration["questions"].items():
