@@ -54,8 +54,9 @@ def tiny_shards(tiny_synthetic, tmp_path_factory) -> Path:
     return out / "shards"
 
 
-def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the workflow with this checkout's Snakefile in `workdir`; fail the test with its log on error."""
+def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the workflow with this checkout's Snakefile in `workdir` (in `env`, default this process's environment);
+    fail the test with its log on error."""
     cmd = [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(REPO / "workflow" / "Snakefile"),
@@ -64,7 +65,7 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 9
         "--cores", "2",
         *extra,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     if result.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
         pytest.fail(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}\n{logs}")

@@ -1,5 +1,7 @@
 """The networks finetuning starts from: a model this pipeline trained, EfficientNetB0's ImageNet
-weights, or the same architecture from random weights (the no-pretraining control).
+weights, the same architecture from random weights (the no-pretraining control), or one of Zoobot 2's
+published encoders (timm networks pretrained on Galaxy Zoo; zoobot_core.encoders), named
+`hf_hub:<repo>` or by the path of a folder holding such a repo's files.
 
 `resolve_base` checks the configured base is at hand before any work starts (the workflow calls it
 while it reads the config); `build_network` puts the base's EfficientNetB0 behind Zoobot's
@@ -17,7 +19,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-IMAGENET, NONE, PIPELINE = "imagenet", "none", "pipeline"
+IMAGENET, NONE, PIPELINE, ENCODER = "imagenet", "none", "pipeline", "encoder"
 IMAGENET_FILE = "efficientnetb0_notop.h5"
 IMAGENET_ORIGIN = "https://storage.googleapis.com/keras-applications/" + IMAGENET_FILE
 MIRROR_VARIABLE = "ZOOBOT_CORE_IMAGENET_URL"  # where to fetch the file instead (a site mirror); same bytes, checked by MD5
@@ -33,7 +35,8 @@ class BaseModelError(ValueError):
 @dataclass(frozen=True)
 class BaseSpec:
     """Which base: 'pipeline' (a .keras model this pipeline trained), 'imagenet' (a weights file in
-    Keras' EfficientNetB0 no-top layout) or 'none' (random weights); `path` for the first two."""
+    Keras' EfficientNetB0 no-top layout), 'encoder' (a folder with a timm encoder's config.json and
+    weights) or 'none' (random weights); `path` for all but the last."""
 
     kind: str
     path: str | None = None
@@ -100,8 +103,10 @@ def resolve_base(base_model: str | None, default_model: str | None = None, origi
     """The base named by `finetune.base_model`, checked to be usable now, before any work starts.
 
     'imagenet' (Keras' cache, downloaded once if missing), 'none' (random weights), a .keras model
-    this pipeline trained, or a .h5 weights file of EfficientNetB0 without its top (ImageNet's, kept
-    locally). None: `default_model` (the run's own model, which the workflow trains first).
+    this pipeline trained, a .h5 weights file of EfficientNetB0 without its top (ImageNet's, kept
+    locally), or a Zoobot 2 encoder: 'hf_hub:<owner>/<repo>' (Hugging Face's cache, downloaded once if
+    missing) or a folder holding its config.json and weights. None: `default_model` (the run's own
+    model, which the workflow trains first).
     """
     if base_model is None:
         if default_model is None:
@@ -112,12 +117,24 @@ def resolve_base(base_model: str | None, default_model: str | None = None, origi
         return BaseSpec(NONE)
     if name.lower() == IMAGENET:
         return BaseSpec(IMAGENET, str(fetch_imagenet_weights(origin)))
+    from zoobot_core.encoders.hub import EncoderUnavailableError, encoder_folder, is_encoder_name
+
     path = Path(name).expanduser()
+    if is_encoder_name(name) or path.is_dir():
+        try:
+            folder = encoder_folder(name)
+            from zoobot_core.encoders import ArchitectureError, describe_encoder
+
+            describe_encoder(folder)  # an architecture not built here, or weights that do not fit it, stop the run now
+        except (EncoderUnavailableError, ArchitectureError) as err:
+            raise BaseModelError(f"finetune.base_model {name!r}: {err}") from err
+        return BaseSpec(ENCODER, str(Path(folder).resolve()))
     kind = PIPELINE if path.suffix == ".keras" else IMAGENET if path.suffix == ".h5" else None
     if kind is None:
         raise BaseModelError(
             f"finetune.base_model is {name!r}: use 'imagenet', 'none', a .keras model this pipeline trained, "
-            "or a .h5 file of EfficientNetB0's ImageNet weights without the top"
+            "a .h5 file of EfficientNetB0's ImageNet weights without the top, a Zoobot 2 encoder as "
+            "'hf_hub:mwalmsley/zoobot-encoder-convnext_nano', or a folder holding such an encoder's config.json and weights"
         )
     if not path.is_file():
         raise BaseModelError(f"finetune.base_model {path} does not exist; train a model first or fix the path")
@@ -125,10 +142,12 @@ def resolve_base(base_model: str | None, default_model: str | None = None, origi
 
 
 def efficientnet_of(model):
-    """The EfficientNetB0 inside a model built by model.get_model or build_network."""
+    """The base network inside a model built by model.get_model or build_network: its EfficientNetB0, or
+    the Zoobot 2 encoder (a nested timm_<architecture> model)."""
+    from zoobot_core.encoders import is_encoder_network
     from zoobot_core.model import BASE_NAME
 
-    found = [layer for layer in model.layers if layer.name.startswith(BASE_NAME)]
+    found = [layer for layer in model.layers if layer.name.startswith(BASE_NAME) or is_encoder_network(layer)]
     if not found:
         raise BaseModelError(f"Model {model.name!r} has no {BASE_NAME} layer: it was not built by this pipeline")
     return found[0]
@@ -164,11 +183,17 @@ def refresh_normalization(network) -> None:
 
 
 def base_channels(base: BaseSpec, greyscale: bool | None) -> int:
-    """Image channels the finetuned network takes: the pipeline model's own; otherwise 1 if greyscale."""
-    if base.kind == PIPELINE:
-        from zoobot_core.runtime import load_keras_model
+    """Image channels the finetuned network takes: the pipeline model's or the encoder's own (1 for
+    Zoobot 2's greyscale encoders); otherwise 1 if greyscale."""
+    if base.kind in (PIPELINE, ENCODER):
+        if base.kind == PIPELINE:
+            from zoobot_core.runtime import load_keras_model
 
-        channels = int(load_keras_model(base.path).input_shape[-1])
+            channels = int(load_keras_model(base.path).input_shape[-1])
+        else:
+            from zoobot_core.encoders import describe_encoder
+
+            channels = describe_encoder(base.path).in_chans
         if greyscale is not None and greyscale != (channels == 1):
             raise BaseModelError(
                 f"finetune.greyscale is {greyscale} but the base {base.path} takes {channels}-channel images; "
@@ -195,13 +220,15 @@ def build_network(
     The standardisation (Standardise) starts as the identity; finetune sets it (and the head) from
     the training galaxies' features. EfficientNet's weights do not depend on the image size, so a
     base trained at 64 px can be finetuned at 128 px; greyscale images go through the ImageNet
-    weights by repeating their channel (GreyToRGB).
+    weights by repeating their channel (GreyToRGB). A Zoobot 2 encoder takes the images in [0, 1] as
+    they are (no ImageNet mean/std, as Zoobot feeds it), with the channels its weights have.
     """
-    import keras
-    from keras import layers
 
-    from zoobot_core.model import Standardise, augmented_efficientnet
+    from zoobot_core.model import augmented_efficientnet
 
+    if base.kind == ENCODER:
+        inputs, features = augmented_encoder(base.path, input_size, channels, crop_size, resize_size, seed)
+        return _with_head(inputs, features, head_units, head_activation, dropout_rate, seed)
     inputs, features, network = augmented_efficientnet(input_size, channels, crop_size, resize_size, seed, rgb_weights=base.kind == IMAGENET,
                                                        settings="finetune.settings")
     if base.kind == IMAGENET:
@@ -216,7 +243,37 @@ def build_network(
         refresh_normalization(network)
     elif base.kind != NONE:
         raise BaseModelError(f"Unknown base kind {base.kind!r}")
+    return _with_head(inputs, features, head_units, head_activation, dropout_rate, seed)
+
+
+def _with_head(inputs, features, head_units: int, head_activation: str | None, dropout_rate: float, seed: int | None):
+    """The finetuned model: standardised pooled features, MC dropout and a new Dense head."""
+    import keras
+    from keras import layers
+
+    from zoobot_core.model import Standardise
+
     x = Standardise(name=STANDARDISE)(features)
     x = layers.Dropout(dropout_rate, seed=seed, name=DROPOUT)(x)
     outputs = layers.Dense(head_units, activation=head_activation, name=HEAD, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="zoobot_finetuned")
+
+
+def augmented_encoder(folder: str, input_size: int, channels: int, crop_size: int, resize_size: int, seed: int | None = 0, settings: str = "finetune.settings"):
+    """Zoobot's augmentation layers, then the encoder in `folder` (weights loaded): (image input, pooled features)."""
+    import keras
+
+    from zoobot_core.encoders import load_encoder
+    from zoobot_core.model import MIN_SIZE, get_augmentation_layers
+
+    if resize_size < MIN_SIZE:
+        raise ValueError(
+            f"The encoder needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to {crop_size} and resized to "
+            f"{resize_size}. Set {settings}.resize_size >= {MIN_SIZE} (Zoobot 2's encoders were trained at 224), or a larger crop_fraction or image size."
+        )
+    inputs = keras.Input((input_size, input_size, channels), name="image")
+    x = inputs
+    for layer in get_augmentation_layers(crop_size, resize_size, seed):
+        x = layer(x)
+    encoder = load_encoder(folder, (resize_size, resize_size, channels))
+    return inputs, encoder(x)

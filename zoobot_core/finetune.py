@@ -8,8 +8,8 @@ distort pretrained features"):
 2. The head: a standardised, class-balanced logistic regression (ridge for regression) on them, its
    strength chosen by an inner CV on the training galaxies. With `unfreeze_blocks: 0` the finetuned
    model is exactly this: the base's linear probe, as a Keras model with MC dropout.
-3. With `unfreeze_blocks` > 0: the head goes into the network, EfficientNet's last blocks are
-   unfrozen and everything trains at a low learning rate with Zoobot's augmentations and class
+3. With `unfreeze_blocks` > 0: the head goes into the network, the base's last blocks (EfficientNet's
+   blocks, a ConvNeXt's stages) are unfrozen and everything trains at a low learning rate with Zoobot's augmentations and class
    weights, early-stopped on an inner validation split of the training galaxies; if no epoch beats
    the head-only starting point, the starting point is kept.
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, image_baseline_features, splitter
-from zoobot_core.bases import HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
+from zoobot_core.bases import ENCODER, HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
 from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
 from zoobot_core.runtime import leaves_process_state
 from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
@@ -136,18 +136,29 @@ def _stage(layer_name: str) -> str:
 
 
 def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
-    """Make EfficientNetB0's last n blocks (its stages block7, block6, ...; 7 in all, as Zoobot counts
-    them), its top convolution and the head trainable; everything else, and every BatchNormalization
-    layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
+    """Make the base's last n stages and the head trainable, counted in the architecture's own units:
+    EfficientNetB0's blocks (block7, block6, ...; 7 in all, as Zoobot counts them) with its top
+    convolution; a Zoobot 2 ConvNeXt's stages (stages_3, ...; 4 in all) with its final norm; a timm
+    EfficientNet's blocks (blocks_6, ...) with its conv_head. Everything else, and every
+    BatchNormalization layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
     import keras
 
+    from zoobot_core.encoders import encoder_stages, is_encoder_network, stage_of
+
     network = efficientnet_of(model)
-    stages = sorted({_stage(layer.name) for layer in network.layers if layer.name.startswith("block")})
-    chosen = set(stages[-n_blocks:]) | {"top"}
+    if is_encoder_network(network):
+        units = [s for s in encoder_stages(network) if s not in ("stem", "head")]
+        chosen = set(units[-n_blocks:]) | {"head"}
+
+        def stage(name: str) -> str:
+            return stage_of(network, name)
+    else:
+        chosen = set(sorted({_stage(layer.name) for layer in network.layers if layer.name.startswith("block")})[-n_blocks:]) | {"top"}
+        stage = _stage
     for layer in model.layers:
         layer.trainable = layer is network or layer.name == HEAD
     for layer in network.layers:
-        layer.trainable = _stage(layer.name) in chosen and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = stage(layer.name) in chosen and not isinstance(layer, keras.layers.BatchNormalization)
     return sorted(chosen)
 
 
@@ -557,6 +568,10 @@ def base_overlap(ids: np.ndarray, base: BaseSpec, seen_by_base: set[str] | froze
     ids = np.asarray(ids).astype(str)
     if seen_by_base is not None:
         seen, source = {str(i) for i in seen_by_base}, "seen_by_base"
+    elif base.kind == ENCODER:
+        log.warning("The encoder %s was pretrained on Galaxy Zoo galaxies whose ids are not published with it: labelled galaxies among them "
+                    "cannot be kept out of scoring (metrics.json: base_overlap checked false). Pass seen_by_base if you have its training ids", base.path)
+        return np.zeros(len(ids), bool), {"checked": False, "n_matched": None, "source": "encoder base: its training galaxies are not published with it"}
     else:
         seen = seen_by(base)
         source = str(Path(base.path).parent / TRAINED_ON) if base.kind == PIPELINE else f"{base.kind} base: trained on no galaxies"

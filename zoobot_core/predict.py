@@ -114,7 +114,7 @@ def predict_windows(
                                    samples_array[:, :, j].mean(axis=1).astype(np.float32))
         sample_rows = sample_table(ids, calibrated, label_cols, config.tta_views)
         predictions.attrs["recalibration"] = sample_rows.attrs["recalibration"] = recalibration  # predict_files records it in the Parquet metadata
-        return predictions, _representation_table(ids, features_array), sample_rows
+        return predictions, representation_table(ids, features_array), sample_rows
 
     if paths:
         dataset = get_dataset(
@@ -172,7 +172,8 @@ def _prediction_table(ids: list[str], samples: np.ndarray, label_cols: list[str]
     return table
 
 
-def _representation_table(ids: list[str], features: np.ndarray) -> pd.DataFrame:
+def representation_table(ids: list[str], features: np.ndarray) -> pd.DataFrame:
+    """Pooled features as a table: id_str, then feat_0000... (as wide as the count needs)."""
     width = len(str(features.shape[1] - 1))
     table = pd.DataFrame(features.astype(np.float32), columns=[f"feat_{i:0{width}d}" for i in range(features.shape[1])])
     table.insert(0, "id_str", ids)

@@ -125,7 +125,8 @@ def load_keras_model(model_path: Path | str):
     its own, and a mixed-precision run's loss-scale state is not wanted by either."""
     import keras
 
-    import zoobot_core.losses  # noqa: F401  (registers custom objects)
+    import zoobot_core.encoders.layers  # noqa: F401  (registers custom objects: the encoders' layers)
+    import zoobot_core.losses  # noqa: F401
     import zoobot_core.model  # noqa: F401
 
     return keras.models.load_model(model_path, compile=False)

@@ -17,9 +17,9 @@ rule validate_catalog:
         id_column=config["catalog"]["id_column"],
         file_column=config["catalog"]["file_column"],
         image_root=image_root,
-        label_cols=decision_tree().label_cols,
-        question_totals=decision_tree().question_totals,
-        allow_unlabelled=config["catalog"]["allow_unlabelled"],
+        label_cols=label_columns(),
+        question_totals=[] if ENCODER_MODE else decision_tree().question_totals,
+        allow_unlabelled=ENCODER_MODE or config["catalog"]["allow_unlabelled"],
         # the limit is checked by write_shards before it reads an image, and by gather_images: changing it validates nothing again
         max_quarantine_fraction=1.0,
     script:

@@ -1,9 +1,30 @@
+rule encode:
+    input:
+        shards="results/{run}/shards",
+    output:
+        representations="results/{run}/encoder/representations/{split}.parquet",
+    log:
+        "logs/{run}/encode/{split}.log",
+    benchmark:
+        "benchmarks/{run}/encode/{split}.tsv"
+    conda:
+        "../envs/zoobot.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=min(1, config["train"]["gpus"]),
+    params:
+        # as configured (hf_hub:<repo> or a folder), not the resolved cache folder: moving the cache reruns nothing
+        encoder=config["representations"]["encoder"],
+        batch_size=config["representations"]["batch_size"],
+    script:
+        "../scripts/encode.py"
+
+
 rule cluster:
     input:
-        representations=expand(
-            "results/{{run}}/representations/{split}.parquet",
-            split=config["cluster"]["splits"],
-        ),
+        representations=representation_files,
         ready="results/{run}/catalog/ready.parquet",
     output:
         clusters="results/{run}/clusters/clusters.parquet",

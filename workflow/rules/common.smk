@@ -5,6 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from zoobot_core.bases import NONE, PIPELINE, BaseModelError, resolve_base
+from zoobot_core.encoders import ArchitectureError, describe_encoder
+from zoobot_core.encoders.hub import EncoderUnavailableError, encoder_folder
 from zoobot_core.catalog import chunk_digests_file
 from zoobot_core.fits_images import FitsConfig
 from zoobot_core.schemas import get_tree
@@ -27,6 +29,52 @@ wildcard_constraints:
     split="|".join(SPLITS),
     chunk=r"\d+",
     dataset="labelled|survey",
+
+
+# representations.encoder set: the catalog's representations come from that Zoobot 2 encoder, nothing is trained and no
+# votes are read (every galaxy is in the unlabelled split)
+ENCODER_MODE = bool(config["representations"]["encoder"])
+
+
+@functools.cache
+def representation_encoder():
+    """representations.encoder as a local folder, fetched into Hugging Face's cache now, before any job is scheduled (a compute
+    node may have no internet), and checked to be an architecture built here; the run stops here, naming the fix, otherwise.
+    """
+    name = config["representations"]["encoder"]
+    try:
+        folder = encoder_folder(name)
+        describe_encoder(folder)
+    except (EncoderUnavailableError, ArchitectureError, OSError) as err:
+        raise ValueError(f"representations.encoder {name!r}: {err}") from err
+    return str(Path(folder).resolve())
+
+
+if ENCODER_MODE:
+    representation_encoder()
+
+
+def label_columns():
+    """The vote columns read from the catalog: the tree's, or none when an encoder gives the representations."""
+    return [] if ENCODER_MODE else decision_tree().label_cols
+
+
+def representation_files(wildcards):
+    """The representations clustering reads: the encoder's (its unlabelled split: every galaxy) or the trained model's splits."""
+    if ENCODER_MODE:
+        return [f"results/{wildcards.run}/encoder/representations/unlabelled.parquet"]
+    return expand(
+        "results/{run}/representations/{split}.parquet",
+        run=wildcards.run,
+        split=config["cluster"]["splits"],
+    )
+
+
+def training_outputs_input(wildcards):
+    """The trained model's config for provenance (its training environment); nothing when an encoder replaces training."""
+    if ENCODER_MODE:
+        return {}
+    return {"model_config": f"results/{wildcards.run}/model/model_config.json"}
 
 
 @functools.cache
@@ -104,7 +152,21 @@ def resize_settings():
 
 
 def all_outputs():
-    """Everything a full run produces."""
+    """Everything a full run produces: with representations.encoder, the catalog's accounting, provenance,
+    clusters and neighbours from the encoder's representations (nothing trained or predicted).
+    """
+    if ENCODER_MODE:
+        return [
+            f"results/{RUN}/catalog/accounting.json",
+            f"results/{RUN}/provenance.json",
+            f"results/{RUN}/clusters/clusters.parquet",
+            f"results/{RUN}/clusters/montage.png",
+            *(
+                [f"results/{RUN}/similar/neighbours.png"]
+                if config["cluster"]["query_ids"]
+                else []
+            ),
+        ]
     return [
         f"results/{RUN}/catalog/accounting.json",
         f"results/{RUN}/provenance.json",

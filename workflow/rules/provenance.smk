@@ -1,9 +1,9 @@
 rule provenance:
     input:
+        unpack(training_outputs_input),
         catalog=catalog_input,
         validated="results/{run}/catalog/validated.parquet",
         shards="results/{run}/shards",
-        model_config="results/{run}/model/model_config.json",
     output:
         provenance="results/{run}/provenance.json",
         images="results/{run}/provenance_images.parquet",

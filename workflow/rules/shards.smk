@@ -19,7 +19,7 @@ rule write_shards:
         runtime=240,
     params:
         size=config["images"]["size"],
-        label_cols=decision_tree().label_cols,
+        label_cols=label_columns(),
         shard_size=config["shards"]["shard_size"],
         image_encoding=config["shards"]["image_encoding"],
         train_fraction=config["shards"]["train_fraction"],

@@ -14,5 +14,5 @@ write_provenance(
     snakemake.params.repo,
     hash_images=snakemake.params.hash_images,
     workers=snakemake.threads,
-    model_config_path=snakemake.input.model_config,
+    model_config_path=snakemake.input.get("model_config"),
 )
