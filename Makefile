@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-gpu scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
+.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -70,6 +70,24 @@ bench-chain: venv
 ## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, then changing its labels: each rerun's whole command (validate, resize, gather) beside the first run's (what every edit cost when chunks followed row position); AGAINST=<a checkout before 2c2e53c> also runs the old design side by side (about 15 min on 2 cores with AGAINST, about half without; docs/benchmarks.md)
 bench-rerun: venv
 	$(BIN)/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun.json
+
+## timm-env: a side venv (.venv-timm) with torch and timm, for the encoders' full-size comparison with timm and their speed beside timm's (about 4 min, 5.5 GB; the project itself never needs torch)
+TIMM_VENV := .venv-timm
+$(TIMM_VENV)/.installed:
+	$(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/pip install --quiet --upgrade pip
+	$(TIMM_VENV)/bin/pip install --quiet torch timm safetensors huggingface_hub
+	touch $@
+
+timm-env: $(TIMM_VENV)/.installed
+
+## test-timm: the encoders against timm at full size, every architecture (tests/test_encoders_timm.py; skipped by `make test` where .venv-timm is absent)
+test-timm: venv timm-env
+	$(BIN)/pytest tests/test_encoders_timm.py -q -rA
+
+## bench-encoders: Zoobot 2's encoders in Keras beside timm in the same run: full-size agreement of every architecture, and images/s and peak memory at 224 px for convnext_nano and efficientnet_b0 (about 10 min on 2 cores; docs/encoders.md)
+bench-encoders: venv timm-env
+	$(BIN)/python tests/benchmarks/bench_encoders.py --agreement convnext_pico convnext_nano convnext_tiny convnext_small convnext_base convnext_large efficientnet_b0 resnet18 resnet50 greyscale-convnext_nano --out results/bench_encoders.json
 
 ## bench-gpu: EfficientNetB0 + the Dirichlet-Multinomial loss, train and predict img/s at 224 and 300 px, float32 / bfloat16 / float16, with and without XLA, two batch sizes, and the input side; for a GPU machine (KERAS_BACKEND=jax works without TensorFlow; docs/benchmarks.md)
 bench-gpu: venv

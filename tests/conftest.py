@@ -156,7 +156,7 @@ def run_through_slurm(slurm_env: dict[str, str], workdir: Path, configfile: Path
             "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
             "--slurm-keep-successful-logs", "--slurm-logdir", str(workdir / "slurm_logs"),
             # the profile's site-sized requests, cut to this 2-CPU node
-            "--max-threads", "2", "--set-resources", "train_model:mem_mb=3000", "predict:mem_mb=2000",
+            "--max-threads", "2", "--set-resources", "train_model:mem_mb=3000", "predict:mem_mb=2000", "encode:mem_mb=2000",
             "--verbose",
             *targets,
             timeout=1200,

@@ -215,3 +215,13 @@ def test_a_reader_of_the_downloaded_weights_gets_the_torch_tensors(tmp_path):
     expected = read_state_dict(WEIGHTS)
     state = read_state_dict(weights_file(folder))
     assert all(np.array_equal(state[name], expected[name]) for name in expected)
+
+
+def test_a_job_only_reads_the_cache_and_says_so_when_this_machine_lacks_it(tmp_path):
+    """download=False (a workflow job): no request, and an error saying the jobs' machine must see the same HF_HOME."""
+    with fake_hub(_repos()) as hub:
+        with pytest.raises(EncoderUnavailableError, match="only reads the Hugging Face cache.*HF_HOME to a folder both machines see"):
+            encoder_folder(NAME, endpoint=hub.endpoint, cache_dir=tmp_path / "cache", download=False)
+        assert hub.requests == []
+        encoder_folder(NAME, endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    assert (encoder_folder(NAME, cache_dir=tmp_path / "cache", download=False) / "config.json").is_file()

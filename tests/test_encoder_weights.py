@@ -152,6 +152,7 @@ def test_a_missing_byteorder_entry_means_little_endian(tmp_path):
     (dict(size=(2, 2), stride=(1, 6)), "overruns its storage"),
     (dict(size=(2,), stride=(-1,)), "negative"),
     (dict(numel=1000), "holds 24 bytes, not 1000"),
+    (dict(size=(10**6, 10**6, 10**6), stride=(0, 0, 0)), "more elements than its storage"),  # 24 bytes expanded to 4 EB
 ])
 def test_views_outside_their_storage_are_refused(tmp_path, tensor, message):
     values = np.arange(6, dtype=np.float32)
@@ -268,3 +269,35 @@ def test_weights_file_prefers_safetensors(tmp_path):
     assert weights_file(tmp_path) == tmp_path / "pytorch_model.bin"
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert weights_file(tmp_path) == tmp_path / "model.safetensors"
+
+
+def test_a_compressed_storage_is_refused_before_it_is_inflated(tmp_path):
+    """torch never compresses: a deflated entry could inflate a few kB into gigabytes."""
+    values = np.zeros(1 << 16, np.float32)
+    pickled = b"\x80\x02" + _opcodes({"w": _tensor("0", values)}) + b"."
+    path = tmp_path / "deflated.bin"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/data/0", values.tobytes(), compress_type=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < values.nbytes // 50
+    with pytest.raises(WeightsFormatError, match="compressed"):
+        read_state_dict(path)
+
+
+def test_many_tensors_on_one_storage_are_refused(tmp_path):
+    """Each tensor is copied out of its storage: thousands of views of one storage would multiply memory."""
+    values = np.arange(6, dtype=np.float32)
+    pickled = b"\x80\x02" + _opcodes({f"w{i}": _tensor("0", values) for i in range(10)}) + b"."
+    with pytest.raises(WeightsFormatError, match="four times"):
+        read_state_dict(_write_torch_zip(tmp_path / "views.bin", pickled, {"0": values.tobytes()}))
+    tied = b"\x80\x02" + _opcodes({"a": _tensor("0", values), "b": _tensor("0", values)}) + b"."  # tied weights: fine
+    assert sorted(read_state_dict(_write_torch_zip(tmp_path / "tied.bin", tied, {"0": values.tobytes()}))) == ["a", "b"]
+
+
+def test_a_state_dict_whose_methods_a_pickle_replaced_is_still_checked(tmp_path):
+    """BUILD can set `items` on the OrderedDict instance; the check reads the dict with dict's own methods."""
+    ordered = Call(Global("collections", "OrderedDict"), ())
+    pickled = (b"\x80\x02" + _opcodes(ordered) + b"(" + _opcodes("w") + _opcodes(3) + b"u"
+               + _opcodes({"items": ordered}) + b"b.")
+    with pytest.raises(WeightsFormatError, match="'w' is not a tensor"):
+        read_state_dict(_write_torch_zip(tmp_path / "build.bin", pickled))

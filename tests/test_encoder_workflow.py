@@ -7,6 +7,7 @@ The encoders are the timm-made fixtures (tests/fixtures/encoders): tiny networks
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -79,6 +80,12 @@ def test_representations_clusters_and_neighbours_come_from_the_encoder_with_noth
     clusters = pd.read_parquet(run / "clusters" / "clusters.parquet")
     assert sorted(clusters["id_str"]) == sorted(ready["id_str"])
     assert (run / "similar" / "neighbours.png").stat().st_size > 10_000
+    import pyarrow.parquet as pq
+
+    # the file says which weights made it: the configured name, the snapshot's commit, the weights' SHA-256
+    recorded = json.loads(pq.read_schema(run / "encoder/representations/unlabelled.parquet").metadata[b"zoobot_encoder"])
+    assert recorded["source"] == f"hf_hub:{REPO_ID}" and recorded["hf_commit"] == COMMIT and recorded["architecture"] == "convnext_nano"
+    assert recorded["weights_sha256"] == hashlib.sha256((FIXTURE / "pytorch_model.bin").read_bytes()).hexdigest()
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["config"]["representations"]["encoder"] == f"hf_hub:{REPO_ID}"
 
@@ -123,7 +130,7 @@ def test_finetune_from_a_local_encoder_folder_unfreezes_its_last_stage_and_predi
     run_snakemake(work, _tiny_config(work, finetune=finetune), "finetune", env=_clean_env())
     out = work / "results/tiny/finetune"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["base"] == f"encoder:{folder.resolve()}"
+    assert metrics["base"] == f"encoder:{folder.resolve()}" and metrics["base_encoder"]["architecture"] == "convnext_nano"
     assert metrics["base_overlap"] == {"checked": False, "n_matched": None, "source": "encoder base: its training galaxies are not published with it"}
     assert metrics["final_model"]["unfrozen_blocks"] in (0, 1)  # 1 where an epoch of unfreezing beat the probe
     assert json.loads((out / "finetune_config.json").read_text())["channels"] == 3

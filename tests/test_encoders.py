@@ -27,6 +27,8 @@ CASES = {
     "greyscale-convnext_nano": ("pytorch_model.bin", 1, 4),
     "efficientnet_b0": ("pytorch_model.bin", 3, 7),
     "greyscale-efficientnet_b0": ("model.safetensors", 1, 7),
+    "resnet18": ("model.safetensors", 3, 4),
+    "resnet50": ("pytorch_model.bin", 3, 4),
 }
 
 
@@ -88,7 +90,7 @@ def test_weights_smaller_than_the_published_architecture_are_refused_without_mod
 
 
 def test_the_ports_use_keras_ops_only_so_they_run_on_jax():
-    for module in ("layers", "convnext", "efficientnet"):
+    for module in ("layers", "convnext", "efficientnet", "resnet"):
         tree = ast.parse((REPO / "zoobot_core" / "encoders" / f"{module}.py").read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -120,3 +122,62 @@ def test_a_finetuned_network_on_an_encoder_saves_loads_and_unfreezes_its_last_st
 
     effnet = build_network(BaseSpec(ENCODER, str(FIXTURES / "efficientnet_b0")), 48, 3, 36, 40, 1, "sigmoid", 0.2, 0)
     assert unfreeze_last_blocks(effnet, 2) == ["blocks_5", "blocks_6", "head"]
+
+
+def test_the_encoder_benchmark_runs_in_its_tiny_version(tmp_path):
+    """bench_encoders.py --tiny (the fixtures at 64 px, Keras only): the benchmark cannot rot."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(REPO / "tests/benchmarks/bench_encoders.py"), "--tiny", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["speed"]
+    assert [row["arch"] for row in rows] == ["convnext_nano", "efficientnet_b0"]
+    assert all(row["keras_images_per_s"] > 0 and row["keras_peak_mb"] > 100 for row in rows)
+
+
+def test_model_args_that_the_weights_do_not_show_are_refused_by_name(tmp_path):
+    """timm's norm_eps, act_layer or pad_type change the numbers without changing a shape: refused, not ignored."""
+    folder = tmp_path / "eps"
+    shutil.copytree(FIXTURES / "convnext_nano", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"]["norm_eps"] = 1e-5
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(encoders.ArchitectureError, match=r"model_args has \['norm_eps'\]"):
+        encoders.describe_encoder(folder)
+
+
+def test_unfreezing_more_stages_than_the_encoder_has_is_refused_naming_its_count():
+    from zoobot_core.bases import ENCODER, BaseSpec, build_network
+    from zoobot_core.finetune import FinetuneConfig, network_input_size, unfreeze_last_blocks
+
+    base = BaseSpec(ENCODER, str(FIXTURES / "convnext_nano"))
+    network = build_network(base, 48, 3, 36, 40, 1, "sigmoid", 0.2, 0)
+    with pytest.raises(ValueError, match=r"unfreeze_blocks is 5 but the base timm_convnext_nano has 4 \(stages_0, .*stages_3\): set it to at most 4"):
+        unfreeze_last_blocks(network, 5)
+    assert unfreeze_last_blocks(network, 4) == ["head", "stages_0", "stages_1", "stages_2", "stages_3"]
+    # Zoobot 2's encoders see 224 px unless resize_size says otherwise; other bases the crop
+    assert network_input_size(base, 48, FinetuneConfig()) == 224
+    assert network_input_size(base, 48, FinetuneConfig(resize_size=64)) == 64
+    assert network_input_size(BaseSpec("none"), 48, FinetuneConfig()) == 36
+
+
+def test_the_fingerprint_names_the_weights_and_a_cached_snapshot_commit(tmp_path):
+    import hashlib
+
+    snapshot = tmp_path / "models--someone--enc" / "snapshots" / ("ab" * 20)
+    shutil.copytree(FIXTURES / "convnext_tiny", snapshot)
+    fingerprint = encoders.encoder_fingerprint(snapshot)
+    assert fingerprint["weights_file"] == "model.safetensors" and fingerprint["hf_commit"] == "ab" * 20
+    assert fingerprint["weights_sha256"] == hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()
+    assert encoders.encoder_fingerprint(FIXTURES / "convnext_tiny")["hf_commit"] is None
+
+
+def test_a_model_finetuned_from_an_encoder_is_not_taken_as_a_pipeline_base(tmp_path):
+    from zoobot_core.bases import ENCODER, PIPELINE, BaseModelError, BaseSpec, build_network
+
+    build_network(BaseSpec(ENCODER, str(FIXTURES / "convnext_nano")), 48, 3, 36, 40, 1, "sigmoid", 0.2, 0).save(tmp_path / "model.keras")
+    with pytest.raises(BaseModelError, match="finetuned from the Zoobot 2 encoder convnext_nano.*Set finetune.base_model to that encoder"):
+        build_network(BaseSpec(PIPELINE, str(tmp_path / "model.keras")), 48, 3, 36, 40, 1, "sigmoid", 0.2, 0)

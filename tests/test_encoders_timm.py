@@ -18,7 +18,7 @@ from zoobot_core import encoders
 sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
 import bench_encoders  # noqa: E402
 
-ARCHITECTURES = ["convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "efficientnet_b0"]
+ARCHITECTURES = ["convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "efficientnet_b0", "resnet18", "resnet50"]
 
 
 @pytest.fixture(scope="module")

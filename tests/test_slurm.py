@@ -12,7 +12,8 @@ import subprocess
 
 import pandas as pd
 import pytest
-from conftest import READY_FINETUNE, assert_same_numbers, finetune_chunks_setup, run_through_slurm
+import yaml
+from conftest import READY_FINETUNE, REPO, assert_same_numbers, finetune_chunks_setup, run_through_slurm
 
 pytestmark = pytest.mark.workflow
 
@@ -50,6 +51,21 @@ def test_only_gpu_rules_get_a_gpu(slurm_run):
     for cpu_log in [logs / "write_shards.log", logs / "validate_catalog.log"]:
         text = cpu_log.read_text()
         assert "SLURM job" in text and "CUDA_VISIBLE_DEVICES=<unset>" in text, cpu_log
+
+
+def test_an_encoder_gives_a_catalog_representations_and_clusters_through_slurm_its_job_on_a_gpu(slurm_env, tmp_path):
+    """representations.encoder (a local Zoobot 2 encoder folder): no training; the encode job asks for a GPU as predict does."""
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["train"]["gpus"] = 1
+    config["representations"] = {"encoder": str(REPO / "tests/fixtures/encoders/convnext_nano"), "batch_size": 8}
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    run_through_slurm(slurm_env, tmp_path, configfile)
+    run, logs = tmp_path / "results/tiny", tmp_path / "logs/tiny"
+    assert not (run / "model").exists() and len(pd.read_parquet(run / "clusters/clusters.parquet")) > 0
+    assert _job_logs(tmp_path, "encode") and _job_logs(tmp_path, "cluster")
+    assert "CUDA_VISIBLE_DEVICES=0" in (logs / "encode/unlabelled.log").read_text()
+    assert "CUDA_VISIBLE_DEVICES=<unset>" in (logs / "cluster.log").read_text()
 
 
 def test_the_cluster_run_gives_the_same_numbers_as_the_local_run(slurm_run, tiny_run):

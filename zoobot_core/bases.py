@@ -20,6 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 IMAGENET, NONE, PIPELINE, ENCODER = "imagenet", "none", "pipeline", "encoder"
+ENCODER_SIZE = 224  # the image size Zoobot 2's encoders were trained at
 IMAGENET_FILE = "efficientnetb0_notop.h5"
 IMAGENET_ORIGIN = "https://storage.googleapis.com/keras-applications/" + IMAGENET_FILE
 MIRROR_VARIABLE = "ZOOBOT_CORE_IMAGENET_URL"  # where to fetch the file instead (a site mirror); same bytes, checked by MD5
@@ -99,14 +100,15 @@ def fetch_imagenet_weights(origin: str | None = None, timeout: float = 60.0) -> 
     return target
 
 
-def resolve_base(base_model: str | None, default_model: str | None = None, origin: str | None = None) -> BaseSpec:
+def resolve_base(base_model: str | None, default_model: str | None = None, origin: str | None = None, in_job: bool = False) -> BaseSpec:
     """The base named by `finetune.base_model`, checked to be usable now, before any work starts.
 
     'imagenet' (Keras' cache, downloaded once if missing), 'none' (random weights), a .keras model
     this pipeline trained, a .h5 weights file of EfficientNetB0 without its top (ImageNet's, kept
     locally), or a Zoobot 2 encoder: 'hf_hub:<owner>/<repo>' (Hugging Face's cache, downloaded once if
     missing) or a folder holding its config.json and weights. None: `default_model` (the run's own
-    model, which the workflow trains first).
+    model, which the workflow trains first). `in_job` (a workflow job): an encoder only from the
+    cache or its folder, never downloaded, and its weights not read twice.
     """
     if base_model is None:
         if default_model is None:
@@ -117,16 +119,17 @@ def resolve_base(base_model: str | None, default_model: str | None = None, origi
         return BaseSpec(NONE)
     if name.lower() == IMAGENET:
         return BaseSpec(IMAGENET, str(fetch_imagenet_weights(origin)))
-    from zoobot_core.encoders.hub import EncoderUnavailableError, encoder_folder, is_encoder_name
+    from zoobot_core.encoders.hub import encoder_folder, is_encoder_name
 
     path = Path(name).expanduser()
     if is_encoder_name(name) or path.is_dir():
-        try:
-            folder = encoder_folder(name)
-            from zoobot_core.encoders import ArchitectureError, describe_encoder
+        from zoobot_core.encoders import describe_encoder
 
-            describe_encoder(folder)  # an architecture not built here, or weights that do not fit it, stop the run now
-        except (EncoderUnavailableError, ArchitectureError) as err:
+        try:
+            folder = encoder_folder(name, download=not in_job)
+            if not in_job:
+                describe_encoder(folder)  # an architecture not built here, unsafe or unfitting weights: the run stops now
+        except (ValueError, OSError) as err:  # EncoderUnavailableError, ArchitectureError, the weights' and state dict's errors
             raise BaseModelError(f"finetune.base_model {name!r}: {err}") from err
         return BaseSpec(ENCODER, str(Path(folder).resolve()))
     kind = PIPELINE if path.suffix == ".keras" else IMAGENET if path.suffix == ".h5" else None
@@ -234,9 +237,15 @@ def build_network(
     if base.kind == IMAGENET:
         _load_imagenet(network, base.path)
     elif base.kind == PIPELINE:
+        from zoobot_core.encoders import is_encoder_network
         from zoobot_core.runtime import load_keras_model
 
         source = efficientnet_of(load_keras_model(base.path))
+        if is_encoder_network(source):
+            raise BaseModelError(
+                f"The base {base.path} was finetuned from the Zoobot 2 encoder {source.name[len('timm_'):]}: a finetuned model is not a base here. "
+                "Set finetune.base_model to that encoder (its hf_hub: name or folder) instead"
+            )
         if source.input_shape[-1] != network.input_shape[-1]:
             raise BaseModelError(f"The base {base.path} takes {source.input_shape[-1]}-channel images, not {network.input_shape[-1]}")
         network.set_weights(source.get_weights())

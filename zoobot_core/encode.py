@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core import shards as shard_io
+from zoobot_core.finetuned import model_input
 from zoobot_core.predict import representation_table
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,8 @@ def encode_windows(encoder_folder: str | Path, shard_dir: str | Path, split: str
     if paths:
         dataset = get_dataset(paths, [], batch_size, shuffle=False, requested_img_size=size, image_encoding=shard_io.image_encoding(shard_dir))
         for batch in tqdm(dataset, total=-(-n_expected // batch_size), desc=f"encoding {split}", mininterval=10):
-            images = keras.ops.convert_to_numpy(batch["matrix"]).astype(np.float32) / 255.0
-            if channels == 1 and images.shape[-1] != 1:
-                images = images.mean(axis=-1, keepdims=True)  # Zoobot's greyscale: the mean of the channels
+            # [0, 1], and a greyscale encoder's channel the mean of RGB, as the finetuning chain feeds it (finetuned.model_input)
+            images = model_input(keras.ops.convert_to_numpy(batch["matrix"]), channels)
             features.append(np.asarray(encoder.predict_on_batch(images), np.float32))
             ids.extend(i.decode() for i in batch["id_str"].numpy())
             if len(ids) >= window:
@@ -65,19 +65,33 @@ def encode_windows(encoder_folder: str | Path, shard_dir: str | Path, split: str
         yield table()
 
 
-def encode_files(encoder_folder: str | Path, shard_dir: str | Path, split: str, out_path: str | Path, batch_size: int = 64, window: int = 4096) -> int:
-    """The encode rule: one split's representations as Parquet, written atomically a window at a time; returns the galaxies encoded."""
+METADATA_KEY = "zoobot_encoder"  # the Parquet metadata key recording which encoder made the representations
+
+
+def encode_files(encoder_folder: str | Path, shard_dir: str | Path, split: str, out_path: str | Path, batch_size: int = 64, window: int = 4096,
+                 source: str | None = None) -> int:
+    """The encode rule: one split's representations as Parquet, written atomically a window at a time; returns the galaxies encoded.
+
+    The file's metadata (key zoobot_encoder) records the encoder: `source` (as configured), architecture, weights file and
+    its SHA-256, and the Hugging Face commit of a cached snapshot.
+    """
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from zoobot_core.encoders import encoder_fingerprint
     from zoobot_core.io import atomic_path
 
+    fingerprint = {"source": source, **encoder_fingerprint(encoder_folder)}
+    log.info("Encoder %s: %s", source or encoder_folder, json.dumps(fingerprint))
     n = 0
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(Path(out_path)))
         writer = None
         for table in encode_windows(encoder_folder, shard_dir, split, batch_size, window):
             arrow = pa.Table.from_pandas(table, preserve_index=False)
+            arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(fingerprint)})
             if writer is None:
                 writer = stack.enter_context(pq.ParquetWriter(tmp, arrow.schema))
             writer.write_table(arrow.cast(writer.schema))

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, image_baseline_features, splitter
-from zoobot_core.bases import ENCODER, HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
+from zoobot_core.bases import ENCODER, ENCODER_SIZE, HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
 from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
 from zoobot_core.runtime import leaves_process_state
 from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
@@ -53,11 +53,11 @@ class FinetuneConfig:
     inner_folds: int = 5  # inner CV on the training folds: regularisation and thresholds
     decision_threshold: float | None = None  # binary: None chooses it on training galaxies (max balanced accuracy)
     crop_fraction: float = 0.75  # centre crop at inference (random crop in training), as in training the base
-    resize_size: int | None = None  # EfficientNet's input after cropping; None: the crop size
+    resize_size: int | None = None  # the base network's input after cropping; None: the crop size (224 for a Zoobot 2 encoder)
     greyscale: bool | None = None  # None: as the base takes them (colour for imagenet / none)
     dropout_rate: float = 0.2  # before the head; on at prediction time for MC-dropout samples
     n_samples: int = 5  # MC-dropout samples per galaxy when predicting
-    unfreeze_blocks: int = 0  # > 0: then train EfficientNet's last N blocks (block7a, block6d, ...) with the head
+    unfreeze_blocks: int = 0  # > 0: then train the base's last N stages (EfficientNet's blocks, a ConvNeXt's stages) with the head
     unfreeze_epochs: int = 20
     unfreeze_learning_rate: float = 1e-4
     patience: int = 5
@@ -99,10 +99,15 @@ def assign_folds(ids: np.ndarray, labels: np.ndarray, excluded: np.ndarray, conf
     return folds
 
 
+def network_input_size(base: BaseSpec, size: int, config: FinetuneConfig) -> int:
+    """The base network's input after the crop: resize_size, else the crop size (224 px for a Zoobot 2 encoder, its training size)."""
+    return config.resize_size or (ENCODER_SIZE if base.kind == ENCODER else crop_px(size, config.crop_fraction))
+
+
 def _network(base: BaseSpec, size: int, channels: int, config: FinetuneConfig):
     crop = crop_px(size, config.crop_fraction)
     activation = {"binary": "sigmoid", "multiclass": "softmax", "regression": None}[config.task]
-    return build_network(base, size, channels, crop, config.resize_size or crop, config.n_outputs, activation, config.dropout_rate, config.seed)
+    return build_network(base, size, channels, crop, network_input_size(base, size, config), config.n_outputs, activation, config.dropout_rate, config.seed)
 
 
 def _copy_of(network):
@@ -135,26 +140,39 @@ def _stage(layer_name: str) -> str:
     return prefix[:6] if prefix.startswith("block") else prefix
 
 
-def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
-    """Make the base's last n stages and the head trainable, counted in the architecture's own units:
-    EfficientNetB0's blocks (block7, block6, ...; 7 in all, as Zoobot counts them) with its top
-    convolution; a Zoobot 2 ConvNeXt's stages (stages_3, ...; 4 in all) with its final norm; a timm
-    EfficientNet's blocks (blocks_6, ...) with its conv_head. Everything else, and every
-    BatchNormalization layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
-    import keras
-
+def unfreezable_units(model) -> tuple[list[str], str, object]:
+    """The base's stages `unfreeze_blocks` counts, in order (EfficientNetB0's block1..block7; an encoder's stages,
+    blocks or layers), the layer name of what trains with the last one ('top', 'head' or none), and the
+    function giving each of the base's layers its stage."""
     from zoobot_core.encoders import encoder_stages, is_encoder_network, stage_of
 
     network = efficientnet_of(model)
     if is_encoder_network(network):
-        units = [s for s in encoder_stages(network) if s not in ("stem", "head")]
-        chosen = set(units[-n_blocks:]) | {"head"}
+        stages = encoder_stages(network)
+        return [s for s in stages if s not in ("stem", "head")], "head" if "head" in stages else "", lambda name: stage_of(network, name)
+    return sorted({_stage(layer.name) for layer in network.layers if layer.name.startswith("block")}), "top", _stage
 
-        def stage(name: str) -> str:
-            return stage_of(network, name)
-    else:
-        chosen = set(sorted({_stage(layer.name) for layer in network.layers if layer.name.startswith("block")})[-n_blocks:]) | {"top"}
-        stage = _stage
+
+def check_unfreeze_blocks(model, n_blocks: int) -> None:
+    """unfreeze_blocks may not ask for more stages than the base has: ValueError naming its count."""
+    units, _, _ = unfreezable_units(model)
+    if n_blocks > len(units):
+        raise ValueError(f"finetune.settings.unfreeze_blocks is {n_blocks} but the base {efficientnet_of(model).name} has {len(units)} "
+                         f"({', '.join(units)}): set it to at most {len(units)}")
+
+
+def unfreeze_last_blocks(model, n_blocks: int) -> list[str]:
+    """Make the base's last n stages and the head trainable, counted in the architecture's own units:
+    EfficientNetB0's blocks (block7, block6, ...; 7 in all, as Zoobot counts them) with its top
+    convolution; a Zoobot 2 ConvNeXt's stages (stages_3, ...; 4 in all) with its final norm; a timm
+    EfficientNet's blocks (blocks_6, ...) with its conv_head; a ResNet's layers (layer4, ...). Everything
+    else, and every BatchNormalization layer, stays frozen (Keras then runs BatchNorm in inference mode)."""
+    import keras
+
+    check_unfreeze_blocks(model, n_blocks)
+    units, last, stage = unfreezable_units(model)
+    chosen = set(units[-n_blocks:]) | ({last} - {""})
+    network = efficientnet_of(model)
     for layer in model.layers:
         layer.trainable = layer is network or layer.name == HEAD
     for layer in network.layers:
@@ -325,6 +343,7 @@ def cross_validate(
     excluded = np.zeros(len(ids), bool) if excluded is None else np.asarray(excluded, bool)
     channels = base_channels(base, config.greyscale)
     network = _network(base, images.shape[1], channels, config)
+    check_unfreeze_blocks(network, config.unfreeze_blocks)  # before any work, not in the first fold
     started = time.perf_counter()
     features = rotation_features(feature_extractor(network), images, channels, config.batch_size, desc="base features")
     log.info("Frozen base features of %d galaxies x %d rotations: %.0f s", len(images), ROTATIONS, time.perf_counter() - started)
@@ -488,6 +507,8 @@ def finetune(
     timings["final_model"] = time.perf_counter() - started
     history = pd.concat([history, final_history.assign(fold="final")], ignore_index=True) if len(final_history) else history
     channels = start[2]
+    from zoobot_core.encoders import encoder_fingerprint
+
     settings = {
         "task": config.task, "n_classes": config.n_classes, "label": label_col, "threshold": threshold, "channels": channels,
         "input_size": int(images.shape[1]), "rotations": ROTATIONS, "n_samples": config.n_samples, "base": base.label,
@@ -500,6 +521,7 @@ def finetune(
         "task": config.task,
         "label": label_col,
         "base": base.label,
+        **({"base_encoder": encoder_fingerprint(base.path)} if base.kind == ENCODER else {}),  # which weights: SHA-256, HF commit
         "n_galaxies": int(len(ids)),
         "n_scored": int((oof["fold"] != EXCLUDED_FOLD).sum()),
         "base_overlap": overlap,
@@ -542,9 +564,12 @@ def load_ready_images(ready: pd.DataFrame) -> np.ndarray:
 
 
 def seen_by(base: BaseSpec) -> set[str] | None:
-    """Ids a pipeline base was trained or early-stopped on (trained_on.parquet beside it); None when unknown."""
+    """Ids a pipeline base was trained or early-stopped on (trained_on.parquet beside it); None when unknown
+    (a Zoobot 2 encoder's Galaxy Zoo training galaxies are not published with it); none for ImageNet or random weights."""
     from zoobot_core.runtime import TRAINED_ON
 
+    if base.kind == ENCODER:
+        return None
     if base.kind != PIPELINE:
         return set()
     record = Path(base.path).parent / TRAINED_ON

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "encoders"
 log = logging.getLogger("bench_encoders")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM): unlike ru_maxrss, which Linux carries across exec from the forking
+    parent, it is this program's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def timm_python() -> str | None:
@@ -83,7 +91,7 @@ def keras_speed(folder: str, size: int, n: int, batch: int, threads: int) -> dic
     for start in range(0, n, batch):
         model.predict_on_batch(images[start : start + batch])
     seconds = time.perf_counter() - started
-    return {"images_per_s": n / seconds, "load_s": load_s, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"images_per_s": n / seconds, "load_s": load_s, "peak_mb": peak_rss_mb()}
 
 
 def _child(args: list[str]) -> dict:

@@ -4,6 +4,8 @@
         norm parameter, layer scale and BatchNorm statistic randomised) saved as its Hugging Face repo
         would be (config.json as published, without model_args; pytorch_model.bin), with io.npz: the
         images (NHWC in [0, 1]) and timm's pooled features in float64.
+  save  --arch A --out DIR [--greyscale]: timm's own random initialisation of A (pretrained=False), saved as
+        its Hugging Face repo would be: the folder a user would `hf download`, with untrained weights.
   speed --arch A [--size 224] [--n 64] [--batch 32] [--threads 2]: timm's feature extraction images/s
         (float32, eval mode, no_grad) and this process's peak memory, as one JSON line.
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "encoders"))
 from make_fixtures import calibrate_batchnorm, features, randomise, test_images  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM): unlike ru_maxrss, which Linux carries across exec from the forking
+    parent, it is this program's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def _model(arch: str, greyscale: bool) -> torch.nn.Module:
@@ -51,6 +61,19 @@ def make(arch: str, out: Path, size: int, n: int, greyscale: bool, seed: int = 0
     print(json.dumps({"arch": arch, "params": sum(p.numel() for p in model.parameters()), "timm": timm.__version__, "torch": torch.__version__}))
 
 
+def save(arch: str, out: Path, greyscale: bool, seed: int = 0) -> None:
+    """timm's random initialisation of `arch`, saved as a Hugging Face repo folder (config.json as published, pytorch_model.bin)."""
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(seed)
+    model = _model(arch, greyscale)
+    save_for_hf(model, str(out), safe_serialization=False)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("model_args", None)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    print(json.dumps({"arch": arch, "params": sum(p.numel() for p in model.parameters()), "folder": str(out)}))
+
+
 def speed(arch: str, size: int, n: int, batch: int, threads: int, greyscale: bool) -> None:
     """timm's pooled features of n random images, batch at a time, after one warm-up batch: images/s and peak memory."""
     torch.set_num_threads(threads)
@@ -62,13 +85,13 @@ def speed(arch: str, size: int, n: int, batch: int, threads: int, greyscale: boo
         for start in range(0, n, batch):
             model(images[start : start + batch])
         seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"arch": arch, "images_per_s": n / seconds, "peak_mb": peak_mb, "threads": threads, "timm": timm.__version__, "torch": torch.__version__}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["make", "speed"])
+    parser.add_argument("command", choices=["make", "save", "speed"])
     parser.add_argument("--arch", required=True)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--size", type=int, default=224)
@@ -79,6 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "make":
         make(args.arch, args.out, args.size, args.n, args.greyscale)
+    elif args.command == "save":
+        save(args.arch, args.out, args.greyscale)
     else:
         speed(args.arch, args.size, args.n, args.batch, args.threads, args.greyscale)
 

@@ -1,5 +1,6 @@
 rule encode:
     input:
+        unpack(encoder_input),
         shards="results/{run}/shards",
     output:
         representations="results/{run}/encoder/representations/{split}.parquet",

@@ -3,10 +3,19 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from snakemake.logging import logger
 
-from zoobot_core.bases import NONE, PIPELINE, BaseModelError, resolve_base
-from zoobot_core.encoders import ArchitectureError, describe_encoder
-from zoobot_core.encoders.hub import EncoderUnavailableError, encoder_folder
+from zoobot_core.bases import (
+    ENCODER,
+    ENCODER_SIZE,
+    NONE,
+    PIPELINE,
+    BaseModelError,
+    resolve_base,
+)
+from zoobot_core.encoders import describe_encoder
+from zoobot_core.encoders.hub import encoder_folder
+from zoobot_core.encoders.weights import weights_file
 from zoobot_core.catalog import chunk_digests_file
 from zoobot_core.fits_images import FitsConfig
 from zoobot_core.schemas import get_tree
@@ -34,20 +43,41 @@ wildcard_constraints:
 # representations.encoder set: the catalog's representations come from that Zoobot 2 encoder, nothing is trained and no
 # votes are read (every galaxy is in the unlabelled split)
 ENCODER_MODE = bool(config["representations"]["encoder"])
+# Zoobot 2's encoders' training image size (bases.ENCODER_SIZE)
 
 
 @functools.cache
 def representation_encoder():
-    """representations.encoder as a local folder, fetched into Hugging Face's cache now, before any job is scheduled (a compute
-    node may have no internet), and checked to be an architecture built here; the run stops here, naming the fix, otherwise.
+    """representations.encoder as a local folder. In the process that schedules the jobs it is fetched into Hugging Face's
+    cache now, before any job (a compute node may have no internet), and checked to be an architecture built here, with
+    weights that fit it; the run stops here, naming the fix, otherwise. A job (which parses this file again) only reads
+    the cache or the folder.
     """
     name = config["representations"]["encoder"]
     try:
-        folder = encoder_folder(name)
-        describe_encoder(folder)
-    except (EncoderUnavailableError, ArchitectureError, OSError) as err:
+        folder = encoder_folder(name, download=workflow.is_main_process)
+        if workflow.is_main_process:
+            describe_encoder(folder)
+    except (
+        ValueError,
+        OSError,
+    ) as err:  # unavailable, an architecture not built here, unsafe or unfitting weights
         raise ValueError(f"representations.encoder {name!r}: {err}") from err
+    if workflow.is_main_process and config["images"]["size"] != ENCODER_SIZE:
+        logger.warning(
+            f"representations.encoder: images.size is {config['images']['size']} px; Zoobot 2's encoders were trained on "
+            f"{ENCODER_SIZE} px images. Set images.size: {ENCODER_SIZE} for the representations they were made for."
+        )
     return str(Path(folder).resolve())
+
+
+def encoder_input(wildcards):
+    """The encoder's config.json and weights file: the encode rule reruns when they change, and its job reads them."""
+    folder = Path(representation_encoder())
+    return {
+        "encoder_config": str(folder / "config.json"),
+        "encoder_weights": str(weights_file(folder)),
+    }
 
 
 if ENCODER_MODE:
@@ -229,9 +259,11 @@ def finetune_base(wildcards=None):
     """
     if "spec" not in _BASE:
         try:
+            # a job parses this file again: there the base is only read, never downloaded
             spec = resolve_base(
                 config["finetune"]["base_model"],
                 default_model=f"results/{RUN}/model/model.keras",
+                in_job=not workflow.is_main_process,
             )
         except BaseModelError as err:
             raise ValueError(str(err)) from err
@@ -240,8 +272,13 @@ def finetune_base(wildcards=None):
 
 
 def finetune_base_input(wildcards):
-    """The base's file (the run's own model is trained first); nothing for random weights."""
+    """The base's file (the run's own model is trained first), an encoder's config.json and weights; nothing for random weights."""
     base = finetune_base()
+    if base["kind"] == ENCODER:
+        return [
+            str(Path(base["path"]) / "config.json"),
+            str(weights_file(Path(base["path"]))),
+        ]
     return [] if base["kind"] == NONE else [base["path"]]
 
 
@@ -303,13 +340,15 @@ def finetune_chunk_rows(wildcards):
 
 
 def check_finetune_sizes():
-    """EfficientNetB0's input after the configured crop and resize must be at least 32 px: say so now."""
+    """The base network's input after the configured crop and resize must be at least 32 px: say so now (a Zoobot 2
+    encoder's default is 224 px, whatever the crop)."""
     settings = config["finetune"]["settings"]
     size = finetune_image_size()
     crop = int(round(size * settings["crop_fraction"]))
-    if (settings["resize_size"] or crop) < 32:
+    default = ENCODER_SIZE if finetune_base()["kind"] == ENCODER else crop
+    if (settings["resize_size"] or default) < 32:
         raise ValueError(
-            f"finetune.image_size {size} cropped to {crop} px is below EfficientNetB0's 32 px: "
+            f"finetune.image_size {size} cropped to {crop} px is below the base network's 32 px: "
             "set finetune.image_size or finetune.settings.crop_fraction larger, or finetune.settings.resize_size >= 32"
         )
 

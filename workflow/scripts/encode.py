@@ -5,13 +5,14 @@ from zoobot_core.hardware import cap_onednn_isa
 # before anything starts TensorFlow in this job: oneDNN reads its instruction-set cap once, at start-up
 cap_onednn_isa(snakemake.config["onednn_max_isa"])
 
+from pathlib import Path
+
 from zoobot_core.encode import encode_files
-from zoobot_core.encoders.hub import encoder_folder
 from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
-# the Snakefile fetched the files before any job ran: here they come from the local cache or folder, with no network
+# the Snakefile fetched the files before any job ran (the cache or a folder): the job reads the input files, no network
 encode_files(
-    encoder_folder(snakemake.params.encoder), snakemake.input.shards, snakemake.wildcards.split,
-    snakemake.output.representations, batch_size=snakemake.params.batch_size,
+    Path(snakemake.input.encoder_config).parent, snakemake.input.shards, snakemake.wildcards.split,
+    snakemake.output.representations, batch_size=snakemake.params.batch_size, source=snakemake.params.encoder,
 )

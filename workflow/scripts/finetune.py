@@ -13,7 +13,8 @@ from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-base = resolve_base(p.base_model, default_model=snakemake.input.base[0] if p.base_model is None else None)
+# in_job: the Snakefile fetched and checked the base before any job ran; here it is only read (no download on a compute node)
+base = resolve_base(p.base_model, default_model=snakemake.input.base[0] if p.base_model is None else None, in_job=True)
 finetune_files(
     snakemake.input.ready, snakemake.input.accounting, base, p.label_column, Path(snakemake.output.metrics).parent,
     FinetuneConfig(**p.settings, seed=p.seed), threads=snakemake.threads,

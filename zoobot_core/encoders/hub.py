@@ -50,15 +50,16 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def encoder_folder(name: str, endpoint: str | None = None, cache_dir: str | Path | None = None) -> Path:
+def encoder_folder(name: str, endpoint: str | None = None, cache_dir: str | Path | None = None, download: bool = True) -> Path:
     """The folder holding the encoder's config.json and weights: a local folder as given, or a repo's snapshot in the HF cache.
 
     A hf_hub: repo is looked up in the cache first (no network); only if it is missing is it downloaded, from `endpoint`
     (default: HF_ENDPOINT, else huggingface.co) into `cache_dir` (default: HF_HUB_CACHE, else $HF_HOME/hub).
+    `download=False` (a workflow job: the workflow fetched the files when it started) only reads the cache.
     """
     if name.startswith(HF_PREFIXES):
         repo, revision = parse_hub_name(name)
-        return _hub_folder(name, repo, revision, endpoint, cache_dir)
+        return _hub_folder(name, repo, revision, endpoint, cache_dir, download)
     return _local_folder(name)
 
 
@@ -91,7 +92,7 @@ def _local_folder(name: str) -> Path:
     return folder
 
 
-def _hub_folder(name: str, repo: str, revision: str | None, endpoint: str | None, cache_dir: str | Path | None) -> Path:
+def _hub_folder(name: str, repo: str, revision: str | None, endpoint: str | None, cache_dir: str | Path | None, download: bool = True) -> Path:
     from huggingface_hub import constants, is_offline_mode
     from huggingface_hub.errors import HFValidationError
 
@@ -104,6 +105,10 @@ def _hub_folder(name: str, repo: str, revision: str | None, endpoint: str | None
         return cached
     cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
     source = (endpoint or constants.ENDPOINT).rstrip("/")
+    if not download:
+        raise _unavailable(name, repo, revision, cache, "a workflow job only reads the Hugging Face cache (the workflow fetches the files when it "
+                           "starts, on the machine that submits the jobs), and this machine's cache does not hold them: set HF_HOME to a folder "
+                           "both machines see")
     if is_offline_mode():
         raise _unavailable(name, repo, revision, cache, "HF_HUB_OFFLINE is set, so nothing is downloaded")
     _check_reachable(name, repo, revision, endpoint, cache, source)
@@ -131,10 +136,18 @@ def _cached_folder(repo: str, revision: str | None, cache_dir: str | Path | None
     return None
 
 
+def _http_error() -> type[Exception]:
+    """The HTTP client's base error: huggingface_hub 2 uses httpx2, 1.x httpx."""
+    try:
+        import httpx2 as client
+    except ImportError:
+        import httpx as client
+    return client.HTTPError
+
+
 def _check_reachable(name: str, repo: str, revision: str | None, endpoint: str | None, cache: Path, source: str) -> None:
     """One request for config.json's metadata, without retries: an offline machine learns it at once, not after
     huggingface_hub's retries (about 23 s per file when the connection is refused, minutes when it hangs)."""
-    import httpx2
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -147,7 +160,7 @@ def _check_reachable(name: str, repo: str, revision: str | None, endpoint: str |
         raise _unavailable(name, repo, revision, cache, f"{repo} has no revision {revision}") from error
     except RemoteEntryNotFoundError as error:
         raise _unavailable(name, repo, revision, cache, f"{repo} has no {CONFIG_FILE}, so it is not a timm encoder repo") from error
-    except (HfHubHTTPError, httpx2.HTTPError, OSError) as error:
+    except (HfHubHTTPError, _http_error(), OSError) as error:
         raise _unavailable(name, repo, revision, cache, f"{source} cannot be reached ({type(error).__name__}: {error})") from error
     if metadata.commit_hash is None:
         raise _unavailable(name, repo, revision, cache, f"{source} answered without an X-Repo-Commit header: it is not a Hugging Face Hub (check HF_ENDPOINT)")

@@ -13,7 +13,6 @@ import json
 import logging
 import pickle
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -138,6 +137,10 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= values.size:  # as_strided would read past the storage
             raise WeightsFormatError(f"tensor of size {tuple(size)}, stride {tuple(stride)}, offset {storage_offset} overruns its storage of {values.size}")
+        # a state dict's tensor never has more elements than its storage: zero strides would let a few bytes expand to any size
+        if int(np.prod(np.asarray(size, dtype=object))) > values.size - storage_offset:
+            raise WeightsFormatError(f"tensor of size {tuple(size)} has more elements than its storage ({values.size - storage_offset} from offset "
+                                     f"{storage_offset}): a state dict holds no expanded (zero-stride) tensors")
     itemsize = values.itemsize
     view = np.lib.stride_tricks.as_strided(values[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride), writeable=False)
     array = np.array(view, order="C")  # a C-contiguous copy, so the storage bytes can be freed
@@ -212,9 +215,12 @@ class _StateDictUnpickler(pickle.Unpickler):
     def _read_storage(self, key: str, storage_type: _StorageType, numel: int) -> np.ndarray:
         entry = f"{self._top}/data/{key}"
         try:
-            size = self._archive.getinfo(entry).file_size
+            info = self._archive.getinfo(entry)
         except KeyError:
             raise WeightsFormatError(f"{self._path}: storage {entry} is missing from the archive") from None
+        if info.compress_type != zipfile.ZIP_STORED:  # torch never compresses; a compressed entry could inflate a small file to any size
+            raise WeightsFormatError(f"{self._path}: storage {entry} is compressed, which torch.save never does; not read")
+        size = info.file_size
         dtype = storage_type.dtype.newbyteorder("<" if self._byteorder == "little" else ">")
         if size != numel * dtype.itemsize:  # checked before reading: the pickle's numel is not trusted
             raise WeightsFormatError(f"{self._path}: storage {entry} holds {size} bytes, not {numel} x {dtype.itemsize}")
@@ -239,20 +245,38 @@ def _read_torch_zip(path: Path) -> dict[str, np.ndarray]:
         if byteorder not in ("little", "big"):
             raise WeightsFormatError(f"{path}: unknown byte order {byteorder!r} in {top}/byteorder")
         with archive.open(pickles[0]) as handle:
+            unpickler = _StateDictUnpickler(handle, archive, top, byteorder, path)
             try:
-                loaded = _StateDictUnpickler(handle, archive, top, byteorder, path).load()
-            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, IndexError) as error:
-                raise WeightsFormatError(f"{path}: {pickles[0]} is not a readable torch pickle: {error}") from error
-    return _as_state_dict(loaded, path)
+                loaded = unpickler.load()
+            except (UnsafeWeightsError, WeightsFormatError):
+                raise
+            except Exception as error:  # anything else a malformed pickle raises (MemoryError, OverflowError, ...): one error type
+                raise WeightsFormatError(f"{path}: {pickles[0]} is not a readable torch pickle: {type(error).__name__}: {error}") from error
+        state = _as_state_dict(loaded, path)
+    # tensors sharing a storage are copied each; more elements than the storages hold, many times over, is no state dict
+    stored = sum(storage.values.size for storage in unpickler._storages.values())
+    if sum(array.size for array in state.values()) > 4 * stored:
+        raise WeightsFormatError(f"{path}: its tensors hold over four times the elements of its storages; not a state dict")
+    return state
 
 
 def _as_state_dict(loaded: Any, path: Path) -> dict[str, np.ndarray]:
-    """The loaded object as {str: array}, unwrapping a lone 'state_dict' or 'model' key."""
-    if isinstance(loaded, Mapping) and len(loaded) == 1 and next(iter(loaded)) in _NESTING_KEYS and isinstance(next(iter(loaded.values())), Mapping):
-        loaded = next(iter(loaded.values()))
-    if not isinstance(loaded, Mapping):
+    """The loaded object as {str: array}, unwrapping a lone 'state_dict' or 'model' key.
+
+    Only a plain dict or OrderedDict is accepted, read with dict's own methods: a pickle can set attributes on the
+    instance (BUILD), so its `items` or `keys` could be anything."""
+
+    def mapping(value: Any) -> bool:
+        return type(value) in (dict, collections.OrderedDict)
+
+    if mapping(loaded) and dict.__len__(loaded) == 1:
+        (key, inner), = dict.items(loaded)
+        if key in _NESTING_KEYS and mapping(inner):
+            loaded = inner
+    if not mapping(loaded):
         raise WeightsFormatError(f"{path} holds a {type(loaded).__name__}, not a state dict of tensors")
-    wrong = [repr(key) for key, value in loaded.items() if not (isinstance(key, str) and isinstance(value, np.ndarray))]
+    items = list(dict.items(loaded))
+    wrong = [repr(key) for key, value in items if not (type(key) is str and type(value) is np.ndarray)]
     if wrong:
         raise WeightsFormatError(f"{path} is not a state dict of tensors only: {', '.join(wrong[:5])} {'are' if len(wrong) > 1 else 'is'} not a tensor")
-    return dict(loaded)
+    return dict(items)
