@@ -270,19 +270,9 @@ def _with_head(inputs, features, head_units: int, head_activation: str | None, d
 
 def augmented_encoder(folder: str, input_size: int, channels: int, crop_size: int, resize_size: int, seed: int | None = 0, settings: str = "finetune.settings"):
     """Zoobot's augmentation layers, then the encoder in `folder` (weights loaded): (image input, pooled features)."""
-    import keras
-
     from zoobot_core.encoders import load_encoder
-    from zoobot_core.model import MIN_SIZE, get_augmentation_layers
+    from zoobot_core.model import augmented_input
 
-    if resize_size < MIN_SIZE:
-        raise ValueError(
-            f"The encoder needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to {crop_size} and resized to "
-            f"{resize_size}. Set {settings}.resize_size >= {MIN_SIZE} (Zoobot 2's encoders were trained at 224), or a larger crop_fraction or image size."
-        )
-    inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = inputs
-    for layer in get_augmentation_layers(crop_size, resize_size, seed):
-        x = layer(x)
+    inputs, x = augmented_input(input_size, channels, crop_size, resize_size, seed, settings, "The encoder (trained at 224 px)")
     encoder = load_encoder(folder, (resize_size, resize_size, channels))
     return inputs, encoder(x)

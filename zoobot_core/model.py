@@ -99,6 +99,25 @@ def get_augmentation_layers(crop_size: int, resize_size: int, seed: int | None =
     ]
 
 
+def augmented_input(
+    input_size: int, channels: int, crop_size: int, resize_size: int, seed: int | None = 0, settings: str = "train", network: str = "EfficientNetB0"
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """An image input in [0, 1] and Zoobot's augmentation layers after it: (inputs, augmented images of resize_size).
+
+    `network` (the base that follows) and `settings` (the config section of its sizes) name the fix when the
+    images would be below the 32 px every base needs."""
+    if resize_size < MIN_SIZE:
+        raise ValueError(
+            f"{network} needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to {crop_size} and resized to "
+            f"{resize_size}. Set {settings}.resize_size >= {MIN_SIZE}, or a larger crop_fraction or image size."
+        )
+    inputs = keras.Input((input_size, input_size, channels), name="image")
+    x = inputs
+    for layer in get_augmentation_layers(crop_size, resize_size, seed):
+        x = layer(x)
+    return inputs, x
+
+
 def augmented_efficientnet(
     input_size: int, channels: int, crop_size: int, resize_size: int, seed: int | None = 0, rgb_weights: bool = False, settings: str = "train"
 ) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.Model]:
@@ -109,15 +128,7 @@ def augmented_efficientnet(
     `rgb_weights` a one-channel image is repeated into three (GreyToRGB) for RGB weights. `settings`
     names the config section whose sizes to fix when they are too small.
     """
-    if resize_size < MIN_SIZE:
-        raise ValueError(
-            f"EfficientNetB0 needs images of at least {MIN_SIZE} px after cropping; got {input_size} px cropped to {crop_size} and resized to "
-            f"{resize_size}. Set {settings}.resize_size >= {MIN_SIZE}, or a larger crop_fraction or image size."
-        )
-    inputs = keras.Input((input_size, input_size, channels), name="image")
-    x = inputs
-    for layer in get_augmentation_layers(crop_size, resize_size, seed):
-        x = layer(x)
+    inputs, x = augmented_input(input_size, channels, crop_size, resize_size, seed, settings, "EfficientNetB0")
     # keras' EfficientNet divides by 255 internally (it expects ImageNet-style 0-255 input)
     x = layers.Rescaling(255.0, name="to_efficientnet_range", dtype="float32")(x)
     if rgb_weights and channels == 1:

@@ -20,11 +20,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from zoobot_core.encoders.layers import IGNORED, StateDictError
+from zoobot_core.encoders.layers import IGNORED, StagedSpec, StateDictError, batchnorm, module_keys, padded_conv
 
 FAMILY = "efficientnet"
-EPS = 1e-5  # torch's BatchNorm2d default, which timm's efficientnet_b0 keeps
-MOMENTUM = 0.9  # torch's momentum 0.1 in Keras' convention (moving = momentum * moving + (1 - momentum) * batch)
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # b0's arch_def; the stem conv has stride 2 as well
 STAGE_KINDS = ("ds",) + ("ir",) * 6  # DepthwiseSeparableConv, then InvertedResidual
 # timm's published efficientnet_b0: what config.json's architecture name promises
@@ -57,7 +55,7 @@ class BlockSpec:
 
 
 @dataclass(frozen=True)
-class EfficientNetSpec:
+class EfficientNetSpec(StagedSpec):
     """An EfficientNet-B0-shaped network as its weights say: stem, the blocks of each of the seven stages, head width."""
 
     stages: tuple[tuple[BlockSpec, ...], ...]
@@ -67,33 +65,20 @@ class EfficientNetSpec:
     stem_kernel: int = 3
 
     @property
-    def depths(self) -> tuple[int, ...]:
-        return tuple(len(stage) for stage in self.stages)
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(stage[-1].out_chs for stage in self.stages)
-
-    @property
     def kernel_sizes(self) -> tuple[int, ...]:
         return tuple(stage[0].kernel_size for stage in self.stages)
 
 
-def _params(module: str, kind: str) -> list[str]:
-    """The state-dict keys of one timm module: a bias-free conv, a conv with bias, or a BatchNorm."""
-    if kind == "bn":
-        return [f"{module}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
-    return [f"{module}.weight"] + ([f"{module}.bias"] if kind == "conv_bias" else [])
 
 
 def _block_keys(prefix: str, kind: str) -> list[str]:
     """The state-dict keys timm's DepthwiseSeparableConv ('ds') or InvertedResidual ('ir') with squeeze-excite holds."""
-    se = _params(f"{prefix}.se.conv_reduce", "conv_bias") + _params(f"{prefix}.se.conv_expand", "conv_bias")
+    se = module_keys(f"{prefix}.se.conv_reduce", "conv_bias") + module_keys(f"{prefix}.se.conv_expand", "conv_bias")
     if kind == "ds":
         modules = [("conv_dw", "conv"), ("bn1", "bn"), ("conv_pw", "conv"), ("bn2", "bn")]
     else:
         modules = [("conv_pw", "conv"), ("bn1", "bn"), ("conv_dw", "conv"), ("bn2", "bn"), ("conv_pwl", "conv"), ("bn3", "bn")]
-    return [key for module, what in modules for key in _params(f"{prefix}.{module}", what)] + se
+    return [key for module, what in modules for key in module_keys(f"{prefix}.{module}", what)] + se
 
 
 def _shape(state: dict[str, np.ndarray], key: str, ndim: int = 4) -> tuple[int, ...]:
@@ -164,7 +149,7 @@ def spec_from_state(state: dict[str, np.ndarray]) -> EfficientNetSpec:
     spec = EfficientNetSpec(
         stages=tuple(stages), stem_chs=out, num_features=_pointwise(state, "conv_head.weight", chs), in_chans=in_chans, stem_kernel=kh
     )
-    expected = set(_params("conv_stem", "conv") + _params("bn1", "bn") + _params("conv_head", "conv") + _params("bn2", "bn"))
+    expected = set(module_keys("conv_stem", "conv") + module_keys("bn1", "bn") + module_keys("conv_head", "conv") + module_keys("bn2", "bn"))
     for i, stage in enumerate(spec.stages):
         for j, block in enumerate(stage):
             expected.update(_block_keys(f"blocks.{i}.{j}", block.kind))
@@ -200,19 +185,11 @@ def check_architecture(spec: EfficientNetSpec, architecture: str) -> list[str]:
     return differences
 
 
-def _conv(x, filters: int, kernel: int, stride: int, name: str, depthwise: bool = False):
-    """A bias-free conv with timm's symmetric zero padding ((stride - 1) + (kernel - 1)) // 2, as its get_padding."""
-    pad = ((stride - 1) + (kernel - 1)) // 2
-    if pad:
-        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    if depthwise:
-        return layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False, name=name)(x)
-    return layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=name)(x)
 
 
 def _bn(x, name: str, act: bool = True):
     """timm's BatchNormAct2d: BatchNorm (eps 1e-5), then SiLU unless act is False."""
-    x = layers.BatchNormalization(epsilon=EPS, momentum=MOMENTUM, name=name)(x)
+    x = batchnorm(x, name)
     return layers.Activation("silu", name=f"{name}_act")(x) if act else x
 
 
@@ -231,16 +208,16 @@ def _apply_block(x, block: BlockSpec, name: str):
     (conv_pw, bn1+SiLU, conv_dw, bn2+SiLU, se, conv_pwl, bn3), plus the input when stride 1 and widths match."""
     shortcut = x
     if block.kind == "ir":
-        x = _conv(x, block.mid_chs, 1, 1, f"{name}_conv_pw")
+        x = padded_conv(x, block.mid_chs, 1, 1, f"{name}_conv_pw")
         x = _bn(x, f"{name}_bn1")
-    x = _conv(x, block.mid_chs, block.kernel_size, block.stride, f"{name}_conv_dw", depthwise=True)
+    x = padded_conv(x, block.mid_chs, block.kernel_size, block.stride, f"{name}_conv_dw", depthwise=True)
     x = _bn(x, f"{name}_bn1" if block.kind == "ds" else f"{name}_bn2")
     x = _squeeze_excite(x, block.mid_chs, block.se_chs, f"{name}_se")
     if block.kind == "ir":
-        x = _conv(x, block.out_chs, 1, 1, f"{name}_conv_pwl")
+        x = padded_conv(x, block.out_chs, 1, 1, f"{name}_conv_pwl")
         x = _bn(x, f"{name}_bn3", act=False)
     else:
-        x = _conv(x, block.out_chs, 1, 1, f"{name}_conv_pw")
+        x = padded_conv(x, block.out_chs, 1, 1, f"{name}_conv_pw")
         x = _bn(x, f"{name}_bn2", act=False)
     return layers.Add(name=f"{name}_add")([shortcut, x]) if block.has_skip else x
 
@@ -250,12 +227,12 @@ def build(spec: EfficientNetSpec, input_shape: tuple[int | None, int | None, int
     if input_shape[-1] != spec.in_chans:
         raise ValueError(f"This EfficientNet takes {spec.in_chans}-channel images, not {input_shape[-1]}")
     inputs = keras.Input(input_shape, name=f"{name}_input")
-    x = _conv(inputs, spec.stem_chs, spec.stem_kernel, 2, "conv_stem")
+    x = padded_conv(inputs, spec.stem_chs, spec.stem_kernel, 2, "conv_stem")
     x = _bn(x, "bn1")
     for i, stage in enumerate(spec.stages):
         for j, block in enumerate(stage):
             x = _apply_block(x, block, f"blocks_{i}_{j}")
-    x = _conv(x, spec.num_features, 1, 1, "conv_head")
+    x = padded_conv(x, spec.num_features, 1, 1, "conv_head")
     x = _bn(x, "bn2")
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     return keras.Model(inputs, x, name=name)

@@ -51,6 +51,47 @@ class ExactGELU(layers.Layer):
         return ops.gelu(x, approximate=False)
 
 
+BN_EPS = 1e-5  # torch's BatchNorm2d default, which timm's EfficientNet and ResNet keep (Keras' default is 1e-3)
+BN_MOMENTUM = 0.9  # torch's momentum 0.1 in Keras' convention (moving = momentum * moving + (1 - momentum) * batch)
+
+
+class StagedSpec:
+    """What a spec of stages of blocks (each block with an out_chs) shows: blocks and output width per stage."""
+
+    stages: tuple[tuple, ...]
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(stage) for stage in self.stages)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(stage[-1].out_chs for stage in self.stages)
+
+
+def module_keys(module: str, kind: str) -> list[str]:
+    """The state-dict keys of one timm module: 'conv' (bias-free), 'conv_bias', or 'bn' (a BatchNorm)."""
+    if kind == "bn":
+        return [f"{module}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+    return [f"{module}.weight"] + ([f"{module}.bias"] if kind == "conv_bias" else [])
+
+
+def padded_conv(x, filters: int, kernel: int, stride: int, name: str, depthwise: bool = False):
+    """A bias-free conv with timm's symmetric zero padding ((stride - 1) + (kernel - 1)) // 2 (its get_padding; k // 2 for
+    odd kernels), also at stride 2, where Keras' 'same' pads asymmetrically."""
+    pad = ((stride - 1) + (kernel - 1)) // 2
+    if pad:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+    if depthwise:
+        return layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False, name=name)(x)
+    return layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=name)(x)
+
+
+def batchnorm(x, name: str):
+    """torch's BatchNorm2d (eps 1e-5) as Keras' layer."""
+    return layers.BatchNormalization(epsilon=BN_EPS, momentum=BN_MOMENTUM, name=name)(x)
+
+
 def timm_layer_name(prefix: str) -> str:
     """The Keras layer name of a timm module path: 'stages.1.blocks.0.conv_dw' -> 'stages_1_blocks_0_conv_dw'."""
     return prefix.replace(".", "_")

@@ -24,11 +24,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from zoobot_core.encoders.layers import IGNORED, StateDictError
+from zoobot_core.encoders.layers import IGNORED, StagedSpec, StateDictError, batchnorm, module_keys, padded_conv
 
 FAMILY = "resnet"
-EPS = 1e-5  # torch's BatchNorm2d default, which timm's ResNet keeps
-MOMENTUM = 0.9  # torch's momentum 0.1 in Keras' convention (moving = momentum * moving + (1 - momentum) * batch)
 STAGE_STRIDES = (1, 2, 2, 2)  # timm's make_blocks at output_stride 32; the stem conv and max pool have stride 2 each
 BOTTLENECK_EXPANSION = 4  # a Bottleneck's output width is its 3x3 conv's width x 4 (base_width 64)
 # timm's published sizes (block kind, blocks per stage); every one has the 64-wide stem and widths 64 .. 512
@@ -65,21 +63,13 @@ class BlockSpec:
 
 
 @dataclass(frozen=True)
-class ResNetSpec:
+class ResNetSpec(StagedSpec):
     """A timm ResNet as its weights say: block kind ('basic' or 'bottleneck'), stem width, the blocks of its four stages."""
 
     kind: str
     stages: tuple[tuple[BlockSpec, ...], ...]
     stem_chs: int
     in_chans: int = 3
-
-    @property
-    def depths(self) -> tuple[int, ...]:
-        return tuple(len(stage) for stage in self.stages)
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(stage[-1].out_chs for stage in self.stages)
 
     @property
     def mid_widths(self) -> tuple[int, ...]:
@@ -90,11 +80,6 @@ class ResNetSpec:
         return self.widths[-1]
 
 
-def _params(module: str, kind: str) -> list[str]:
-    """The state-dict keys of one timm module: a bias-free conv or a BatchNorm."""
-    if kind == "bn":
-        return [f"{module}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
-    return [f"{module}.weight"]
 
 
 def _convs(kind: str) -> tuple[tuple[str, int], ...]:
@@ -111,9 +96,9 @@ def _block_keys(prefix: str, kind: str, block: BlockSpec) -> list[str]:
     """The state-dict keys timm's BasicBlock or Bottleneck holds, with its downsample conv + BatchNorm where it has one."""
     keys = []
     for i, _ in enumerate(_convs(kind), start=1):
-        keys += _params(f"{prefix}.conv{i}", "conv") + _params(f"{prefix}.bn{i}", "bn")
+        keys += module_keys(f"{prefix}.conv{i}", "conv") + module_keys(f"{prefix}.bn{i}", "bn")
     if block.has_downsample:
-        keys += _params(f"{prefix}.downsample.0", "conv") + _params(f"{prefix}.downsample.1", "bn")
+        keys += module_keys(f"{prefix}.downsample.0", "conv") + module_keys(f"{prefix}.downsample.1", "bn")
     return keys
 
 
@@ -179,7 +164,7 @@ def spec_from_state(state: dict[str, np.ndarray]) -> ResNetSpec:
             chs = stage[-1].out_chs
         stages.append(tuple(stage))
     spec = ResNetSpec(kind=kind, stages=tuple(stages), stem_chs=stem[0], in_chans=stem[1])
-    expected = set(_params("conv1", "conv") + _params("bn1", "bn"))
+    expected = set(module_keys("conv1", "conv") + module_keys("bn1", "bn"))
     for i, stage in enumerate(spec.stages, start=1):
         for j, block in enumerate(stage):
             expected.update(_block_keys(f"layer{i}.{j}", kind, block))
@@ -203,15 +188,6 @@ def check_architecture(spec: ResNetSpec, architecture: str) -> list[str]:
     return [f"{key} {found[key]} (timm's {architecture}: {wanted[key]})" for key in wanted if found[key] != wanted[key]]
 
 
-def _conv(x, filters: int, kernel: int, stride: int, name: str):
-    """A bias-free conv with timm's symmetric zero padding kernel // 2 (its padding=1 for 3x3, 3 for 7x7, 0 for 1x1)."""
-    if kernel // 2:
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    return layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=name)(x)
-
-
-def _bn(x, name: str):
-    return layers.BatchNormalization(epsilon=EPS, momentum=MOMENTUM, name=name)(x)
 
 
 def _apply_block(x, kind: str, block: BlockSpec, name: str):
@@ -220,13 +196,13 @@ def _apply_block(x, kind: str, block: BlockSpec, name: str):
     shortcut = x
     convs = _convs(kind)
     for i, ((conv, kernel), filters) in enumerate(zip(convs, block.conv_chs), start=1):
-        x = _conv(x, filters, kernel, block.stride if conv == _strided(kind) else 1, f"{name}_{conv}")
-        x = _bn(x, f"{name}_bn{i}")
+        x = padded_conv(x, filters, kernel, block.stride if conv == _strided(kind) else 1, f"{name}_{conv}")
+        x = batchnorm(x, f"{name}_bn{i}")
         if i < len(convs):
             x = layers.ReLU(name=f"{name}_act{i}")(x)
     if block.has_downsample:
         shortcut = layers.Conv2D(block.out_chs, 1, strides=block.stride, use_bias=False, name=f"{name}_downsample_0")(shortcut)
-        shortcut = _bn(shortcut, f"{name}_downsample_1")
+        shortcut = batchnorm(shortcut, f"{name}_downsample_1")
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_act{len(convs)}")(x)
 
@@ -236,8 +212,8 @@ def build(spec: ResNetSpec, input_shape: tuple[int | None, int | None, int], nam
     if input_shape[-1] != spec.in_chans:
         raise ValueError(f"This ResNet takes {spec.in_chans}-channel images, not {input_shape[-1]}")
     inputs = keras.Input(input_shape, name=f"{name}_input")
-    x = _conv(inputs, spec.stem_chs, 7, 2, "conv1")
-    x = _bn(x, "bn1")
+    x = padded_conv(inputs, spec.stem_chs, 7, 2, "conv1")
+    x = batchnorm(x, "bn1")
     x = layers.ReLU(name="act1")(x)
     x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
