@@ -93,8 +93,9 @@ def test_representations_clusters_and_neighbours_come_from_the_encoder_with_noth
 def test_jobs_read_the_encoder_from_the_cache_with_no_network(encoder_run):
     """The Snakefile fetched the files before any job: with the Hub gone and Hugging Face offline, encoding runs again."""
     work, configfile, env, _ = encoder_run
-    run_snakemake(work, configfile, "--forcerun", "encode", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"})
-    assert len(pd.read_parquet(work / "results/tiny/encoder/representations/unlabelled.parquet")) > 0
+    target = "results/tiny/encoder/representations/unlabelled.parquet"
+    run_snakemake(work, configfile, "--forcerun", "encode", target, env={**env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"})
+    assert len(pd.read_parquet(work / target)) > 0
 
 
 def test_offline_without_the_files_stops_before_any_job_naming_what_to_fetch(tmp_path):
@@ -124,7 +125,7 @@ def test_finetune_from_a_local_encoder_folder_unfreezes_its_last_stage_and_predi
     finetune = {
         "base_model": str(folder), "catalog": str(work / "labels.csv"), "id_column": "galaxy", "file_column": "path", "label_column": "smooth",
         "image_root": str(tiny_synthetic), "image_size": 48, "max_quarantine_fraction": 0.35,
-        "settings": {"task": "binary", "folds": 3, "inner_folds": 3, "n_samples": 3, "batch_size": 8, "unfreeze_blocks": 1, "unfreeze_epochs": 1, "patience": 1},
+        "settings": {"task": "binary", "folds": 3, "inner_folds": 3, "n_samples": 3, "batch_size": 8, "resize_size": 40, "unfreeze_blocks": 1, "unfreeze_epochs": 1, "patience": 1},
         "survey": {"catalog": str(work / "survey.csv"), "id_column": "galaxy", "file_column": "path", "image_root": str(tiny_synthetic)},
     }
     run_snakemake(work, _tiny_config(work, finetune=finetune), "finetune", env=_clean_env())
