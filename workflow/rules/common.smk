@@ -43,7 +43,6 @@ wildcard_constraints:
 # representations.encoder set: the catalog's representations come from that Zoobot 2 encoder, nothing is trained and no
 # votes are read (every galaxy is in the unlabelled split)
 ENCODER_MODE = bool(config["representations"]["encoder"])
-# Zoobot 2's encoders' training image size (bases.ENCODER_SIZE)
 
 
 @functools.cache
@@ -58,10 +57,8 @@ def representation_encoder():
         folder = encoder_folder(name, download=workflow.is_main_process)
         if workflow.is_main_process:
             describe_encoder(folder)
-    except (
-        ValueError,
-        OSError,
-    ) as err:  # unavailable, an architecture not built here, unsafe or unfitting weights
+    # unavailable, an architecture not built here, unsafe or unfitting weights
+    except (ValueError, OSError) as err:
         raise ValueError(f"representations.encoder {name!r}: {err}") from err
     if workflow.is_main_process and config["images"]["size"] != ENCODER_SIZE:
         logger.warning(
