@@ -135,7 +135,7 @@ def test_the_bases_experiment_runs_at_a_tiny_size(tiny_synthetic, tmp_path):
     assert json.loads((tmp_path / "work" / "finetune_bases.json").read_text())["table"] == report["table"]
 
 
-def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_path):
+def test_a_catalog_edit_rewrites_only_the_shard_chunks_it_changes(tiny_synthetic, tmp_path):
     """Reruns cost what the change costs: chunks follow a hash of the id, so a galaxy added, removed or given
     another image file re-resizes its own chunk only; new labels or shuffled rows re-resize nothing; crossing a
     power-of-two number of chunks redoes them all; and the ready catalog always matches the catalog."""
@@ -149,11 +149,11 @@ def test_a_catalog_edit_resizes_only_the_chunks_it_changes(tiny_synthetic, tmp_p
 
     def rerun(catalog: pd.DataFrame) -> set[str]:
         """Run the chain on `catalog`; the chunk folders it wrote (checked against the jobs it started)."""
-        before = {d.name: d.stat().st_mtime_ns for d in (out / "images").glob("chunk_*")}
+        before = {d.name: d.stat().st_mtime_ns for d in (out / "shards").glob("chunk_*")}
         catalog.to_csv(tmp_path / "labels.csv", index=False)
         result = run_snakemake(work, configfile, target)
         jobs = bench_rerun.resize_jobs(result.stdout + result.stderr)
-        written = {d.name for d in (out / "images").glob("chunk_*") if before.get(d.name) != d.stat().st_mtime_ns}
+        written = {d.name for d in (out / "shards").glob("chunk_*") if before.get(d.name) != d.stat().st_mtime_ns}
         assert jobs == len(written)
         ready = pd.read_parquet(work / target).set_index("id_str").loc[catalog["galaxy"]]
         assert len(ready) == len(catalog) and (ready["smooth"].to_numpy() == catalog["smooth"].to_numpy()).all()
@@ -192,3 +192,40 @@ def test_the_rerun_benchmark_runs_at_a_tiny_size(tmp_path):
     assert ours["first_jobs"] == 4 and ours["add_jobs"] == [1, 1] and ours["labels_jobs"] == 0
     assert all(s > 0 for s in [ours["first_s"], *ours["add_s"], ours["labels_s"]])
     assert report["table"].splitlines()[2].startswith("| 60 | ours | ")
+
+
+def test_a_survey_prediction_killed_near_the_end_resumes_where_it_stopped(finetune_run, tmp_path, monkeypatch):
+    """predict_survey writes each shard's predictions as it finishes: after a failure on the last shard (what a
+    kill leaves behind: whole parts, no output), the rerun predicts only that shard, and the table and the HDF5
+    samples equal those of the run never interrupted (the workflow's own output)."""
+    import numpy as np
+
+    from zoobot_core import finetuned
+    from zoobot_core.hdf5 import load_predictions_hdf5
+
+    out, _ = finetune_run
+    chunks = sorted(str(d) for d in (out / "survey/shards").glob("chunk_*"))
+    n_shards = len(finetuned.survey_shard_files(chunks))
+    assert len(chunks) == 2 and n_shards >= 4  # 2 chunks (images.chunk_size 25), 16-galaxy shards
+    predicted = []
+    real = finetuned._shard_outputs
+
+    def failing_on_the_last(*args, **kwargs):
+        predicted.append(args[3])
+        if len(predicted) == n_shards:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetuned, "_shard_outputs", failing_on_the_last)
+    target, hdf5 = tmp_path / "predictions.parquet", tmp_path / "predictions.hdf5"
+    with pytest.raises(KeyboardInterrupt):
+        finetuned.predict_survey_files(out, chunks, target, hdf5, batch_size=64, seed=7)
+    assert not target.exists() and len(list((tmp_path / "predictions.parquet.parts").glob("part_*.json"))) == n_shards - 1
+    predicted.clear()
+    monkeypatch.setattr(finetuned, "_shard_outputs", lambda *args, **kwargs: (predicted.append(args[3]), real(*args, **kwargs))[1])
+    finetuned.predict_survey_files(out, chunks, target, hdf5, batch_size=64, seed=7)
+    assert len(predicted) == 1 and not (tmp_path / "predictions.parquet.parts").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(target), pd.read_parquet(out / "survey/predictions.parquet"))
+    resumed, expected = load_predictions_hdf5(hdf5), load_predictions_hdf5(out / "survey/predictions.hdf5")
+    np.testing.assert_array_equal(resumed[0], expected[0])
+    assert resumed[1:] == expected[1:]

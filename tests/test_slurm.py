@@ -84,9 +84,9 @@ def test_a_finetuning_catalog_edit_reruns_only_its_chunk_through_slurm(slurm_env
     labels, configfile = finetune_chunks_setup(tiny_synthetic, tmp_path, 24, chunk_size=6)  # 4 chunks
     work, target = tmp_path / "work", READY_FINETUNE
     run_through_slurm(slurm_env, work, configfile, target)
-    assert len(_job_logs(work, "resize_finetune_images")) == 4 and len(pd.read_parquet(work / target)) == 24
+    assert len(_job_logs(work, "write_finetune_shards")) == 4 and len(pd.read_parquet(work / target)) == 24
     pd.concat([labels, labels.iloc[[0]].assign(galaxy="ADDED0001")]).to_csv(tmp_path / "labels.csv", index=False)
     run_through_slurm(slurm_env, work, configfile, target)
-    assert len(_job_logs(work, "resize_finetune_images")) == 5 and len(_job_logs(work, "validate_finetune_catalog")) == 2
+    assert len(_job_logs(work, "write_finetune_shards")) == 5 and len(_job_logs(work, "validate_finetune_catalog")) == 2
     ready = pd.read_parquet(work / target)
     assert len(ready) == 25 and "ADDED0001" in set(ready["id_str"])

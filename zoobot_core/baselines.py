@@ -62,6 +62,22 @@ def image_baseline_features(images: np.ndarray, crop_fraction: float, pixel_size
     return {"radial_profile": radial_profile_features(cropped, greyscale=greyscale), "pixels": pixel_features(cropped, pixel_size)}
 
 
+def streamed_baseline_features(source, crop_fraction: float, pixel_size: int = 16, greyscale: bool = False, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """image_baseline_features of every row of an image source (image_source), a batch at a time: the features
+    (n x a few hundred floats) are held, never the images."""
+    from zoobot_core.image_source import gather_rows
+
+    n_radial = {}
+
+    def compute(images: np.ndarray) -> np.ndarray:
+        features = image_baseline_features(images, crop_fraction, pixel_size, greyscale)
+        n_radial["width"] = features["radial_profile"].shape[1]
+        return np.concatenate([features["radial_profile"], features["pixels"]], axis=1)
+
+    both = gather_rows(source, np.arange(len(source)), batch_size, compute)
+    return {"radial_profile": both[:, : n_radial["width"]], "pixels": both[:, n_radial["width"] :]}
+
+
 def pixel_features(images: np.ndarray, size: int = 16) -> np.ndarray:
     """Greyscale pixels downsampled to size x size (LANCZOS), one row per image, in [0, 1]."""
     from PIL import Image

@@ -66,6 +66,7 @@ class CatalogConfig:
     allow_unlabelled: bool = True
     max_quarantine_fraction: float = 0.05
     chunk_size: int = 500
+    max_chunks: int = 16  # at most this many chunks (jobs) however large the catalog
     # (total-votes column, its answers' columns) per question; checked where the catalog has the total column
     question_totals: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -232,7 +233,7 @@ def validate_catalog(
         df[LABELLED] = False
 
     validated = df[ok].sort_values(ID).reset_index(drop=True)
-    validated[CHUNK] = assign_chunks(validated[ID], chunk_count(len(validated), config.chunk_size))
+    validated[CHUNK] = assign_chunks(validated[ID], chunk_count(len(validated), config.chunk_size, config.max_chunks))
     quarantine = pd.concat(quarantined, ignore_index=True) if quarantined else pd.DataFrame(columns=QUARANTINE_COLUMNS)
     quarantine = quarantine.astype({"row": "int64"}).sort_values("row").reset_index(drop=True)
     log.info("Catalog %s: %d rows in = %d ok + %d quarantined", catalog_path, len(df), len(validated), len(quarantine))
@@ -242,9 +243,9 @@ def validate_catalog(
     return validated, quarantine
 
 
-def chunk_count(n_rows: int, chunk_size: int) -> int:
-    """How many resize chunks `n_rows` galaxies get: the power of two nearest n_rows / chunk_size on a log
-    scale, at least 1.
+def chunk_count(n_rows: int, chunk_size: int, max_chunks: int | None = None) -> int:
+    """How many chunks (shard jobs) `n_rows` galaxies get: the power of two nearest n_rows / chunk_size on a log
+    scale, at least 1 and at most `max_chunks`, so the number of jobs stops growing with the catalog.
 
     Chunks then hold 0.7-1.4 x chunk_size galaxies on average. The count, and every chunk with it, changes only
     when the catalog crosses chunk_size x 2^(k + 1/2) rows (thresholds a factor of 2 apart), not when galaxies
@@ -252,9 +253,10 @@ def chunk_count(n_rows: int, chunk_size: int) -> int:
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
-    if n_rows <= chunk_size:
-        return 1
-    return 2 ** round(math.log2(n_rows / chunk_size))
+    if max_chunks is not None and max_chunks < 1:
+        raise ValueError(f"max_chunks must be at least 1, not {max_chunks}")
+    count = 1 if n_rows <= chunk_size else 2 ** round(math.log2(n_rows / chunk_size))
+    return count if max_chunks is None else min(count, max_chunks)
 
 
 def assign_chunks(ids: pd.Series, n_chunks: int) -> np.ndarray:

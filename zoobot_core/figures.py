@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from zoobot_core.evaluate import vote_fractions
 from zoobot_core.fits_images import is_fits, load_fits_rgb
+from zoobot_core.image_source import ShardImages
 from zoobot_core.images import ImageViewer, ResizeConfig, view_file
 from zoobot_core.io import atomic_path
 from zoobot_core.schemas import DecisionTree
@@ -282,9 +283,10 @@ def plot_finetune_scores(metrics: dict, path: Path | str) -> None:
     save_figure(fig, path)
 
 
-def plot_confident_examples(cv: pd.DataFrame, image_paths: dict[str, str], metrics: dict, path: Path | str, n: int = 8) -> None:
+def plot_confident_examples(cv: pd.DataFrame, images_of, metrics: dict, path: Path | str, n: int = 8) -> None:
     """The galaxies the finetuned model (out of fold) is surest are positive and surest are negative
-    (per class for multiclass; highest and lowest values for regression), framed green when right."""
+    (per class for multiclass; highest and lowest values for regression), framed green when right.
+    `images_of(ids)` gives {id: 0-255 RGB image} for the few galaxies shown."""
     plt = pyplot()
     task, label = metrics["task"], metrics["label"]
     scored = cv[cv["fold"] >= 0]
@@ -296,6 +298,7 @@ def plot_confident_examples(cv: pd.DataFrame, image_paths: dict[str, str], metri
     else:
         rows = [("highest predicted", scored.nlargest(n, "finetuned_score"), "finetuned_score", None),
                 ("lowest predicted", scored.nsmallest(n, "finetuned_score"), "finetuned_score", None)]
+    shown = images_of(sorted({i for _, part, _, _ in rows for i in part["id_str"].head(n)}))
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 2.2 * len(rows) + 0.3), squeeze=False)
     for r, (title, part, column, target) in enumerate(rows):
         for c in range(n):
@@ -305,8 +308,7 @@ def plot_confident_examples(cv: pd.DataFrame, image_paths: dict[str, str], metri
                 ax.axis("off")
                 continue
             row = part.iloc[c]
-            with Image.open(image_paths[row["id_str"]]) as img:
-                ax.imshow(np.asarray(img.convert("RGB")))
+            ax.imshow(np.asarray(shown[row["id_str"]], np.uint8))
             truth = row["label"]
             text = f"{truth:.3g}" if target is None else f"{label}={int(truth)}"
             ax.set_title(f"{row['id_str'][:16]}\n{column.split('_')[-1]} {row[column]:.2f}, {text}", fontsize=6)
@@ -366,7 +368,7 @@ def plot_finetune_reliability(cv: pd.DataFrame, metrics: dict, path: Path | str)
 
 
 def finetune_figures(
-    cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, scores_path: Path | str, roc_path: Path | str, examples_path: Path | str,
+    cv_path: Path | str, metrics_path: Path | str, ready_path: Path | str, shard_root: Path | str, scores_path: Path | str, roc_path: Path | str, examples_path: Path | str,
     reliability_path: Path | str | None = None,
 ) -> None:
     """The finetune_figures rule: the scores with their intervals, the ROC figure, the montage of the surest calls and
@@ -376,9 +378,15 @@ def finetune_figures(
     ready = pd.read_parquet(ready_path)
     plot_finetune_scores(metrics, scores_path)
     plot_finetune_roc(cv, metrics, roc_path)
-    plot_confident_examples(cv, dict(zip(ready["id_str"], ready["resized_loc"])), metrics, examples_path)
+    plot_confident_examples(cv, partial(images_of, ShardImages(ready, shard_root)), metrics, examples_path)
     if reliability_path is not None:
         plot_finetune_reliability(cv, metrics, reliability_path)
+
+
+def images_of(source, ids: list[str]) -> dict[str, np.ndarray]:
+    """{id: image} of a few galaxies of an image source (image_source.ShardImages), read from their shards only."""
+    rows = np.flatnonzero(np.isin(source.ids, ids))
+    return {source.ids[r]: image for picked, batch in source.batches(rows, 64) for r, image in zip(picked, batch)}
 
 
 _PREDICTOR_STYLE = {"model": ("#2a7ab0", "-", "model"), "raw": ("#c0392b", "-", "raw network"), "constant": ("grey", "--", "constant")}

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, image_baseline_features, splitter
+from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, splitter, streamed_baseline_features
 from zoobot_core.bases import ENCODER, ENCODER_SIZE, HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
 from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
+from zoobot_core.image_source import ImageSource, as_source, gather_rows
 from zoobot_core.runtime import leaves_process_state
 from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
 
@@ -189,19 +191,6 @@ def _class_weights(labels: np.ndarray, task: str, n_classes: int) -> np.ndarray:
     return per_class[labels.astype(int)].astype(np.float32)
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, channels: int, batch_size: int, shuffle: bool, seed: int):
-    """(image, label, weight) batches from uint8 images, converted to the network's input a batch at a time."""
-    import tensorflow as tf
-
-    from zoobot_core.preprocess import PreprocessingConfig, preprocess_images
-
-    pre = PreprocessingConfig(input_size=images.shape[1], make_greyscale=channels == 1)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), weights))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(lambda x, y, w: (preprocess_images(x, pre), y, w)).prefetch(tf.data.AUTOTUNE)
-
-
 def _compile_unfrozen(model, config: FinetuneConfig) -> None:
     import keras
 
@@ -211,9 +200,13 @@ def _compile_unfrozen(model, config: FinetuneConfig) -> None:
     model.optimizer.build(model.trainable_variables)  # slots now, so fit traces its step once (see train.py)
 
 
-def _validation_losses(model, x: np.ndarray, labels: np.ndarray, weights: np.ndarray, task: str) -> np.ndarray:
-    """Each validation galaxy's loss (dropout off, centre crop), times its class weight (weights averaging 1)."""
-    outputs = np.asarray(model.predict_on_batch(x), np.float64)
+def _validation_losses(model, source: ImageSource, val: np.ndarray, channels: int, batch_size: int, labels: np.ndarray, weights: np.ndarray,
+                       task: str) -> np.ndarray:
+    """Each validation galaxy's loss (dropout off, centre crop), times its class weight (weights averaging 1); the
+    images read a batch at a time."""
+    from zoobot_core.finetuned import model_input
+
+    outputs = gather_rows(source, val, batch_size, lambda images: np.asarray(model.predict_on_batch(model_input(images, channels)), np.float64))
     if task == "binary":
         p = np.clip(outputs[:, 0], 1e-7, 1 - 1e-7)
         losses = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
@@ -224,7 +217,7 @@ def _validation_losses(model, x: np.ndarray, labels: np.ndarray, weights: np.nda
     return losses * weights / weights.mean()
 
 
-def _train_unfrozen(model, images, labels, rows, channels: int, config: FinetuneConfig, seed: int, epochs: int, val: np.ndarray | None = None) -> pd.DataFrame:
+def _train_unfrozen(model, images: ImageSource, labels, rows, channels: int, config: FinetuneConfig, seed: int, epochs: int, val: np.ndarray | None = None) -> pd.DataFrame:
     """Train the unfrozen blocks and the head on `rows` (class-weighted, augmented, shuffled with `seed`).
 
     With `val`: at most `epochs` epochs, stopped after `patience` without a lower validation loss. The
@@ -235,24 +228,26 @@ def _train_unfrozen(model, images, labels, rows, channels: int, config: Finetune
     """
     import keras
 
-    from zoobot_core.finetuned import model_input
-
     keras.utils.set_random_seed(seed)  # this fit's augmentations and shuffling, whatever ran before
     _compile_unfrozen(model, config)
-    train = _dataset(images[rows], labels[rows], _class_weights(labels[rows], config.task, config.n_classes), channels, config.batch_size, True, seed)
+    train = images.training_dataset(rows, labels, _class_weights(labels[rows], config.task, config.n_classes), channels, config.batch_size, seed)
     if val is None:
         if epochs == 0:
             return pd.DataFrame(columns=["epoch", "loss"])
         fitted = model.fit(train, epochs=epochs, verbose=0, shuffle=False)
         return pd.DataFrame(fitted.history).reset_index(names="epoch").assign(epoch=lambda d: d["epoch"] + 1)
-    x_val, y_val = model_input(images[val], channels), labels[val].astype(np.float64)
+    y_val = labels[val].astype(np.float64)
     w_val = _class_weights(labels[val], config.task, config.n_classes).astype(np.float64)
-    losses = [_validation_losses(model, x_val, y_val, w_val, config.task)]
+
+    def validation_losses(network) -> np.ndarray:
+        return _validation_losses(network, images, val, channels, config.batch_size, y_val, w_val, config.task)
+
+    losses = [validation_losses(model)]
     snapshots = [[v.numpy() for v in model.trainable_variables]]
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            losses.append(_validation_losses(self.model, x_val, y_val, w_val, config.task))
+            losses.append(validation_losses(self.model))
             snapshots.append([v.numpy() for v in self.model.trainable_variables])
             means = [loss.mean() for loss in losses]
             self.model.stop_training = len(means) - 1 - int(np.argmin(means)) >= config.patience
@@ -289,7 +284,7 @@ def _head_only(network, features, labels, train, scored, config: FinetuneConfig,
 
 
 def fit_finetuned(
-    network, features: np.ndarray, images: np.ndarray, labels: np.ndarray, train: np.ndarray, scored: np.ndarray,
+    network, features: np.ndarray, images: ImageSource, labels: np.ndarray, train: np.ndarray, scored: np.ndarray,
     channels: int, config: FinetuneConfig, seed: int, probe: Fitted | None = None,
 ) -> tuple[Fitted, object, pd.DataFrame]:
     """The finetuned model trained on the `train` rows: (its scores on `scored` with its threshold, the Keras model, history).
@@ -319,16 +314,35 @@ def fit_finetuned(
         return probe_kept, model, history
     threshold = None
     if config.task == "binary":
-        val_scores = model_scores(trial, images[val], channels, config.task, config.batch_size)
+        val_scores = source_scores(trial, images, val, channels, config.task, config.batch_size)
         threshold = balanced_threshold(labels[val], val_scores) if config.decision_threshold is None else float(config.decision_threshold)
     refit = _train_unfrozen(model, images, labels, train, channels, config, seed, epochs).assign(stage="refit")
-    scores = model_scores(model, images[scored], channels, config.task, config.batch_size) if len(scored) else head.scores
+    scores = source_scores(model, images, scored, channels, config.task, config.batch_size) if len(scored) else head.scores
     return Fitted(scores, threshold, {**head.chosen, "unfreeze_epochs": epochs}), model, pd.concat([history, refit], ignore_index=True)
+
+
+def source_scores(model, images: ImageSource, rows: np.ndarray, channels: int, task: str, batch_size: int) -> np.ndarray:
+    """The model's scores (dropout off) for `rows` of an image source, read a batch at a time, in `rows`' order."""
+    return gather_rows(images, rows, batch_size, lambda batch: model_scores(model, batch, channels, task, batch_size))
+
+
+def source_features(network, images: ImageSource, channels: int, batch_size: int) -> np.ndarray:
+    """The frozen base's rotation-averaged pooled features of every row (n x features floats), a batch at a time."""
+    extractor = feature_extractor(network)
+    rows = np.arange(len(images))
+    desc = tqdm(total=len(images), desc="base features", unit="galaxy", mininterval=10, disable=len(images) < 1000)
+
+    def compute(batch: np.ndarray) -> np.ndarray:
+        desc.update(len(batch))
+        return rotation_features(extractor, batch, channels, batch_size)
+
+    with desc:
+        return gather_rows(images, rows, batch_size, compute)
 
 
 @leaves_process_state
 def cross_validate(
-    images: np.ndarray, ids: np.ndarray, labels: np.ndarray, base: BaseSpec, config: FinetuneConfig,
+    images: np.ndarray | ImageSource, ids: np.ndarray, labels: np.ndarray, base: BaseSpec, config: FinetuneConfig,
     excluded: np.ndarray | None = None, threads: int | None = None,
 ) -> tuple[pd.DataFrame, dict, pd.DataFrame, object]:
     """Out-of-fold scores of the finetuned model and every baseline on the same folds.
@@ -339,17 +353,20 @@ def cross_validate(
     from zoobot_core.runtime import configure_tensorflow
 
     configure_tensorflow(config.seed, True, threads)
+    images = as_source(images)
     ids, labels = np.asarray(ids).astype(str), np.asarray(labels)
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} ids for {len(images)} images: give one id and label per image")
     excluded = np.zeros(len(ids), bool) if excluded is None else np.asarray(excluded, bool)
     channels = base_channels(base, config.greyscale)
-    network = _network(base, images.shape[1], channels, config)
+    network = _network(base, images.size, channels, config)
     check_unfreeze_blocks(network, config.unfreeze_blocks)  # before any work, not in the first fold
     started = time.perf_counter()
-    features = rotation_features(feature_extractor(network), images, channels, config.batch_size, desc="base features")
+    features = source_features(network, images, channels, config.batch_size)
     log.info("Frozen base features of %d galaxies x %d rotations: %.0f s", len(images), ROTATIONS, time.perf_counter() - started)
-    inputs = {"linear_probe": features, **image_baseline_features(images, config.crop_fraction, config.pixel_size, greyscale=channels == 1)}
-    field_of_view = {"crop_fraction": config.crop_fraction, "crop_px": crop_px(images.shape[1], config.crop_fraction), "image_px": int(images.shape[1])}
-    log.info("Every method sees the centre %d of %d px (crop_fraction %.2f), as the network does", field_of_view["crop_px"], images.shape[1], config.crop_fraction)
+    inputs = {"linear_probe": features, **streamed_baseline_features(images, config.crop_fraction, config.pixel_size, greyscale=channels == 1)}
+    field_of_view = {"crop_fraction": config.crop_fraction, "crop_px": crop_px(images.size, config.crop_fraction), "image_px": images.size}
+    log.info("Every method sees the centre %d of %d px (crop_fraction %.2f), as the network does", field_of_view["crop_px"], images.size, config.crop_fraction)
     folds = assign_folds(ids, labels, excluded, config)
     n_folds = int(folds.max()) + 1
     shape = (len(ids), config.n_classes) if config.task == "multiclass" else (len(ids),)
@@ -457,7 +474,7 @@ def final_temperature_settings(calibration: dict, threshold: float | None) -> di
     return out
 
 
-def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame, config: FinetuneConfig) -> tuple[object, float | None, pd.DataFrame, int]:
+def train_final(start, images: ImageSource, labels: np.ndarray, oof: pd.DataFrame, config: FinetuneConfig) -> tuple[object, float | None, pd.DataFrame, int]:
     """The model to use: the same procedure on every labelled galaxy. Its binary threshold is the one that
     maximises balanced accuracy on the cross-validation's out-of-fold scores (or the configured one).
     Returns (model, threshold, history, epochs of unfreezing kept: 0 when it is the linear probe)."""
@@ -473,7 +490,7 @@ def train_final(start, images: np.ndarray, labels: np.ndarray, oof: pd.DataFrame
 
 @leaves_process_state
 def finetune(
-    images: np.ndarray, ids, labels, base: BaseSpec, out_dir: Path | str, config: FinetuneConfig,
+    images: np.ndarray | ImageSource, ids, labels, base: BaseSpec, out_dir: Path | str, config: FinetuneConfig,
     label_col: str = "label", seen_by_base: set[str] | frozenset | None = None, threads: int | None = None, catalog: dict | None = None,
 ) -> dict:
     """Cross-validate, then train the final model on every galaxy; write into `out_dir`:
@@ -482,7 +499,8 @@ def finetune(
     With `temperature_scaling` (classes): metrics.json's methods[m]["calibration"] compares raw and
     temperature-scaled out-of-fold probabilities, and finetune_config.json keeps the final model's temperature.
 
-    `images` are 0-255 RGB (n, size, size, 3) resized by the pipeline's resize (images.load_rgb);
+    `images` are 0-255 RGB (n, size, size, 3) resized by the pipeline's resize (images.load_rgb), or an image source
+    (image_source.ShardImages: the workflow's shards, read a batch at a time);
     `seen_by_base` are ids the base was trained on: never scored (matched by id). None (the default): read
     them from the trained_on.parquet beside a pipeline base (see base_overlap); metrics.json's
     `base_overlap` says whether that was possible and how many labelled ids matched. `catalog` (the row
@@ -491,12 +509,13 @@ def finetune(
     from zoobot_core.io import atomic_path, atomic_write_table, write_json
 
     out_dir = Path(out_dir)
+    images = as_source(images)
     ids = np.asarray(ids).astype(str)
     labels = np.asarray(labels, np.float64 if config.task == "regression" else np.int64)
     excluded, overlap = base_overlap(ids, base, seen_by_base)
     timings, started = {}, time.perf_counter()
     log.info("Finetuning %s on %d galaxies (%d px, task %s): %d-fold CV, then a final model; %d never scored (the base was trained on them)",
-             base.label, len(ids), images.shape[1], config.task, config.folds, excluded.sum())
+             base.label, len(ids), images.size, config.task, config.folds, excluded.sum())
     oof, metrics, history, start = cross_validate(images, ids, labels, base, config, excluded, threads)
     timings["cross_validation"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -511,7 +530,7 @@ def finetune(
 
     settings = {
         "task": config.task, "n_classes": config.n_classes, "label": label_col, "threshold": threshold, "channels": channels,
-        "input_size": int(images.shape[1]), "rotations": ROTATIONS, "n_samples": config.n_samples, "base": base.label,
+        "input_size": images.size, "rotations": ROTATIONS, "n_samples": config.n_samples, "base": base.label,
         "kept": "unfrozen" if final_epochs else "linear_probe", "unfreeze_epochs": final_epochs, "config": asdict(config),
     }
     calibration = metrics["finetuned"].get("calibration")
@@ -548,19 +567,6 @@ def finetune(
         diff = metrics[name]["finetuned_minus_this"][headline]
         log.info("Finetuned minus %s: %+.3f (paired bootstrap 95%%: %+.3f to %+.3f)", name, diff["difference"], *diff["ci95"])
     return summary
-
-
-def load_ready_images(ready: pd.DataFrame) -> np.ndarray:
-    """The resized images of a ready catalog (resized_loc), decoded by Pillow as 0-255 RGB uint8."""
-    from PIL import Image
-
-    from zoobot_core.images import RESIZED
-
-    arrays = []
-    for path in ready[RESIZED]:
-        with Image.open(path) as img:
-            arrays.append(np.asarray(img.convert("RGB")))
-    return np.stack(arrays)
 
 
 def seen_by(base: BaseSpec) -> set[str] | None:
@@ -610,15 +616,18 @@ def base_overlap(ids: np.ndarray, base: BaseSpec, seen_by_base: set[str] | froze
 
 
 def finetune_files(
-    ready_path: Path | str, accounting_path: Path | str, base: BaseSpec, label_col: str, out_dir: Path | str, config: FinetuneConfig,
-    threads: int | None = None,
+    ready_path: Path | str, accounting_path: Path | str, shard_root: Path | str, base: BaseSpec, label_col: str, out_dir: Path | str,
+    config: FinetuneConfig, threads: int | None = None,
 ) -> dict:
-    """The finetune_model rule: the labelled catalog's resized images (validated, quarantined and resized
-    by the pipeline's own rules), then finetune(); the catalog's row accounting goes into metrics.json."""
+    """The finetune_model rule: the labelled catalog's images (validated, quarantined and resized into the shards
+    under `shard_root` by the pipeline's own rules), read a batch at a time, then finetune(); the catalog's row
+    accounting goes into metrics.json."""
     import json
 
+    from zoobot_core.image_source import ShardImages
+
     ready = pd.read_parquet(ready_path).sort_values("id_str").reset_index(drop=True)
-    images = load_ready_images(ready)
+    images = ShardImages(ready, shard_root)
     accounting = json.loads(Path(accounting_path).read_text())
     # seen_by_base None: finetune reads the base's trained_on.parquet (base_overlap), as the workflow always has
     return finetune(images, ready["id_str"].to_numpy(), ready[label_col].to_numpy(), base, out_dir, config, label_col, None, threads, accounting)

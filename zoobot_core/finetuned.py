@@ -148,59 +148,169 @@ def predict_images(model_dir: Path | str, images: np.ndarray, ids: list[str] | N
     return prediction_table(ids, head_outputs(model, features), samples, settings)
 
 
-def predict_survey_shards(model_dir: Path | str, shard_dir: Path | str, batch_size: int = 64, seed: int = 0,
-                          n_samples: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Predictions for every galaxy in a survey's shards (all splits, in shard order), read a batch at a
-    time: the table (see prediction_table) and the MC-dropout samples (galaxies, outputs, samples),
-    rescaled by the model's temperature when it has one (calibrate)."""
+def survey_shard_files(chunk_dirs: list[Path | str]) -> list[tuple[Path, int]]:
+    """Every shard of a survey's chunks in reading order (chunk, then split, then file), with its number of galaxies."""
     from zoobot_core import shards as shard_io
+
+    files = []
+    for chunk_dir in map(Path, chunk_dirs):
+        counts = pd.read_parquet(chunk_dir / shard_io.MANIFEST, columns=["shard"])["shard"].value_counts()
+        for split in (*shard_io.SPLITS, shard_io.UNLABELLED):
+            for path in shard_io.shard_paths(chunk_dir, split):
+                files.append((Path(path), int(counts.get(f"{split}/{Path(path).name}", 0))))
+    return files
+
+
+def _shard_outputs(model, extractor, settings: dict, path: Path, size: int, encoding: str, batch_size: int, seed: int,
+                   n_samples: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, head outputs with dropout off, MC-dropout samples) of one shard's galaxies; the samples of a batch
+    are seeded by `seed` plus the galaxies before it, so a shard's numbers do not depend on which ran before."""
     from zoobot_core.datasets import get_dataset
+
+    ids, deterministic, samples = [], [], []
+    for batch in get_dataset([str(path)], [], batch_size, shuffle=False, requested_img_size=size, image_encoding=encoding):
+        features = rotation_features(extractor, batch["matrix"].numpy(), settings["channels"], batch_size)
+        ids.extend(i.decode() for i in batch["id_str"].numpy())
+        deterministic.append(head_outputs(model, features))
+        samples.append(head_outputs(model, features, n_samples, seed + len(ids)))
+    units = model.output_shape[-1]
+    return (ids, np.concatenate(deterministic) if deterministic else np.zeros((0, units), np.float32),
+            np.concatenate(samples) if samples else np.zeros((0, n_samples, units), np.float32))
+
+
+def _parts_key(model_dir: Path, batch_size: int, seed: int, n_samples: int) -> dict:
+    """What a survey's finished parts depend on besides their shard: the model's files and the sampling."""
+    from zoobot_core.io import file_sha256
+
+    return {"model": file_sha256(model_dir / "model.keras"), "settings": file_sha256(model_dir / FINETUNE_CONFIG),
+            "batch_size": batch_size, "seed": seed, "n_samples": n_samples}
+
+
+def predict_survey_parts(model_dir: Path | str, chunk_dirs: list[Path | str], parts_dir: Path | str, batch_size: int = 64, seed: int = 0,
+                         n_samples: int | None = None) -> list[tuple[Path, Path]]:
+    """The finetuned model over every shard of a survey's chunks, one shard at a time: each shard's table (see
+    prediction_table) and raw MC-dropout samples written to `parts_dir` as they finish (atomically). A rerun after a
+    kill keeps the parts that finished for the same model, sampling and shard (its SHA-256) and predicts the rest.
+    Returns the (table, samples) part files in reading order."""
+    import json
+
+    from zoobot_core import shards as shard_io
+    from zoobot_core.io import atomic_path, atomic_write_table, write_json
     from zoobot_core.runtime import load_model
 
+    model_dir, parts_dir = Path(model_dir), Path(parts_dir)
     model, settings = load_model(model_dir, FINETUNE_CONFIG)
-    size = shard_io.read_metadata(shard_dir)["size"]
-    if size != model.input_shape[1]:
-        raise ValueError(f"Shards in {shard_dir} hold {size} px images; the model was finetuned at {model.input_shape[1]} px. Rewrite the shards at that size")
-    paths = [p for split in (*shard_io.SPLITS, shard_io.UNLABELLED) for p in shard_io.shard_paths(shard_dir, split)]
-    counts = shard_io.read_metadata(shard_dir)["counts"]
-    n_expected = sum(counts.values())
-    extractor = feature_extractor(model)
+    metadata = {Path(d): shard_io.read_metadata(d) for d in chunk_dirs}
+    encodings = {d: m.get("image_encoding", "encoded") for d, m in metadata.items()}
+    sizes = {m["size"] for m in metadata.values()}
+    if sizes and sizes != {model.input_shape[1]}:
+        raise ValueError(f"The survey's shards hold {sorted(sizes)} px images; the model was finetuned at {model.input_shape[1]} px. Rewrite the shards at that size")
     n_samples = settings["n_samples"] if n_samples is None else n_samples
-    ids, deterministic, samples = [], [], []
-    if paths:
-        dataset = get_dataset(paths, [], batch_size, shuffle=False, requested_img_size=size, image_encoding=shard_io.image_encoding(shard_dir))
-        for batch in tqdm(dataset, total=-(-n_expected // batch_size), desc="predicting survey", mininterval=10):
-            features = rotation_features(extractor, batch["matrix"].numpy(), settings["channels"], batch_size)
-            ids.extend(i.decode() for i in batch["id_str"].numpy())
-            deterministic.append(head_outputs(model, features))
-            samples.append(head_outputs(model, features, n_samples, seed + len(ids)))
-    if len(ids) != n_expected:
-        raise RuntimeError(f"Read {len(ids)} galaxies from the shards in {shard_dir} but shards.json lists {n_expected}; rewrite the shards")
-    units = model.output_shape[-1]
-    deterministic_array = np.concatenate(deterministic) if deterministic else np.zeros((0, units), np.float32)
-    samples_array = np.concatenate(samples) if samples else np.zeros((0, n_samples, units), np.float32)
-    return prediction_table(ids, deterministic_array, samples_array, settings), calibrate(samples_array, settings).transpose(0, 2, 1)
+    key = _parts_key(model_dir, batch_size, seed, n_samples)
+    key_file = parts_dir / "key.json"
+    if parts_dir.exists() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+        log.info("Predictions in %s are of another model or sampling: starting over", parts_dir)
+        import shutil
+
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    write_json(key, key_file)
+    shard_sha = {}
+    for chunk_dir in map(Path, chunk_dirs):
+        manifest = pd.read_parquet(chunk_dir / shard_io.MANIFEST, columns=["shard", "shard_sha256"]).drop_duplicates("shard")
+        shard_sha.update({chunk_dir / s: h for s, h in zip(manifest["shard"], manifest["shard_sha256"])})
+    files = survey_shard_files(chunk_dirs)
+    extractor = feature_extractor(model)
+    outputs, offset, resumed = [], 0, 0
+    progress = tqdm(total=sum(n for _, n in files), desc="predicting survey", unit="galaxy", mininterval=10)
+    for k, (path, n) in enumerate(files):
+        table_part, samples_part, done = parts_dir / f"part_{k:05d}.parquet", parts_dir / f"part_{k:05d}.npy", parts_dir / f"part_{k:05d}.json"
+        record = {"shard": str(path), "sha256": shard_sha.get(path), "galaxies": n, "offset": offset}
+        if not (done.is_file() and json.loads(done.read_text()) == record):
+            ids, deterministic, samples = _shard_outputs(model, extractor, settings, path, model.input_shape[1], encodings[path.parent.parent],
+                                                         batch_size, seed + offset, n_samples)
+            if len(ids) != n:
+                raise RuntimeError(f"Read {len(ids)} galaxies from {path} but its manifest lists {n}; rewrite the shards (snakemake -R write_finetune_shards)")
+            atomic_write_table(prediction_table(ids, deterministic, samples, settings), table_part)
+            with atomic_path(samples_part, suffix=".npy") as tmp:
+                np.save(tmp, calibrate(samples, settings).transpose(0, 2, 1))
+            write_json(record, done)  # last: the part counts as finished only once both files are whole
+        else:
+            resumed += n
+        outputs.append((table_part, samples_part))
+        offset += n
+        progress.update(n)
+    progress.close()
+    if resumed:
+        log.info("Resumed: %d of %d survey galaxies were already predicted in %s", resumed, offset, parts_dir)
+    return outputs
 
 
 @leaves_process_state
-def predict_survey_files(model_dir: Path | str, shard_dir: Path | str, predictions_path: Path | str, hdf5_path: Path | str | None = None,
-                         batch_size: int = 64, seed: int = 0, threads: int | None = None) -> pd.DataFrame:
-    """The predict_survey rule: the finetuned model over a survey's shards, as Parquet (and, with
-    `hdf5_path`, every MC-dropout sample in Zoobot's HDF5 layout)."""
+def predict_survey_files(model_dir: Path | str, chunk_dirs: list[Path | str], predictions_path: Path | str, hdf5_path: Path | str | None = None,
+                         batch_size: int = 64, seed: int = 0, threads: int | None = None) -> int:
+    """The predict_survey rule: the finetuned model over a survey's shard chunks, streamed one shard at a time
+    (resumable: see predict_survey_parts) into Parquet row groups (and, with `hdf5_path`, every MC-dropout sample in
+    Zoobot's HDF5 layout, written slice by slice); memory holds one shard's predictions whatever the survey's size.
+    Returns the number of galaxies."""
     import json
+    import shutil
 
-    from zoobot_core.io import atomic_write_table
+    import pyarrow.parquet as pq
+
+    from zoobot_core.io import atomic_path
     from zoobot_core.runtime import configure_tensorflow
 
     configure_tensorflow(seed, True, threads)
-    table, samples = predict_survey_shards(model_dir, shard_dir, batch_size, seed)
-    atomic_write_table(table, predictions_path)
+    parts_dir = Path(str(predictions_path) + ".parts")
+    parts = predict_survey_parts(model_dir, chunk_dirs, parts_dir, batch_size, seed)
+    settings = json.loads((Path(model_dir) / FINETUNE_CONFIG).read_text())
+    n = 0
+    with atomic_path(predictions_path) as tmp:
+        writer = None
+        for table_part, _ in parts:
+            table = pq.read_table(table_part)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            n += table.num_rows
+        if writer is None:  # no galaxy: an empty table with the columns
+            prediction_table([], np.zeros((0, len(output_names(settings))), np.float32), np.zeros((0, 1, len(output_names(settings))), np.float32),
+                             settings).to_parquet(tmp, index=False)
+        else:
+            writer.close()
     if hdf5_path is not None:
-        from zoobot_core.hdf5 import write_predictions_hdf5
+        write_survey_hdf5(parts, settings, hdf5_path)
+    shutil.rmtree(parts_dir)
+    log.info("Predicted %d survey galaxies with the finetuned model in %s", n, model_dir)
+    return n
 
-        settings = json.loads((Path(model_dir) / FINETUNE_CONFIG).read_text())
-        write_predictions_hdf5(samples, table["id_str"].tolist(), output_names(settings), hdf5_path,
-                               {"task": settings["task"], "label": settings["label"], "mc_dropout_samples": samples.shape[2],
-                                **({"temperature": float(settings["temperature"])} if is_calibrated(settings) else {})})
-    log.info("Predicted %d survey galaxies with the finetuned model in %s", len(table), model_dir)
-    return table
+
+def write_survey_hdf5(parts: list[tuple[Path, Path]], settings: dict, path: Path | str) -> None:
+    """Every MC-dropout sample of the survey's parts in Zoobot's HDF5 layout (hdf5.write_predictions_hdf5's), a
+    part at a time."""
+    import h5py
+    import pyarrow.parquet as pq
+
+    from zoobot_core.io import atomic_path
+
+    shapes = [np.load(s, mmap_mode="r").shape for _, s in parts]
+    n, names = sum(shape[0] for shape in shapes), output_names(settings)
+    n_samples = shapes[0][2] if shapes else settings["n_samples"]
+    strings = h5py.string_dtype(encoding="utf-8")
+    attrs = {"task": settings["task"], "label": settings["label"], "mc_dropout_samples": n_samples,
+             **({"temperature": float(settings["temperature"])} if is_calibrated(settings) else {})}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        predictions = f.create_dataset("predictions", shape=(n, len(names), n_samples), dtype=np.float32, compression="gzip",
+                                       chunks=True if n else None)
+        ids = f.create_dataset("id_str", shape=(n,), dtype=strings)
+        start = 0
+        for table_part, samples_part in parts:
+            values = np.load(samples_part)
+            predictions[start : start + len(values)] = values
+            ids[start : start + len(values)] = pq.read_table(table_part, columns=["id_str"]).column(0).to_pylist()
+            start += len(values)
+        f.create_dataset("label_cols", data=np.asarray(names, dtype=object), dtype=strings)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+    log.info("Wrote %d galaxies x %d outputs x %d samples to %s", n, len(names), n_samples, path)

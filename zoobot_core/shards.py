@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from zoobot_core.catalog import FILE, ID, LABELLED
 from zoobot_core.fits_images import BadImage
-from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, load_rgb, unreadable_reason
+from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, unreadable_reason
 from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
 from zoobot_core.tfrecord import ExampleLayout, TFRecordWriter
 
@@ -293,6 +293,7 @@ def write_shards(
     resize: ResizeConfig | None = None,
     check_unreadable: Callable[[pd.DataFrame], None] | None = None,
     hash_images: bool = True,
+    metadata: dict | None = None,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
@@ -312,7 +313,7 @@ def write_shards(
     refuse the lot before anything appears. Without `resize` (shards of files already checked), an unreadable file
     is an error. With `resize` and `hash_images` (provenance.hash_images), the manifest's source_sha256 holds each
     source image's SHA-256; without, no image is hashed and the column is left out. The whole directory appears at
-    once when writing succeeds.
+    once when writing succeeds. `metadata` (e.g. a catalog chunk's number and rows digest) joins shards.json.
     """
     shard_dir = Path(shard_dir)
     if settings.image_encoding not in ("encoded", "raw"):
@@ -388,6 +389,7 @@ def write_shards(
             "image_encoding": settings.image_encoding,
             "counts": {s: int((written["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
             "unreadable": len(unreadable),
+            **(metadata or {}),
         }
         write_json(metadata, tmp / METADATA)
     log.info("Wrote shards to %s: %s; %d image(s) unreadable", shard_dir, metadata["counts"], len(unreadable))
@@ -442,11 +444,11 @@ def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
     return sorted(str(p) for p in (Path(shard_dir) / split).glob("*.tfrecord"))
 
 
-def _png_bytes(path: str, size: int) -> bytes:
-    """PNG bytes of an image file resized to size (the seed API's shards)."""
-    buffer = io.BytesIO()
-    load_rgb(path, size).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def _refuse_unreadable(unreadable: pd.DataFrame) -> None:
+    """The seed API's policy: an image that cannot be used stops prepare_shards, naming every such file's galaxy and reason."""
+    if len(unreadable):
+        listed = "; ".join(f"{r[ID]}: {r['reason']} ({r['message']})" for r in unreadable.head(5).to_dict("records"))
+        raise ValueError(f"{len(unreadable)} image(s) cannot go into shards: {listed}. Fix or drop those rows of the catalog")
 
 
 @dataclass
@@ -506,12 +508,9 @@ class ShardConfig:
             train_fraction=train_test_fraction,
             val_fraction=(1 - train_test_fraction) / 2 if val_fraction is None else val_fraction,
         )
-        return write_shards(catalog, self.shard_dir, settings, encoded_bytes=partial(_png_bytes, size=self.size), source_col=FILE)
-
-
-def write_shards_file(ready_path: Path | str, shard_dir: Path | str, settings: ShardSettings, workers: int = 1) -> pd.DataFrame:
-    """The write_shards rule: shard the ready catalog's resized images with `workers` processes."""
-    return write_shards(pd.read_parquet(ready_path), shard_dir, settings, workers=workers)
+        # the workflow's own image path (resized_bytes: its resize, FITS handling and quarantine reasons), PNG level 1
+        resize = ResizeConfig(size=self.size, png_compress_level=1)
+        return write_shards(catalog, self.shard_dir, settings, source_col=FILE, resize=resize, check_unreadable=_refuse_unreadable, hash_images=False)
 
 
 def survey_shards_file(

@@ -32,8 +32,9 @@ log = logging.getLogger("bench_rerun")
 
 
 def resize_jobs(output: str) -> int:
-    """How many resize_finetune_images jobs a Snakemake run's log says it started."""
-    return sum(line.strip() in ("rule resize_finetune_images:", "localrule resize_finetune_images:") for line in output.splitlines())
+    """How many chunk jobs (write_finetune_shards; resize_finetune_images before issue 25) a Snakemake run's log says it started."""
+    rules = ("write_finetune_shards", "resize_finetune_images")
+    return sum(line.strip() in {f"{kind} {r}:" for r in rules for kind in ("rule", "localrule")} for line in output.splitlines())
 
 
 def run(repo: Path, run_dir: Path, cores: int) -> tuple[float, int]:

@@ -307,27 +307,33 @@ def _chunk_digests(validated, version):
     return chunk_digests_file(validated)
 
 
-def finetune_chunks(wildcards):
+def finetune_chunks(wildcards, dataset=None):
     """Chunk number -> digest of its galaxies, for a validated finetuning catalog (known after validation)."""
     validated = checkpoints.validate_finetune_catalog.get(
-        run=wildcards.run, dataset=wildcards.dataset
+        run=wildcards.run, dataset=dataset or wildcards.dataset
     ).output.validated
     info = Path(validated).stat()
     return _chunk_digests(validated, (info.st_mtime_ns, info.st_size, info.st_ino))
 
 
-def finetune_resized_chunks(wildcards):
-    """One resized-image folder per chunk of a validated finetuning catalog."""
+def finetune_shard_chunks(wildcards, dataset=None):
+    """One shard folder per chunk of a validated finetuning catalog (`dataset`, else the wildcard's)."""
+    dataset = dataset or wildcards.dataset
     return expand(
-        "results/{run}/finetune/{dataset}/images/chunk_{chunk}",
-        chunk=sorted(finetune_chunks(wildcards)),
+        "results/{run}/finetune/{dataset}/shards/chunk_{chunk}",
+        chunk=sorted(finetune_chunks(wildcards, dataset)),
         run=wildcards.run,
-        dataset=wildcards.dataset,
+        dataset=dataset,
     )
 
 
+def finetune_resize_settings():
+    """resize_settings at the finetuning size: how write_finetune_shards resizes each catalog image."""
+    return {**resize_settings(), "size": finetune_image_size()}
+
+
 def finetune_chunk_rows(wildcards):
-    """The digest of one chunk's galaxies (ids and image paths): resize_finetune_images' rerun trigger."""
+    """The digest of one chunk's galaxies (ids and image paths): write_finetune_shards' rerun trigger."""
     chunks = finetune_chunks(wildcards)
     if int(wildcards.chunk) not in chunks:
         raise ValueError(

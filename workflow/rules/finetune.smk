@@ -1,6 +1,7 @@
 # `snakemake finetune --configfile config/finetune_rings.yaml`: a new label learnt on a base, scored by
 # cross-validation beside baselines, the final model, and (finetune.survey.catalog) its predictions
-# for a whole survey. Both catalogs go through the pipeline's own validation, resizing and shards.
+# for a whole survey. Both catalogs go through the pipeline's own validation, and their images go straight into
+# shards as the main chain's do (zoobot_core/chunk_shards.py), in at most images.max_chunks jobs.
 
 
 checkpoint validate_finetune_catalog:
@@ -35,44 +36,46 @@ checkpoint validate_finetune_catalog:
         allow_unlabelled=lambda wildcards: wildcards.dataset == "survey",
         max_quarantine_fraction=config["finetune"]["max_quarantine_fraction"],
         chunk_size=config["images"]["chunk_size"],
+        max_chunks=config["images"]["max_chunks"],
     script:
         "../scripts/validate_catalog.py"
 
 
 # A chunk's galaxies follow a hash of their ids. Its job reruns when they change (the `rows` digest, a params
-# trigger), not whenever validation rewrites the catalog (ancient): adding galaxies resizes only their chunks.
-rule resize_finetune_images:
+# trigger), not whenever validation rewrites the catalog (ancient): adding galaxies rewrites only their chunks.
+# Worker processes read, resize and write each image straight into the chunk's shards (no resized copies).
+rule write_finetune_shards:
     input:
         validated=ancient("results/{run}/finetune/{dataset}/catalog/validated.parquet"),
     output:
-        directory("results/{run}/finetune/{dataset}/images/chunk_{chunk}"),
+        directory("results/{run}/finetune/{dataset}/shards/chunk_{chunk}"),
     log:
-        "logs/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.log",
+        "logs/{run}/finetune/{dataset}/write_shards/chunk_{chunk}.log",
     benchmark:
-        "benchmarks/{run}/finetune/{dataset}/resize_images/chunk_{chunk}.tsv"
+        "benchmarks/{run}/finetune/{dataset}/write_shards/chunk_{chunk}.tsv"
     conda:
         "../envs/zoobot.yaml"
-    threads: 2
+    # every core the run is given, as the main chain's write_shards (Snakemake lowers it to --cores)
+    threads: 64
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=4000,
+        runtime=120,
     params:
         rows=finetune_chunk_rows,
         size=lambda wildcards: finetune_image_size(),
-        file_format=config["images"]["format"],
-        png_compress_level=config["images"]["png_compress_level"],
-        draft_tolerance=config["images"]["draft_tolerance"],
-        reducing_gap=config["images"]["reducing_gap"],
-        fits=config["images"]["fits"],
+        shard_size=config["shards"]["shard_size"],
+        image_encoding=config["shards"]["image_encoding"],
+        seed=config["seed"],
+        resize=lambda wildcards: finetune_resize_settings(),
     script:
-        "../scripts/resize_images.py"
+        "../scripts/write_finetune_shards.py"
 
 
 rule gather_finetune_images:
     input:
         validated="results/{run}/finetune/{dataset}/catalog/validated.parquet",
         quarantine="results/{run}/finetune/{dataset}/catalog/quarantine_validation.parquet",
-        chunks=finetune_resized_chunks,
+        chunks=finetune_shard_chunks,
     output:
         ready="results/{run}/finetune/{dataset}/catalog/ready.parquet",
         quarantine="results/{run}/finetune/{dataset}/catalog/quarantine.parquet",
@@ -90,38 +93,11 @@ rule gather_finetune_images:
         "../scripts/gather_chunks.py"
 
 
-rule write_survey_shards:
-    input:
-        ready="results/{run}/finetune/survey/catalog/ready.parquet",
-    output:
-        directory("results/{run}/finetune/survey/shards"),
-    log:
-        "logs/{run}/finetune/survey/write_shards.log",
-    benchmark:
-        "benchmarks/{run}/finetune/survey/write_shards.tsv"
-    conda:
-        "../envs/zoobot.yaml"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    params:
-        size=lambda wildcards: finetune_image_size(),
-        label_cols=[],
-        shard_size=config["shards"]["shard_size"],
-        image_encoding=config["shards"]["image_encoding"],
-        # unlabelled galaxies only: the split fractions never apply, so they stay out of the rerun triggers
-        train_fraction=0.8,
-        val_fraction=0.1,
-        seed=config["seed"],
-    script:
-        "../scripts/write_shards.py"
-
-
 rule finetune_model:
     input:
         ready="results/{run}/finetune/labelled/catalog/ready.parquet",
         accounting="results/{run}/finetune/labelled/catalog/accounting.json",
+        chunks=lambda wildcards: finetune_shard_chunks(wildcards, "labelled"),
         base=finetune_base_input,
     output:
         model="results/{run}/finetune/model.keras",
@@ -161,6 +137,7 @@ rule finetune_figures:
         cv_predictions="results/{run}/finetune/cv_predictions.parquet",
         metrics="results/{run}/finetune/metrics.json",
         ready="results/{run}/finetune/labelled/catalog/ready.parquet",
+        chunks=lambda wildcards: finetune_shard_chunks(wildcards, "labelled"),
     output:
         scores=report(
             "results/{run}/finetune/scores.png",
@@ -197,7 +174,9 @@ rule predict_survey:
     input:
         model="results/{run}/finetune/model.keras",
         settings="results/{run}/finetune/finetune_config.json",
-        shards="results/{run}/finetune/survey/shards",
+        # gathered first: a chunk's unreadable images are quarantined and counted before any prediction
+        ready="results/{run}/finetune/survey/catalog/ready.parquet",
+        chunks=lambda wildcards: finetune_shard_chunks(wildcards, "survey"),
     output:
         **(
             {"hdf5": "results/{run}/finetune/survey/predictions.hdf5"}

@@ -1,10 +1,11 @@
-"""Rules gather_finetune_images: a finetuning catalog's resized chunks joined: ready catalog, full quarantine table, row accounting."""
+"""Rule gather_finetune_images: a finetuning catalog's shard chunks joined: ready catalog (each galaxy's shard and
+record), full quarantine table, row accounting."""
 
-from zoobot_core.images import gather_files
+from zoobot_core.chunk_shards import gather_chunk_files
 from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
-gather_files(
+gather_chunk_files(
     snakemake.input.validated,
     snakemake.input.quarantine,
     list(snakemake.input.chunks),

@@ -1,4 +1,5 @@
-"""Rule predict_survey: the finetuned model over every galaxy of the survey catalog's shards."""
+"""Rule predict_survey: the finetuned model over every galaxy of the survey catalog's shard chunks, streamed and
+resumable."""
 
 from zoobot_core.hardware import cap_onednn_isa
 
@@ -12,6 +13,6 @@ from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
 predict_survey_files(
-    Path(snakemake.input.model).parent, snakemake.input.shards, snakemake.output.predictions,
+    Path(snakemake.input.model).parent, list(snakemake.input.chunks), snakemake.output.predictions,
     snakemake.output.get("hdf5"), batch_size=snakemake.params.batch_size, seed=snakemake.params.seed, threads=snakemake.threads,
 )

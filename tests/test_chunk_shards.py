@@ -1,0 +1,127 @@
+"""A finetuning catalog's one image path (chunk_shards): chunks of shards written straight from the catalog's files,
+gathered with their quarantine, stale chunks refused, orphans removed, and the images read back a batch at a time
+(image_source) exactly as the pipeline's resize makes them."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoobot_core.catalog import CatalogConfig, chunk_count, validate_catalog
+from zoobot_core.chunk_shards import RECORD, SHARD, gather_chunk_files, write_chunk_shards
+from zoobot_core.image_source import ArrayImages, ShardImages, gather_rows
+from zoobot_core.images import ResizeConfig, load_resized
+from zoobot_core.shards import ShardSettings
+
+SIZE = 24
+
+
+def _chunked(tiny_synthetic, tmp_path, encoding="raw", chunk_size=20):
+    """The tiny catalog validated into chunks, each written as shards; (validated, chunk dirs, ready, quarantine)."""
+    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(chunk_size=chunk_size, max_quarantine_fraction=1.0))
+    validated.to_parquet(tmp_path / "validated.parquet")
+    quarantine.to_parquet(tmp_path / "quarantine_validation.parquet")
+    dirs = []
+    for chunk in sorted(validated["chunk"].unique()):
+        folder = tmp_path / "shards" / f"chunk_{chunk}"
+        write_chunk_shards(validated, chunk, folder, ShardSettings(size=SIZE, shard_size=8, image_encoding=encoding), ResizeConfig(size=SIZE), workers=2)
+        dirs.append(str(folder))
+    gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "ready.parquet",
+                       tmp_path / "quarantine.parquet", tmp_path / "accounting.json", 0.2)
+    return validated, dirs, pd.read_parquet(tmp_path / "ready.parquet"), pd.read_parquet(tmp_path / "quarantine.parquet")
+
+
+@pytest.mark.parametrize("encoding", ["raw", "encoded"])
+def test_chunks_hold_every_readable_image_as_the_resize_makes_it_and_quarantine_the_rest(tiny_synthetic, tmp_path, encoding):
+    validated, dirs, ready, quarantine = _chunked(tiny_synthetic, tmp_path, encoding)
+    assert len(dirs) == chunk_count(len(validated), 20) == 4
+    broken = quarantine[quarantine["stage"] == "resize"]
+    assert len(broken) == 2 and set(broken["reason"]) == {"unreadable_image"}  # a truncated file and a non-image, with the main chain's reason
+    assert len(ready) + len(broken) == len(validated) and ready[SHARD].str.match(r"chunk_\d/unlabelled/unlabelled_\d{5}\.tfrecord").all()
+    source = ShardImages(ready, tmp_path / "shards")
+    assert source.size == SIZE and len(source) == len(ready)
+    seen = {}
+    for rows, images in source.batches(None, 5):
+        assert len(rows) <= 5 and images.shape[1:] == (SIZE, SIZE, 3)
+        seen.update(zip(rows.tolist(), images))
+    assert sorted(seen) == list(range(len(ready)))  # every galaxy once
+    for row in (0, 17, len(ready) - 1):
+        expected = np.asarray(load_resized(ready.loc[row, "file_loc"], ResizeConfig(size=SIZE)), np.float32)
+        np.testing.assert_array_equal(seen[row], expected)
+
+
+def test_a_subset_comes_back_in_any_order_asked_and_training_batches_carry_its_labels(tiny_synthetic, tmp_path):
+    _, _, ready, _ = _chunked(tiny_synthetic, tmp_path)
+    source = ShardImages(ready, tmp_path / "shards")
+    everything = np.zeros((len(ready), SIZE, SIZE, 3), np.float32)
+    for rows, images in source.batches(None, 16):
+        everything[rows] = images
+    array = ArrayImages(everything)
+    rows = np.array([40, 3, 22, 9, 31])
+    means = lambda images: images.reshape(len(images), -1).mean(axis=1)  # noqa: E731
+    np.testing.assert_array_equal(gather_rows(source, rows, 2, means), gather_rows(array, rows, 2, means))
+    labels = np.arange(len(ready), dtype=np.float64)  # each galaxy's label is its row: a batch's labels say which images came
+    weights = np.full(len(rows), 2.0, np.float32)
+    got = []
+    for x, y, w in source.training_dataset(rows, labels, weights, channels=3, batch_size=2, seed=0):
+        for image, label in zip(x.numpy(), y.numpy()):
+            np.testing.assert_allclose(image, everything[int(label)] / 255.0, atol=1e-6)
+            got.append(int(label))
+        assert (w.numpy() == 2.0).all()
+    assert sorted(got) == sorted(rows.tolist())
+
+
+def test_a_stale_chunk_is_refused_and_orphaned_chunks_are_removed(tiny_synthetic, tmp_path):
+    validated, dirs, _, _ = _chunked(tiny_synthetic, tmp_path)
+    edited = validated[validated["id_str"] != validated.loc[validated["chunk"] == 1, "id_str"].iloc[0]]
+    edited.to_parquet(tmp_path / "validated.parquet")
+    args = (tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "r.parquet", tmp_path / "q.parquet", tmp_path / "a.json", 0.2)
+    with pytest.raises(RuntimeError, match=r"chunk\(s\) 1 do not hold .* snakemake -R write_finetune_shards"):
+        gather_chunk_files(tmp_path / "validated.parquet", *args)
+    # the catalog now has 2 chunks: chunks 2 and 3 are orphans once chunks 0 and 1 are gathered
+    halved, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(chunk_size=20, max_chunks=2, max_quarantine_fraction=1.0))
+    assert sorted(halved["chunk"].unique()) == [0, 1]
+    halved.to_parquet(tmp_path / "validated.parquet")
+    for chunk in (0, 1):
+        write_chunk_shards(halved, chunk, tmp_path / "shards" / f"chunk_{chunk}.new", ShardSettings(size=SIZE, shard_size=8), ResizeConfig(size=SIZE))
+    for chunk in (0, 1):
+        shutil.rmtree(tmp_path / "shards" / f"chunk_{chunk}")
+        (tmp_path / "shards" / f"chunk_{chunk}.new").rename(tmp_path / "shards" / f"chunk_{chunk}")
+    gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs[:2], *args[2:])
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["chunk_0", "chunk_1"]
+    ready = pd.read_parquet(tmp_path / "r.parquet")
+    assert len(ready) == len(halved) - 2 and (ready[RECORD] >= 0).all()
+
+
+def test_the_chunk_count_stops_growing_at_max_chunks():
+    assert [chunk_count(n, 500) for n in (100, 800, 3000, 300_000)] == [1, 2, 8, 512]
+    assert [chunk_count(n, 500, 16) for n in (100, 800, 3000, 300_000, 3_000_000)] == [1, 2, 8, 16, 16]
+    with pytest.raises(ValueError, match="max_chunks"):
+        chunk_count(10, 5, 0)
+
+
+@pytest.mark.slow
+def test_finetuning_from_shards_scores_the_real_rings_exactly_as_from_images_in_memory(real_sample, tmp_path):
+    """Cross-validation reading the 104 rings from their chunk shards a batch at a time gives the same folds, the
+    same out-of-fold scores of every method and the same metrics as from the whole stack in memory."""
+    from zoobot_core.bases import resolve_base
+    from zoobot_core.finetune import FinetuneConfig, cross_validate
+
+    config = CatalogConfig(id_column="iauname", file_column="local_png_loc", label_cols=("ring",), label_kind="classes", allow_unlabelled=False,
+                           chunk_size=40)
+    validated, _ = validate_catalog(real_sample / "catalog.csv", config)
+    dirs = [tmp_path / f"chunk_{c}" for c in sorted(validated["chunk"].unique())]
+    for folder in dirs:
+        write_chunk_shards(validated, int(folder.name.split("_")[1]), folder, ShardSettings(size=48, shard_size=16), ResizeConfig(size=48), workers=2)
+    index = pd.concat([pd.read_parquet(d / "manifest.parquet").assign(**{SHARD: lambda t, d=d: d.name + "/" + t["shard"]}) for d in dirs])
+    ready = validated.merge(index[["id_str", SHARD, RECORD]], on="id_str").sort_values("id_str").reset_index(drop=True)
+    assert len(dirs) == 2 and len(ready) == 104
+    in_memory = np.stack([np.asarray(load_resized(f, ResizeConfig(size=48))) for f in ready["file_loc"]])
+    settings = FinetuneConfig(folds=3, inner_folds=3, batch_size=16, temperature_scaling=False)
+    base = resolve_base("none")
+    ids, labels = ready["id_str"].to_numpy(), ready["ring"].to_numpy()
+    streamed, streamed_metrics, _, _ = cross_validate(ShardImages(ready, tmp_path), ids, labels, base, settings)
+    whole, whole_metrics, _, _ = cross_validate(in_memory, ids, labels, base, settings)
+    pd.testing.assert_frame_equal(streamed, whole)
+    assert streamed_metrics == whole_metrics
