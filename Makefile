@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
+.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-survey bench-finetune-scale bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -70,6 +70,14 @@ bench-chain: venv
 ## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, then changing its labels: each rerun's whole command (validate, resize, gather) beside the first run's (what every edit cost when chunks followed row position); AGAINST=<a checkout before 2c2e53c> also runs the old design side by side (about 15 min on 2 cores with AGAINST, about half without; docs/benchmarks.md)
 bench-rerun: venv
 	$(BIN)/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun.json
+
+## bench-survey: survey prediction throughput, 1,500 hard-linked real cutouts at 64 px: the pipeline's path (chunk shards, then predict_survey: 4 rotations, MC dropout, streamed per shard) beside one process that decodes, resizes and calls model.predict, each a whole process, 3 alternating runs (about 6 min on 2 cores; docs/benchmarks.md)
+bench-survey: venv
+	$(BIN)/python tests/benchmarks/bench_survey_predict.py --n 1500 --repeats 3 --out results/bench_survey_predict.json
+
+## bench-finetune-scale: `snakemake finetune` with 1,000 and 4,000 labelled galaxies and surveys 4x that (hard-linked real cutouts, 32 px, random weights): per rule jobs, wall and CPU seconds and peak memory beside its request; AGAINST=<a checkout before issue 25> runs the old design side by side (about 25 min on 2 cores with AGAINST; docs/benchmarks.md)
+bench-finetune-scale: venv
+	$(BIN)/python tests/benchmarks/bench_finetune_scale.py --n 1000 --n 4000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_finetune_scale.json
 
 ## timm-env: a side venv (.venv-timm) with torch and timm, for the encoders' full-size comparison with timm and their speed beside timm's (about 4 min, 5.5 GB; the project itself never needs torch)
 TIMM_VENV := .venv-timm

@@ -157,3 +157,30 @@ def test_bench_acquisition_runs_at_a_tiny_size(tmp_path):
     assert "Monte Carlo against exact" in result.stdout
     whole_tree = re.search(r"\| all 10 \| ([\d,]+) \|", result.stdout)
     assert whole_tree and int(whole_tree.group(1).replace(",", "")) > 0, result.stdout
+
+
+def test_streamed_scores_from_the_samples_file_equal_the_whole_table(tmp_path, monkeypatch):
+    """acquire reads the samples Parquet a few thousand galaxies at a time (dirichlet.iter_samples): whole galaxies per
+    read however the file's record batches fall, and exactly the whole table's scores, Monte Carlo draws included
+    (seeded per BATCH galaxies of the whole table)."""
+    import zoobot_core.acquisition as acquisition
+    from zoobot_core.dirichlet import iter_samples, samples_array
+
+    rng = np.random.default_rng(3)
+    ids = [f"g{i:03d}" for i in range(90)]
+    alpha = _samples_near(rng.uniform(1, 30, (90, len(TREE.label_cols))), 0.4, 3, rng)
+    table = pd.DataFrame(alpha.reshape(-1, alpha.shape[-1]), columns=TREE.label_cols)
+    table.insert(0, "id_str", np.repeat(ids, 3))
+    table.to_parquet(tmp_path / "samples.parquet", row_group_size=7)  # record batches split galaxies
+    for galaxies, rows in ((1, 5), (7, 4), (40, 65536), (1000, 2)):
+        got = list(iter_samples(tmp_path / "samples.parquet", TREE.label_cols, galaxies, rows))
+        assert all(len(batch_ids) == galaxies for batch_ids, _ in got[:-1])
+        assert sum((i for i, _ in got), []) == ids
+        np.testing.assert_array_equal(np.concatenate([a for _, a in got]), alpha)
+    config = AcquireConfig(mc_draws=8, exact_max_outcomes=10)  # Monte Carlo for the larger questions
+    monkeypatch.setattr(acquisition, "BATCH", 16)
+    monkeypatch.setattr(acquisition, "STREAM_BATCHES", 2)  # 32 galaxies a read: 3 reads, the last ragged
+    whole = bald_scores(*samples_array(table, TREE.label_cols), TREE, config)
+    streamed, n_samples = acquisition.streamed_bald_scores(tmp_path / "samples.parquet", TREE, config)
+    assert n_samples == 3
+    pd.testing.assert_frame_equal(streamed, whole)

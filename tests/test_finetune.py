@@ -159,7 +159,7 @@ def test_unfreezing_that_helps_is_kept_with_its_inner_split_threshold_rescored_s
     assert len(calls) == 4  # fold 0's, fold 1's and the final model's inner splits, then the final threshold from out-of-fold scores
     for fold, epochs in enumerate(finetuned["unfreeze_epochs"]):
         train, scored = np.flatnonzero(table["fold"] != fold), np.flatnonzero(table["fold"] == fold)
-        _, val = ft._inner_split(labels, train, config, config.seed + fold)
+        _, val = ft.inner_split(labels, train, config, config.seed + fold)
         np.testing.assert_array_equal(calls[fold][0], labels[val])  # the threshold is chosen on the inner split's validation galaxies
         assert finetuned["thresholds"][fold] == calls[fold][1]
         rows = history[history["fold"].astype(str) == str(fold)]

@@ -172,10 +172,12 @@ def reach_fractions(fractions: np.ndarray, tree: DecisionTree) -> np.ndarray:
     return reach
 
 
-def bald_scores(ids: list[str], alpha: np.ndarray, tree: DecisionTree, config: AcquireConfig) -> pd.DataFrame:
+def bald_scores(ids: list[str], alpha: np.ndarray, tree: DecisionTree, config: AcquireConfig, first_batch: int = 0) -> pd.DataFrame:
     """Per galaxy: total and per-question mutual information, each question's reach, and the predicted vote fractions.
 
     alpha (G, S, answers) in the tree's column order. Rows in the order given (rank them with `rank`).
+    `first_batch`: the BATCH-galaxy batches before these (galaxies streamed from a file: streamed_bald_scores), so
+    the Monte Carlo draws are those of the whole table.
     """
     g = alpha.shape[0]
     groups = tree.question_index_groups
@@ -186,7 +188,7 @@ def bald_scores(ids: list[str], alpha: np.ndarray, tree: DecisionTree, config: A
              g, alpha.shape[1] if g else 0, config.n_volunteers,
              [q.name for q, e in zip(tree.questions, exact) if e] or "none", config.mc_draws,
              [q.name for q, e in zip(tree.questions, exact) if not e] or "none")
-    for batch, start in enumerate(tqdm(range(0, g, BATCH), desc="mutual information", unit="batch", mininterval=10, disable=g <= BATCH)):
+    for batch, start in enumerate(tqdm(range(0, g, BATCH), desc="mutual information", unit="batch", mininterval=10, disable=g <= BATCH), first_batch):
         for q, (first, last) in enumerate(groups):
             rng = np.random.default_rng([config.seed, batch, q])
             mi[start : start + BATCH, q] = mutual_information(
@@ -201,6 +203,25 @@ def bald_scores(ids: list[str], alpha: np.ndarray, tree: DecisionTree, config: A
     for j, col in enumerate(tree.label_cols):
         table[f"{col}_fraction"] = fractions[:, j]
     return table
+
+
+STREAM_BATCHES = 8  # BATCH-galaxy batches read from the samples file at a time by streamed_bald_scores
+
+
+def streamed_bald_scores(samples_path: Path | str, tree: DecisionTree, config: AcquireConfig) -> tuple[pd.DataFrame, int]:
+    """bald_scores of a whole prediction_samples file, read STREAM_BATCHES x BATCH galaxies at a time (the same
+    numbers: the draws are seeded per BATCH of the whole table); memory holds one such read plus the per-galaxy
+    table. Returns (scores, samples per galaxy)."""
+    from zoobot_core.dirichlet import iter_samples
+
+    tables, batches, n_samples = [], 0, 0
+    for ids, alpha in iter_samples(samples_path, tree.label_cols, STREAM_BATCHES * BATCH):
+        tables.append(bald_scores(ids, alpha, tree, config, first_batch=batches))
+        batches += -(-len(ids) // BATCH)
+        n_samples = alpha.shape[1]
+    if not tables:
+        return bald_scores([], np.zeros((0, 1, len(tree.label_cols))), tree, config), 0
+    return pd.concat(tables, ignore_index=True), n_samples
 
 
 def rank(scores: pd.DataFrame) -> pd.DataFrame:
@@ -219,21 +240,19 @@ def acquire_files(
 
     The samples are those predict wrote: the recalibrated posterior where the model has a recalibration
     (`recalibration_path`, its recalibration.json, says so in the log), else the raw network's."""
-    from zoobot_core.dirichlet import samples_array
     from zoobot_core.figures import plot_acquisition_montage
     from zoobot_core.io import atomic_path, atomic_write_table
 
-    ids, alpha = samples_array(pd.read_parquet(samples_path), tree.label_cols)
     if recalibration_path is not None:
         log.info("Ranking on the recalibrated posterior (%s, fitted on the validation split); calibration.recalibrate: false ranks the raw network's",
                  json.loads(Path(recalibration_path).read_text())["method"])
     else:
         log.info("Ranking on the raw network's posterior (calibration.recalibrate is off)")
-    if ids and alpha.shape[1] < 2:
+    scores, n_samples = streamed_bald_scores(samples_path, tree, config)
+    if len(scores) and n_samples < 2:
         log.warning("One prediction sample per galaxy: there is nothing for samples to disagree about, so every galaxy scores 0 "
                     "and the ranking is by id. Set predict.n_samples >= 2 (MC dropout) for a useful ranking.")
     ready = pd.read_parquet(ready_path, columns=["id_str", "file_loc"])
-    scores = bald_scores(ids, alpha, tree, config)
     ranked = rank(scores.merge(ready[["id_str", "file_loc"]], on="id_str", how="left", validate="one_to_one"))
     missing = ranked["file_loc"].isna()
     if missing.any():

@@ -8,6 +8,8 @@ and one answer's count alone follows the Beta-Binomial(n, alpha_k, A - alpha_k).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
@@ -30,6 +32,34 @@ def samples_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[list[st
     n_samples = int(counts[0])
     values = samples[label_cols].to_numpy(np.float64).reshape(len(starts), n_samples, len(label_cols))
     return [str(i) for i in ids[starts]], values
+
+
+def iter_samples(path, label_cols: list[str], galaxies: int = 4096, rows_per_read: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+    """samples_array of a prediction_samples Parquet file, `galaxies` whole galaxies at a time (the last batch may
+    hold fewer), read by record batches: memory holds one batch of galaxies whatever the file's size. A galaxy's
+    samples are never split between batches."""
+    import pyarrow.parquet as pq
+
+    columns = ["id_str", *label_cols]
+    pending: list[pd.DataFrame] = []
+    with pq.ParquetFile(path) as file:
+        missing = [c for c in columns if c not in file.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{path} lacks columns {missing[:5]}; it must come from the predict rule of the same model")
+        for batch in file.iter_batches(batch_size=rows_per_read, columns=columns):
+            pending.append(batch.to_pandas())
+            table = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
+            ids = table["id_str"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            while len(starts) > galaxies:  # more than `galaxies` galaxies begun: the first `galaxies` are whole
+                cut = starts[galaxies]
+                yield samples_array(table.iloc[:cut], label_cols)
+                table = table.iloc[cut:].reset_index(drop=True)
+                ids = table["id_str"].to_numpy()
+                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            pending = [table]
+    if pending and len(pending[0]):
+        yield samples_array(pending[0], label_cols)
 
 
 def log_pmf(counts: np.ndarray, alpha: np.ndarray) -> np.ndarray:

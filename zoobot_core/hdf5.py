@@ -6,6 +6,7 @@ One file per split: `predictions` (galaxies, answers, samples) float32 Dirichlet
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -74,14 +75,50 @@ def load_predictions_hdf5(path: Path | str) -> tuple[np.ndarray, list[str], list
         )
 
 
-def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_path: Path | str, attrs: dict | None = None) -> None:
+def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_path: Path | str, attrs: dict | None = None,
+                         galaxies_per_read: int = 4096) -> None:
     """The predictions_hdf5 rule: convert one split's samples Parquet into Zoobot's HDF5 layout (with the recalibration
-    the samples carry, as JSON in the `recalibration` attribute: "null" for the raw network's)."""
+    the samples carry, as JSON in the `recalibration` attribute: "null" for the raw network's), read and written
+    `galaxies_per_read` galaxies at a time (dirichlet.iter_samples): memory flat in the number of galaxies and views."""
     import json
 
+    import h5py
+    import pyarrow.parquet as pq
+
+    from zoobot_core.dirichlet import iter_samples
     from zoobot_core.recalibration import applied_recalibration
 
-    values, ids = samples_to_array(pd.read_parquet(samples_path), label_cols)
     recorded, recalibration = applied_recalibration(samples_path)
     attrs = {**(attrs or {}), **({"recalibration": json.dumps(recalibration)} if recorded else {})}
-    write_predictions_hdf5(values, ids, label_cols, hdf5_path, attrs)
+    with pq.ParquetFile(samples_path) as file:
+        n_rows = file.metadata.num_rows
+        missing = [c for c in ("id_str", "sample", *label_cols) if c not in file.schema_arrow.names]
+    if missing:
+        raise ValueError(f"Samples table lacks columns {missing[:5]}; it must come from the predict rule of the same model")
+    reads = iter_samples(samples_path, label_cols, galaxies_per_read)
+    first = next(reads, None)
+    if first is None:  # no galaxy: today's empty layout
+        write_predictions_hdf5(np.zeros((0, len(label_cols), 0), np.float32), [], label_cols, hdf5_path, attrs)
+        return
+    n_samples = first[1].shape[1]
+    n_galaxies = n_rows // n_samples
+    strings = h5py.string_dtype(encoding="utf-8")
+    seen: set[str] = set()
+    with atomic_path(hdf5_path) as tmp, h5py.File(tmp, "w") as f:
+        predictions = f.create_dataset("predictions", shape=(n_galaxies, len(label_cols), n_samples), dtype=np.float32, compression="gzip", chunks=True)
+        id_str = f.create_dataset("id_str", shape=(n_galaxies,), dtype=strings)
+        start = 0
+        for ids, alpha in itertools.chain([first], reads):
+            if alpha.shape[1] != n_samples or start + len(ids) > n_galaxies or seen.intersection(ids):
+                raise ValueError(f"{samples_path}: galaxies have different numbers of samples, or a galaxy's rows are not together; rerun the predict rule")
+            seen.update(ids)
+            predictions[start : start + len(ids)] = alpha.astype(np.float32).transpose(0, 2, 1)
+            id_str[start : start + len(ids)] = ids
+            start += len(ids)
+        if start != n_galaxies:
+            raise ValueError(f"{samples_path}: {n_rows} rows are not {n_samples} samples for each of {start} galaxies; rerun the predict rule")
+        f.create_dataset("label_cols", data=np.asarray(label_cols, dtype=object), dtype=strings)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+    log.info("Wrote %d galaxies x %d answers x %d samples to %s", n_galaxies, len(label_cols), n_samples, hdf5_path)
+
