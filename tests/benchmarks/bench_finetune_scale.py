@@ -1,11 +1,25 @@
 """`snakemake finetune` at growing sizes: per rule jobs, wall and CPU seconds and peak memory, against its request.
 
 Run: `make bench-finetune-scale` (or `.venv/bin/python tests/benchmarks/bench_finetune_scale.py --n 1000 --n 4000
-[--against DIR]`). For each --n, a labelled catalog of n galaxies and a survey of --survey-factor x n (bench_chain's
-catalogs: the 104 real cutouts as hard links, each row its own id; labels alternate 0/1) are finetuned from random
-weights at --size px and predicted, by this checkout and, with --against, another checkout's workflow and code, each
-in its own directory, the whole command timed. Per rule: Snakemake's own benchmark files (wall s, CPU s, max RSS),
-summed over a rule's jobs (max for memory), beside the rule's mem_mb request; jobs counted from the log.
+[--survey-n 4000 --survey-n 16000] [--against DIR] [--out results/bench_finetune_scale.json]`); `--tiny` is the
+suite's size (60 labelled, a 60-galaxy survey, 2 folds, 2 inner folds: about 2 minutes on 2 cores).
+
+For each --n, a labelled catalog of n galaxies (label `ring` = row % 2) and a survey of --survey-n galaxies
+(default 4 x n), both bench_chain's catalogs (the 104 real cutouts of ../shared as hard links, each row its own id),
+are finetuned from random weights (base_model none) at --size px and predicted, by this checkout and, with
+--against, another checkout's workflow and code (e.g. one from before issue 25: resize_finetune_images into PNG
+chunk folders, gather, write_survey_shards; now write_finetune_shards writes each chunk's shards straight away and
+predict_survey streams per shard), each side in its own directory, the sides alternating per size.
+
+Recorded per side and size: the whole command's wall seconds; the DAG (a timed `snakemake finetune -n --quiet`
+before the run: only up to the validation checkpoint, as the chunks are known after it) and the seconds from the
+command's start to its first job's start (Snakemake's start-up and DAG); the seconds in which some job ran (scale.py's
+busy_seconds) and the rest, Snakemake's own; jobs per rule from the log ('rule X:' / 'localrule X:'). Per rule
+(summed over its jobs; memory the max): wall seconds (Snakemake's benchmark: file where the rule has one, else the
+job process's own start-to-exit), exact CPU seconds and peak resident memory of the job's process and of its largest
+worker (scale.py's getrusage hook, for every job, whether or not the rule has a benchmark: file), Snakemake's
+benchmark CPU / max_rss where present (sampled: see scale.py), and the rule's mem_mb request from the checkout's
+finetune.smk. With two or more sizes, each rule's peak-memory growth from the smallest to the largest size.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -23,15 +38,40 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from bench_chain import SAMPLE, make_catalog, with_repo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_chain import SAMPLE, make_catalog  # noqa: E402
+from scale import RUSAGE_HOOK, busy_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("bench_finetune_scale")
 
+# scale.py's hook (exact CPU and peak memory per job), plus each job process's start and exit times
+WALL_HOOK = r'''
+import time as _time
+_started = _time.time()
+
+
+def _report_wall():
+    job = getattr(sys.modules.get("__main__"), "snakemake", None)
+    import multiprocessing
+    if type(job).__name__ != "Snakemake" or multiprocessing.parent_process() is not None:
+        return
+    with open(os.path.join(os.environ["ZOOBOT_RUSAGE_DIR"], f"{os.getpid()}.wall"), "w") as f:
+        json.dump({"start": _started, "end": _time.time()}, f)
+
+
+if os.environ.get("ZOOBOT_RUSAGE_DIR"):
+    atexit.register(_report_wall)
+'''
+
+# benchmark file (relative to benchmarks/bench/finetune, without .tsv) -> the job name the hook gives
+BENCH_RULES = {"write_shards": "write_finetune_shards", "resize_images": "resize_finetune_images"}
+
 
 def job_counts(output: str) -> Counter:
     """Jobs per rule that a Snakemake log says it started."""
-    return Counter(m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):$", output, re.MULTILINE))
+    return Counter(m.group(1) for m in re.finditer(r"^(?:local)?(?:rule|checkpoint) (\w+):$", output, re.MULTILINE))
 
 
 def requests(repo: Path) -> dict[str, int]:
@@ -46,85 +86,184 @@ def requests(repo: Path) -> dict[str, int]:
     return found
 
 
-def per_rule(run_dir: Path) -> pd.DataFrame:
-    """Snakemake's benchmark files of one run: per rule, jobs, summed wall and CPU seconds, and peak MB."""
+def bench_job(tsv: Path, root: Path) -> str:
+    """The hook's job name (rule/dataset/chunk) of a benchmark file under root (benchmarks/bench/finetune)."""
+    parts = list(tsv.relative_to(root).with_suffix("").parts)
+    if len(parts) == 3:  # {dataset}/write_shards|resize_images/chunk_{chunk}
+        return f"{BENCH_RULES[parts[1]]}/{parts[0]}/{parts[2].removeprefix('chunk_')}"
+    if parts == ["survey", "write_shards"]:  # before issue 25: the survey's one shard job
+        return "write_survey_shards"
+    return "/".join(parts)
+
+
+def rule_key(job: str) -> str:
+    """A job's row in the table: its rule, with the dataset for rules that run once per catalog."""
+    parts = job.split("/")
+    return f"{parts[0]} ({parts[1]})" if len(parts) > 1 and parts[1] in ("labelled", "survey") else parts[0]
+
+
+def job_table(run_dir: Path, rusage_dir: Path) -> pd.DataFrame:
+    """One row per job: the hook's exact figures and process times, joined with Snakemake's benchmark file if any."""
     rows = []
-    for tsv in (run_dir / "benchmarks").rglob("*.tsv"):
-        table = pd.read_csv(tsv, sep="\t")
-        parts = tsv.relative_to(run_dir / "benchmarks").parts
-        rows.append({"file": "/".join(parts), "s": float(table["s"].iloc[0]), "cpu_s": float(table["cpu_time"].iloc[0]),
-                     "max_rss_mb": float(table["max_rss"].iloc[0])})
-    return pd.DataFrame(rows)
+    for record in sorted(rusage_dir.glob("*.json")):
+        figures = json.loads(record.read_text())
+        wall = record.with_suffix(".wall")
+        times = json.loads(wall.read_text()) if wall.exists() else {"start": float("nan"), "end": float("nan")}
+        rows.append({**figures, **times})
+    jobs = pd.DataFrame(rows, columns=["job", "cpu_s", "peak_mb", "worker_peak_mb", "start", "end"])
+    if jobs["job"].duplicated().any():
+        raise RuntimeError(f"Two processes reported as the same job: {sorted(jobs.loc[jobs['job'].duplicated(), 'job'])}")
+    root = run_dir / "benchmarks/bench/finetune"
+    bench = pd.DataFrame([{"job": bench_job(tsv, root), **pd.read_csv(tsv, sep="\t").iloc[0][["s", "cpu_time", "max_rss"]].to_dict()}
+                          for tsv in sorted(root.rglob("*.tsv"))], columns=["job", "s", "cpu_time", "max_rss"])
+    jobs = jobs.merge(bench, on="job", how="outer")
+    jobs["process_s"] = jobs["end"] - jobs["start"]
+    jobs["wall_s"] = jobs["s"].fillna(jobs["process_s"])  # Snakemake's benchmark where the rule has one
+    jobs["rule"] = jobs["job"].map(rule_key)
+    return jobs
 
 
-NAMES = {"write_shards": "write_finetune_shards", "resize_images": "resize_finetune_images"}  # chunk folders of benchmark files
-
-
-def rule_of(file: str) -> str:
-    """The rule a benchmark file belongs to, from its path (bench/finetune/[dataset/]<rule>[/chunk].tsv), with the dataset."""
-    parts = file.split("/")[2:]
-    if parts and parts[0] in ("labelled", "survey"):
-        if len(parts) > 2:  # a chunk job's file
-            return f"{NAMES.get(parts[1], parts[1])} ({parts[0]})"
-        return "write_survey_shards (survey)" if parts[1] == "write_shards.tsv" else f"{parts[1].removesuffix('.tsv')} ({parts[0]})"
-    return parts[0].removesuffix(".tsv") if parts else file
+def per_rule(jobs: pd.DataFrame, counts: Counter, mem_requests: dict[str, int]) -> list[dict]:
+    """Per rule: jobs (the log's count per rule name), summed seconds, max memory, the request."""
+    summary = jobs.groupby("rule", sort=False).agg(
+        reported=("job", "size"), wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"), peak_mb=("peak_mb", "max"),
+        worker_peak_mb=("worker_peak_mb", "max"), bench_cpu_s=("cpu_time", lambda c: c.sum(min_count=1)),
+        bench_max_rss_mb=("max_rss", "max"), first_start=("start", "min"))
+    rows = []
+    for rule, row in summary.sort_values("first_start").iterrows():
+        base = rule.split(" ")[0]
+        rows.append({"rule": rule, "jobs": int(row["reported"]), "jobs_in_log_for_rule": counts.get(base, 0),
+                     **{k: (None if pd.isna(row[k]) else round(float(row[k]), 2))
+                        for k in ("wall_s", "cpu_s", "peak_mb", "worker_peak_mb", "bench_cpu_s", "bench_max_rss_mb")},
+                     "request_mb": mem_requests.get(base)})
+    return rows
 
 
 def run_side(repo: Path, run_dir: Path, cores: int) -> dict:
-    """The whole `snakemake finetune` command in run_dir with repo's workflow and code."""
-    started = time.perf_counter()
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "finetune", "--snakefile", str(repo / "workflow/Snakefile"), "--cores", str(cores),
+    """The whole `snakemake finetune` command in run_dir with repo's workflow and code, every job reporting itself."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "finetune", "--snakefile", str(repo / "workflow/Snakefile"),
            "--configfile", "config.yaml"]
-    result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, env=with_repo(repo))
+    hook = run_dir / "rusage_hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(RUSAGE_HOOK + WALL_HOOK)
+    rusage_dir = run_dir / "rusage"
+    rusage_dir.mkdir(exist_ok=True)
+    env = {**os.environ, "ZOOBOT_RUSAGE_DIR": str(rusage_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), str(repo), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    dry = subprocess.run([*cmd, "-n", "--quiet"], cwd=run_dir, capture_output=True, text=True, env=env)
+    dag_s = time.perf_counter() - started
+    if dry.returncode:
+        raise RuntimeError(f"snakemake finetune -n failed in {run_dir}:\n{dry.stdout[-3000:]}\n{dry.stderr[-3000:]}")
+    started, started_epoch = time.perf_counter(), time.time()
+    result = subprocess.run([*cmd, "--cores", str(cores)], cwd=run_dir, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
+    (run_dir / "snakemake.log").write_text(result.stdout + result.stderr)
     if result.returncode:
-        raise RuntimeError(f"snakemake finetune failed in {run_dir}:\n{result.stderr[-4000:]}")
-    table = per_rule(run_dir)
-    table["rule"] = table["file"].map(rule_of)
-    summary = table.groupby("rule").agg(jobs=("s", "size"), s=("s", "sum"), cpu_s=("cpu_s", "sum"), max_rss_mb=("max_rss_mb", "max"))
-    return {"seconds": seconds, "jobs": dict(job_counts(result.stdout + result.stderr)), "rules": summary.reset_index().to_dict("records")}
+        raise RuntimeError(f"snakemake finetune failed in {run_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    counts = job_counts(result.stdout + result.stderr)
+    jobs = job_table(run_dir, rusage_dir)
+    timed = jobs.dropna(subset=["start", "end"]).assign(wall_s=lambda t: t["process_s"])
+    busy = busy_seconds(timed) if len(timed) else 0.0
+    return {"command_s": round(seconds, 1), "dag_dry_run_s": round(dag_s, 2),
+            "to_first_job_s": round(float(jobs["start"].min() - started_epoch), 2), "jobs_busy_s": round(busy, 1),
+            "snakemake_own_s": round(seconds - busy, 1), "jobs": dict(counts), "total_jobs": sum(counts.values()),
+            "rules": per_rule(jobs, counts, requests(repo)),
+            "per_job": jobs.drop(columns=["start", "end"]).round(3).to_dict("records")}
+
+
+def fmt(value, spec: str = ".1f") -> str:
+    return "-" if value is None or (isinstance(value, float) and value != value) else format(value, spec)
+
+
+def side_table(n: int, survey_n: int, name: str, f: dict) -> str:
+    lines = [f"**{name}, {n:,} labelled / {survey_n:,} survey galaxies:** whole command {f['command_s']:.1f} s, "
+             f"{f['total_jobs']} jobs; DAG dry run {f['dag_dry_run_s']:.1f} s; first job after {f['to_first_job_s']:.1f} s; "
+             f"some job running {f['jobs_busy_s']:.1f} s, Snakemake's own {f['snakemake_own_s']:.1f} s", "",
+             "| rule | jobs | wall s | CPU s | peak MB (process / largest worker) | benchmark file CPU s / max_rss MB | request MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in f["rules"]:
+        worker = fmt(r["worker_peak_mb"], ",.0f") if r["worker_peak_mb"] else "-"
+        lines.append(f"| {r['rule']} | {r['jobs']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['peak_mb'], ',.0f')} / {worker} | "
+                     f"{fmt(r['bench_cpu_s'])} / {fmt(r['bench_max_rss_mb'], ',.0f')} | {fmt(r['request_mb'], 'd')} |")
+    return "\n".join(lines)
+
+
+def growth(results: dict, sizes: list[int], sides: list[str]) -> tuple[dict, str]:
+    """Per side and rule, the peak memory (process, largest worker) at the largest size over that at the smallest."""
+    lo, hi = min(sizes), max(sizes)
+    ratios, lines = {}, [f"| side | rule | peak MB at {lo:,} | peak MB at {hi:,} | growth ({hi // lo}x galaxies) | largest worker growth |",
+                         "|---|---|---|---|---|---|"]
+    for name in sides:
+        small = {r["rule"]: r for r in results[f"{lo} {name}"]["rules"]}
+        large = {r["rule"]: r for r in results[f"{hi} {name}"]["rules"]}
+        for rule in [r for r in large if r in small]:
+            a, b = small[rule], large[rule]
+            ratio = b["peak_mb"] / a["peak_mb"] if a["peak_mb"] and b["peak_mb"] else None
+            worker = b["worker_peak_mb"] / a["worker_peak_mb"] if a["worker_peak_mb"] and b["worker_peak_mb"] else None
+            ratios[f"{name} {rule}"] = {"peak": ratio, "worker_peak": worker}
+            lines.append(f"| {name} | {rule} | {fmt(a['peak_mb'], ',.0f')} | {fmt(b['peak_mb'], ',.0f')} | {fmt(ratio, '.2f')} | {fmt(worker, '.2f')} |")
+    return ratios, "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, action="append", help="labelled galaxies (repeat for several sizes)")
-    parser.add_argument("--survey-factor", type=int, default=4)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--n", type=int, action="append", help="labelled galaxies (repeatable; default 2000 and 8000)")
+    parser.add_argument("--survey-n", type=int, action="append", help="survey galaxies, one per --n in order (default 4 x n)")
+    parser.add_argument("--size", type=int, default=32, help="finetune.image_size")
+    parser.add_argument("--chunk-size", type=int, default=500, help="images.chunk_size")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--inner-folds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--unfreeze-blocks", type=int, default=0, help="finetune.settings.unfreeze_blocks (with unfreeze_epochs 2)")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--against", type=Path, default=None, help="another checkout, run side by side")
+    parser.add_argument("--tiny", action="store_true", help="the suite's size: 60 labelled, 60 survey, 2 folds, 2 inner folds")
+    parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
+    parser.add_argument("--against", type=Path, default=None, help="another checkout, run side by side (e.g. one before issue 25)")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures and the tables as JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sizes = args.n or [1000, 4000]
-    sides = {"ours": REPO, **({"before": args.against.resolve()} if args.against else {})}
+    if args.tiny:
+        args.n, args.survey_n, args.folds, args.inner_folds = args.n or [60], args.survey_n or [60], 2, 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sizes = args.n or [2000, 8000]
+    surveys = args.survey_n or [4 * n for n in sizes]
+    if len(surveys) != len(sizes):
+        parser.error("give one --survey-n per --n (or none)")
+    sides = {"ours": REPO, **({"against": args.against.resolve()} if args.against else {})}
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_finetune_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"sizes": sizes, "size_px": args.size, "results": {}}
-    lines = ["| n labelled / survey | side | rule | jobs | wall s | CPU s | peak MB | request MB |", "|---|---|---|---|---|---|---|---|"]
-    for n in sizes:
-        labelled = pd.read_csv(make_catalog(workdir, SAMPLE, n, "png", []))
+    settings = {"task": "binary", "folds": args.folds, "inner_folds": args.inner_folds, "batch_size": args.batch_size,
+                # the crop (0.75) of a 32 px image is below the random-weight base's 32 px minimum: resized back up to --size
+                "resize_size": max(args.size, 32)}
+    if args.unfreeze_blocks:
+        settings.update(unfreeze_blocks=args.unfreeze_blocks, unfreeze_epochs=2)
+    report: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "sizes": [{"n": n, "survey_n": s} for n, s in zip(sizes, surveys)], "sides": {k: str(v) for k, v in sides.items()},
+                    "finetune_settings": settings, "results": {}}
+    tables = []
+    for n, survey_n in zip(sizes, surveys):
+        labelled = pd.read_csv(make_catalog(workdir, args.sample, n, "png", []))
         labelled["ring"] = labelled.index % 2
-        survey = make_catalog(workdir, SAMPLE, n * args.survey_factor, "png", [])
+        (workdir / "survey").mkdir(exist_ok=True)
+        survey = make_catalog(workdir / "survey", args.sample, survey_n, "png", [])
         for name, repo in sides.items():
             run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}_{n}_"))
             labelled.to_csv(run_dir / "labelled.csv", index=False)
-            config = {"run_name": "bench",
+            config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size},
                       "finetune": {"base_model": "none", "catalog": str(run_dir / "labelled.csv"), "label_column": "ring", "image_size": args.size,
-                                   "image_root": str(workdir), "max_quarantine_fraction": 0.0,
-                                   "settings": {"task": "binary", "folds": 3, "inner_folds": 3, "batch_size": 64, "resize_size": 32},
+                                   "image_root": str(workdir), "max_quarantine_fraction": 0.0, "settings": settings,
                                    "survey": {"catalog": str(survey), "image_root": str(workdir)}}}
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-            figures = run_side(repo, run_dir, args.cores)
-            figures["requests"] = requests(repo)
+            log.info("n=%d survey=%d %s: running in %s", n, survey_n, name, run_dir)
+            figures = {"n": n, "survey_n": survey_n, "run_dir": str(run_dir), **run_side(repo, run_dir, args.cores)}
             report["results"][f"{n} {name}"] = figures
-            log.info("n=%d %s: %.0f s, jobs %s", n, name, figures["seconds"], figures["jobs"])
-            for row in figures["rules"]:
-                base = row["rule"].split(" ")[0]
-                lines.append(f"| {n:,} / {n * args.survey_factor:,} | {name} | {row['rule']} | {row['jobs']} | {row['s']:.1f} | {row['cpu_s']:.1f} | "
-                             f"{row['max_rss_mb']:.0f} | {figures['requests'].get(base, '')} |")
-            lines.append(f"| {n:,} / {n * args.survey_factor:,} | {name} | whole command | {sum(figures['jobs'].values())} | {figures['seconds']:.1f} | | | |")
-    report["table"] = "\n".join(lines)
+            log.info("n=%d %s: %.0f s, jobs %s", n, name, figures["command_s"], figures["jobs"])
+            tables.append(side_table(n, survey_n, name, figures))
+    if len(sizes) > 1:
+        report["peak_growth"], growth_table = growth(report["results"], sizes, list(sides))
+        tables.append(growth_table)
+    report["table"] = "\n\n".join(tables)
     print(report["table"])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
