@@ -260,15 +260,23 @@ def main(argv: list[str] | None = None) -> dict:
             report["results"][f"{n} {name}"] = figures
             log.info("n=%d %s: %.0f s, jobs %s", n, name, figures["command_s"], figures["jobs"])
             tables.append(side_table(n, survey_n, name, figures))
+            save(report, tables, args.out)  # after every side: a long run stopped part-way keeps what it measured
     if len(sizes) > 1:
         report["peak_growth"], growth_table = growth(report["results"], sizes, list(sides))
         tables.append(growth_table)
-    report["table"] = "\n\n".join(tables)
+    save(report, tables, args.out)
     print(report["table"])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def save(report: dict, tables: list[str], out: Path | None) -> None:
+    """The report with its tables so far, written to `out` (if given) atomically."""
+    report["table"] = "\n\n".join(tables)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=1, default=str))
+        tmp.replace(out)
 
 
 if __name__ == "__main__":
