@@ -184,3 +184,22 @@ def test_streamed_scores_from_the_samples_file_equal_the_whole_table(tmp_path, m
     streamed, n_samples = acquisition.streamed_bald_scores(tmp_path / "samples.parquet", TREE, config)
     assert n_samples == 3
     pd.testing.assert_frame_equal(streamed, whole)
+
+
+@pytest.mark.parametrize("stream_batches", [1, 8])
+def test_streamed_scores_refuse_a_split_galaxy_or_uneven_sample_counts(tmp_path, monkeypatch, stream_batches):
+    """A galaxy's id again later in the samples file (in another read, or the same one), or galaxies with different numbers
+    of samples: a ValueError naming the file and galaxy (not a MergeError in acquire, nor a ranking that counts it twice)."""
+    import zoobot_core.acquisition as acquisition
+
+    rng = np.random.default_rng(4)
+    ids = [f"g{i:02d}" for i in range(12)]
+    table = sample_table(ids, _samples_near(rng.uniform(1, 30, (12, len(TREE.label_cols))), 0.3, 3, rng).astype(np.float32), TREE.label_cols)
+    monkeypatch.setattr(acquisition, "BATCH", 2)
+    monkeypatch.setattr(acquisition, "STREAM_BATCHES", stream_batches)
+    table.iloc[[*range(30), 6, 7, 8, *range(30, 36)]].to_parquet(tmp_path / "split.parquet", row_group_size=5)  # g02 again after g09
+    with pytest.raises(ValueError, match=r"split\.parquet: the rows of galaxy 'g02' are not together.*rerun predict"):
+        acquisition.streamed_bald_scores(tmp_path / "split.parquet", TREE, AcquireConfig(mc_draws=4))
+    table.iloc[[*range(15), 14, *range(15, 36)]].to_parquet(tmp_path / "uneven.parquet", row_group_size=5)  # g04 has 4 rows
+    with pytest.raises(ValueError, match=r"uneven\.parquet: galaxy 'g04' has 4 sample rows, but the first galaxy \('g00'\) has 3"):
+        acquisition.streamed_bald_scores(tmp_path / "uneven.parquet", TREE, AcquireConfig(mc_draws=4))

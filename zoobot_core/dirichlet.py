@@ -8,13 +8,24 @@ and one answer's count alone follows the Beta-Binomial(n, alpha_k, A - alpha_k).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
 from zoobot_core.schemas import DecisionTree
+
+log = logging.getLogger(__name__)
+
+_MERGE_EVERY = 4096  # ids hashed since the last merge into the sorted array, at least
+
+
+def _run_starts(ids: np.ndarray) -> np.ndarray:
+    """The row where each run of equal ids begins."""
+    return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
 
 
 def samples_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[list[str], np.ndarray]:
@@ -25,7 +36,7 @@ def samples_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[list[st
     if samples.empty:
         return [], np.zeros((0, 1, len(label_cols)))
     ids = samples["id_str"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    starts = _run_starts(ids)
     counts = np.diff(np.r_[starts, len(ids)])
     if len(set(counts)) != 1 or len(starts) != len(set(ids[starts])):
         raise ValueError("prediction_samples must hold the same number of rows for every galaxy, each galaxy's rows together; rerun predict")
@@ -34,32 +45,122 @@ def samples_array(samples: pd.DataFrame, label_cols: list[str]) -> tuple[list[st
     return [str(i) for i in ids[starts]], values
 
 
-def iter_samples(path, label_cols: list[str], galaxies: int = 4096, rows_per_read: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+def _id_hashes(ids: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each galaxy id (pandas' SipHash: the same in every process)."""
+    return pd.util.hash_array(np.asarray(ids, dtype=object))
+
+
+class _SeenIds:
+    """64-bit hashes of the galaxy ids met so far, 8 bytes a galaxy and no strings: a sorted array, and the
+    latest hashes unsorted until there are enough of them to merge (so a merge costs O(1) a galaxy amortised)."""
+
+    def __init__(self) -> None:
+        self._sorted = np.zeros(0, np.uint64)
+        self._recent: list[np.ndarray] = []
+        self._n_recent = 0
+
+    def met(self, hashes: np.ndarray) -> np.ndarray:
+        """Whether each hash was added before (its id met before, or a different id with the same hash)."""
+        found = np.zeros(len(hashes), bool)
+        if len(self._sorted):
+            at = np.minimum(np.searchsorted(self._sorted, hashes), len(self._sorted) - 1)
+            found = self._sorted[at] == hashes
+        if self._recent:
+            found |= np.isin(hashes, np.concatenate(self._recent))
+        return found
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Remember these hashes."""
+        self._recent.append(hashes)
+        self._n_recent += len(hashes)
+        if self._n_recent >= max(_MERGE_EVERY, len(self._sorted) // 4):
+            self._sorted = np.sort(np.concatenate([self._sorted, *self._recent]))
+            self._recent, self._n_recent = [], 0
+
+
+def _first_id_before(path, ids: set[str], n_rows: int) -> str | None:
+    """One of `ids` that occurs in the first `n_rows` rows of the samples file, or None: the exact re-check behind a hash match."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as file:
+        read = 0
+        for batch in file.iter_batches(batch_size=65536, columns=["id_str"]):
+            column = pd.Series(batch.column(0).to_pylist()[: n_rows - read], dtype=object).astype(str)
+            hit = column.isin(ids)
+            if hit.any():
+                return str(column[hit.to_numpy()].iloc[0])
+            read += batch.num_rows
+            if read >= n_rows:
+                break
+    return None
+
+
+class _SamplesCheck:
+    """Whole-file checks of a prediction_samples file read in batches: every galaxy has the first galaxy's number
+    of samples, and each galaxy's rows are together (no id in two places), remembered as 64-bit hashes."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.n_samples: int | None = None
+        self.first_id: str | None = None
+        self.rows = 0  # rows of the file checked so far
+        self.seen = _SeenIds()
+
+    def _apart(self, galaxy) -> ValueError:
+        return ValueError(f"{self.path}: the rows of galaxy {galaxy!r} are not together (its id appears in two places in the file); "
+                          "predict writes each galaxy's samples together: rerun predict")
+
+    def array(self, table: pd.DataFrame, bounds: np.ndarray, label_cols: list[str]) -> tuple[list[str], np.ndarray]:
+        """(ids, (galaxies, samples, answers)) of the galaxies whose rows run from bounds[i] to bounds[i + 1], once checked."""
+        ids = table["id_str"].to_numpy()[bounds[:-1]]
+        lengths = np.diff(bounds)
+        repeated = pd.Series(ids, dtype=object).duplicated().to_numpy()
+        if repeated.any():
+            raise self._apart(ids[repeated.argmax()])
+        hashes = _id_hashes(ids)
+        met = self.seen.met(hashes)
+        if met.any():
+            galaxy = _first_id_before(self.path, {str(i) for i in ids[met]}, self.rows)
+            if galaxy is not None:
+                raise self._apart(galaxy)
+            log.debug("%s: %d galaxy ids share a 64-bit hash with earlier ones (checked: different ids)", self.path, int(met.sum()))
+        self.seen.add(hashes)
+        if self.n_samples is None:
+            self.n_samples, self.first_id = int(lengths[0]), str(ids[0])
+        wrong = np.flatnonzero(lengths != self.n_samples)
+        if wrong.size:
+            raise ValueError(f"{self.path}: galaxy {ids[wrong[0]]!r} has {lengths[wrong[0]]} sample rows, but the first galaxy ({self.first_id!r}) "
+                             f"has {self.n_samples}; every galaxy needs the same number (dropout samples x TTA views): rerun predict")
+        self.rows += int(bounds[-1] - bounds[0])
+        rows = table.iloc[bounds[0] : bounds[-1]]
+        return [str(i) for i in ids], rows[label_cols].to_numpy(np.float64).reshape(len(ids), self.n_samples, len(label_cols))
+
+
+def iter_samples(path: Path | str, label_cols: list[str], galaxies: int = 4096, rows_per_read: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
     """samples_array of a prediction_samples Parquet file, `galaxies` whole galaxies at a time (the last batch may
     hold fewer), read by record batches: memory holds one batch of galaxies whatever the file's size. A galaxy's
-    samples are never split between batches."""
+    samples are never split between batches.
+
+    The whole file is checked as it is read: a ValueError names the file and galaxy where a galaxy's number of
+    samples differs from the first galaxy's, or where its rows are not together (its id appears again later)."""
     import pyarrow.parquet as pq
 
     columns = ["id_str", *label_cols]
-    pending: list[pd.DataFrame] = []
+    check = _SamplesCheck(path)
+    pending: pd.DataFrame | None = None  # rows not yielded yet: fewer than `galaxies` whole galaxies, then one maybe cut by the read
     with pq.ParquetFile(path) as file:
         missing = [c for c in columns if c not in file.schema_arrow.names]
         if missing:
             raise ValueError(f"{path} lacks columns {missing[:5]}; it must come from the predict rule of the same model")
         for batch in file.iter_batches(batch_size=rows_per_read, columns=columns):
-            pending.append(batch.to_pandas())
-            table = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
-            ids = table["id_str"].to_numpy()
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            while len(starts) > galaxies:  # more than `galaxies` galaxies begun: the first `galaxies` are whole
-                cut = starts[galaxies]
-                yield samples_array(table.iloc[:cut], label_cols)
-                table = table.iloc[cut:].reset_index(drop=True)
-                ids = table["id_str"].to_numpy()
-                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            pending = [table]
-    if pending and len(pending[0]):
-        yield samples_array(pending[0], label_cols)
+            table = batch.to_pandas() if pending is None else pd.concat([pending, batch.to_pandas()], ignore_index=True)
+            starts = _run_starts(table["id_str"].to_numpy())
+            whole = max(len(starts) - 1, 0) // galaxies * galaxies  # the last galaxy begun may go on in the next read
+            for first in range(0, whole, galaxies):
+                yield check.array(table, starts[first : first + galaxies + 1], label_cols)
+            pending = table.iloc[starts[whole] :].reset_index(drop=True) if len(starts) else None
+    if pending is not None and len(pending):
+        yield check.array(pending, np.r_[_run_starts(pending["id_str"].to_numpy()), len(pending)], label_cols)
 
 
 def log_pmf(counts: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -79,7 +79,8 @@ def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_p
                          galaxies_per_read: int = 4096) -> None:
     """The predictions_hdf5 rule: convert one split's samples Parquet into Zoobot's HDF5 layout (with the recalibration
     the samples carry, as JSON in the `recalibration` attribute: "null" for the raw network's), read and written
-    `galaxies_per_read` galaxies at a time (dirichlet.iter_samples): memory flat in the number of galaxies and views."""
+    `galaxies_per_read` galaxies at a time (dirichlet.iter_samples, which checks the whole file: the same number of samples
+    for every galaxy, each galaxy's rows together): memory flat in the number of galaxies and views."""
     import json
 
     import h5py
@@ -103,15 +104,11 @@ def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_p
     n_samples = first[1].shape[1]
     n_galaxies = n_rows // n_samples
     strings = h5py.string_dtype(encoding="utf-8")
-    seen: set[str] = set()
     with atomic_path(hdf5_path) as tmp, h5py.File(tmp, "w") as f:
         predictions = f.create_dataset("predictions", shape=(n_galaxies, len(label_cols), n_samples), dtype=np.float32, compression="gzip", chunks=True)
         id_str = f.create_dataset("id_str", shape=(n_galaxies,), dtype=strings)
         start = 0
-        for ids, alpha in itertools.chain([first], reads):
-            if alpha.shape[1] != n_samples or start + len(ids) > n_galaxies or seen.intersection(ids):
-                raise ValueError(f"{samples_path}: galaxies have different numbers of samples, or a galaxy's rows are not together; rerun the predict rule")
-            seen.update(ids)
+        for ids, alpha in itertools.chain([first], reads):  # iter_samples refuses unequal sample counts and a galaxy's rows apart
             predictions[start : start + len(ids)] = alpha.astype(np.float32).transpose(0, 2, 1)
             id_str[start : start + len(ids)] = ids
             start += len(ids)
