@@ -37,7 +37,7 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_synthetic, tmp_path_factory) -> Path:
     """Shards of the tiny synthetic catalog at 32 px, through validate -> resize -> gather -> write_shards."""
-    from zoobot_core import catalog, images, shards
+    from zoobot_core import catalog, images, shard_writer, shards
     from zoobot_core.schemas import get_tree
 
     tree = get_tree("gz_decals_dr5")
@@ -50,7 +50,7 @@ def tiny_shards(tiny_synthetic, tmp_path_factory) -> Path:
         images.resize_chunk(validated, chunk, out / f"chunk_{chunk}", images.ResizeConfig(size=32))
         chunk_dirs.append(out / f"chunk_{chunk}")
     ready, _ = images.gather_resized(validated, quarantine, chunk_dirs, 0.2)
-    shards.write_shards(ready, out / "shards", shards.ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2))
+    shard_writer.write_shards(ready, out / "shards", shards.ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2))
     return out / "shards"
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from zoobot_core.active_learning import ActiveLearningConfig, choose, labels_to_reach, run_experiment, summarise
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import ShardSettings, write_shards
+from zoobot_core.shard_writer import write_shards
+from zoobot_core.shards import ShardSettings
 
 
 def test_labels_to_reach_interpolates_between_rounds():

@@ -94,11 +94,54 @@ def test_a_stale_chunk_is_refused_and_orphaned_chunks_are_removed(tiny_synthetic
     assert len(ready) == len(halved) - 2 and (ready[RECORD] >= 0).all()
 
 
+def test_gathering_removes_what_the_design_before_chunks_left(tiny_synthetic, tmp_path):
+    """A run upgraded from the design before chunks of shards: the old survey shard folder's contents (shards/train,
+    unlabelled, manifest...) and the resized PNG chunks (images/chunk_k) are removed; the chunks and anything else stay."""
+    validated, dirs, _, _ = _chunked(tiny_synthetic, tmp_path)
+    shards = tmp_path / "shards"
+    for split in ("train", "unlabelled"):
+        (shards / split).mkdir()
+        (shards / split / f"{split}_00000.tfrecord").write_bytes(b"old")
+    for name in ("manifest.parquet", "shards.json", "unlabelled_catalog.parquet"):
+        (shards / name).write_bytes(b"old")
+    for chunk in (0, 5):
+        (tmp_path / "images" / f"chunk_{chunk}").mkdir(parents=True)
+        (tmp_path / "images" / f"chunk_{chunk}" / "a.png").write_bytes(b"old")
+    (shards / "notes.txt").write_text("a user's file")
+    gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "r.parquet",
+                       tmp_path / "q.parquet", tmp_path / "a.json", 0.2)
+    assert sorted(p.name for p in shards.iterdir()) == sorted([*(d.split("/")[-1] for d in dirs), "notes.txt"])
+    assert not (tmp_path / "images").exists()
+
+
 def test_the_chunk_count_stops_growing_at_max_chunks():
     assert [chunk_count(n, 500) for n in (100, 800, 3000, 300_000)] == [1, 2, 8, 512]
     assert [chunk_count(n, 500, 16) for n in (100, 800, 3000, 300_000, 3_000_000)] == [1, 2, 8, 16, 16]
-    with pytest.raises(ValueError, match="max_chunks"):
-        chunk_count(10, 5, 0)
+    for bad in (0, 3, 12):  # chunk counts are powers of two: a cap that is not one would break that
+        with pytest.raises(ValueError, match="max_chunks must be a power of two"):
+            chunk_count(10, 5, bad)
+
+
+def test_the_schema_takes_only_a_power_of_two_for_max_chunks():
+    import yaml
+    from conftest import REPO
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    for good in (1, 16, 64):
+        config["images"]["max_chunks"] = good
+        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    config["images"]["max_chunks"] = 12
+    with pytest.raises(Exception, match="12"):
+        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+
+
+def test_a_catalog_with_no_usable_row_is_refused_naming_the_reasons(tmp_path):
+    from zoobot_core.catalog import CatalogError
+
+    (tmp_path / "catalog.csv").write_text("id_str,file_loc\na,missing_a.png\nb,missing_b.png\n")
+    with pytest.raises(CatalogError, match=r"No row of .* is usable: all 2 are quarantined .*missing_file.*row 0 \(a\)"):
+        validate_catalog(tmp_path / "catalog.csv", CatalogConfig(max_quarantine_fraction=1.0))
 
 
 @pytest.mark.slow

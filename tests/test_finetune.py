@@ -23,8 +23,16 @@ NONE = BaseSpec("none")
 
 def _pipeline_base(folder: Path, trained_on: list[str] | None = None) -> BaseSpec:
     """A model this pipeline trained (random weights, 48 px colour), and beside it (if given) the ids it was trained on."""
+    from zoobot_core.runtime import leaves_process_state
+
     folder.mkdir(parents=True, exist_ok=True)
-    get_model(34, 48, 36, 36, 3, seed=0).save(folder / "model.keras")
+
+    @leaves_process_state
+    def build():  # get_model's seed is its augmentation's and dropout's: the weights' initialisers draw from Keras' global seed
+        keras.utils.set_random_seed(0)
+        return get_model(34, 48, 36, 36, 3, seed=0)
+
+    build().save(folder / "model.keras")  # the same base in every run, whatever ran before
     if trained_on is not None:
         pd.DataFrame({"id_str": trained_on, "split": "train"}).to_parquet(folder / TRAINED_ON)
     return BaseSpec(PIPELINE, str(folder / "model.keras"))

@@ -2,6 +2,7 @@
 of fold, ImageNet-layout weights as the base (greyscale images through RGB weights), a survey predicted."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -197,14 +198,21 @@ def test_the_rerun_benchmark_runs_at_a_tiny_size(tmp_path):
 def test_a_survey_prediction_killed_near_the_end_resumes_where_it_stopped(finetune_run, tmp_path, monkeypatch):
     """predict_survey writes each shard's predictions as it finishes: after a failure on the last shard (what a
     kill leaves behind: whole parts, no output), the rerun predicts only that shard, and the table and the HDF5
-    samples equal those of the run never interrupted (the workflow's own output)."""
+    samples equal those of the run never interrupted (the workflow's own output). The parts stay: after an edit of
+    the survey rewrote one chunk, a rerun predicts that chunk's shards alone, and the other galaxies' numbers are
+    unchanged (a part depends on its own shard only)."""
     import numpy as np
 
     from zoobot_core import finetuned
+    from zoobot_core.chunk_shards import write_chunk_shards
     from zoobot_core.hdf5 import load_predictions_hdf5
+    from zoobot_core.images import ResizeConfig
+    from zoobot_core.shards import ShardSettings, read_metadata
 
     out, _ = finetune_run
-    chunks = sorted(str(d) for d in (out / "survey/shards").glob("chunk_*"))
+    chunks = [tmp_path / "shards" / d.name for d in sorted((out / "survey/shards").glob("chunk_*"))]
+    for chunk in chunks:
+        shutil.copytree(out / "survey/shards" / chunk.name, chunk)
     n_shards = len(finetuned.survey_shard_files(chunks))
     assert len(chunks) == 2 and n_shards >= 4  # 2 chunks (images.chunk_size 25), 16-galaxy shards
     predicted = []
@@ -218,14 +226,37 @@ def test_a_survey_prediction_killed_near_the_end_resumes_where_it_stopped(finetu
 
     monkeypatch.setattr(finetuned, "_shard_outputs", failing_on_the_last)
     target, hdf5 = tmp_path / "predictions.parquet", tmp_path / "predictions.hdf5"
+    parts = tmp_path / "predictions.parquet.parts"
     with pytest.raises(KeyboardInterrupt):
         finetuned.predict_survey_files(out, chunks, target, hdf5, batch_size=64, seed=7)
-    assert not target.exists() and len(list((tmp_path / "predictions.parquet.parts").glob("part_*.json"))) == n_shards - 1
+    assert not target.exists() and len(list(parts.glob("part_*.json"))) == n_shards - 1
     predicted.clear()
     monkeypatch.setattr(finetuned, "_shard_outputs", lambda *args, **kwargs: (predicted.append(args[3]), real(*args, **kwargs))[1])
     finetuned.predict_survey_files(out, chunks, target, hdf5, batch_size=64, seed=7)
-    assert len(predicted) == 1 and not (tmp_path / "predictions.parquet.parts").exists()
-    pd.testing.assert_frame_equal(pd.read_parquet(target), pd.read_parquet(out / "survey/predictions.parquet"))
+    assert len(predicted) == 1 and len(list(parts.glob("part_*.json"))) == n_shards
+    whole = pd.read_parquet(out / "survey/predictions.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(target), whole)
     resumed, expected = load_predictions_hdf5(hdf5), load_predictions_hdf5(out / "survey/predictions.hdf5")
     np.testing.assert_array_equal(resumed[0], expected[0])
     assert resumed[1:] == expected[1:]
+
+    # an edit of the survey: the first chunk loses a galaxy and is written again; the second is untouched
+    validated = pd.read_parquet(out / "survey/catalog/validated.parquet")
+    dropped = validated.loc[validated["chunk"] == 0, "id_str"].iloc[0]
+    meta = read_metadata(chunks[0])
+    before = pd.read_parquet(chunks[0] / "manifest.parquet").groupby("shard")["shard_sha256"].first()
+    shutil.rmtree(chunks[0])
+    write_chunk_shards(validated[validated["id_str"] != dropped], 0, chunks[0],
+                       ShardSettings(size=meta["size"], shard_size=meta["shard_size"], seed=meta["seed"], image_encoding=meta["image_encoding"]),
+                       ResizeConfig(size=meta["size"]))
+    predicted.clear()
+    finetuned.predict_survey_files(out, chunks, target, hdf5, batch_size=64, seed=7)
+    after = pd.read_parquet(chunks[0] / "manifest.parquet").groupby("shard")["shard_sha256"].first()
+    changed = {chunks[0] / shard for shard, sha in after.items() if before.get(shard) != sha}
+    assert changed and set(predicted) == changed  # the edited chunk's shards that changed, alone (a shard before the galaxy keeps its bytes)
+    edited = pd.read_parquet(target)
+    assert len(edited) == len(whole) - 1 and dropped not in set(edited["id_str"])
+    untouched = set(pd.read_parquet(chunks[1] / "manifest.parquet")["id_str"])
+    pd.testing.assert_frame_equal(edited[edited["id_str"].isin(untouched)].reset_index(drop=True),
+                                  whole[whole["id_str"].isin(untouched)].reset_index(drop=True))
+    assert len(list(parts.glob("part_*.json"))) == len(finetuned.survey_shard_files(chunks))  # no part of a shard that is gone

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from zoobot_core import catalog, evaluate, images, predict, shards, train
+from zoobot_core import catalog, evaluate, images, predict, shard_writer, shards, train
 from zoobot_core.schemas import get_tree
 from zoobot_core.synthetic import SyntheticConfig, make_synthetic_catalog
 
@@ -25,7 +25,7 @@ def test_default_training_beats_the_constant_predictor(tmp_path):
     validated, quarantine = catalog.validate_catalog(tmp_path / "syn/catalog.csv", catalog.CatalogConfig(label_cols=tuple(tree.label_cols), chunk_size=1000))
     images.resize_chunk(validated, 0, tmp_path / "chunk_0", images.ResizeConfig(size=size))
     ready, _ = images.gather_resized(validated, quarantine, [tmp_path / "chunk_0"], 0.0)
-    shards.write_shards(ready, tmp_path / "shards", shards.ShardSettings(size=size, label_cols=tuple(tree.label_cols), seed=11, train_fraction=0.8, val_fraction=0.1))
+    shard_writer.write_shards(ready, tmp_path / "shards", shards.ShardSettings(size=size, label_cols=tuple(tree.label_cols), seed=11, train_fraction=0.8, val_fraction=0.1))
     settings = {k: v for k, v in config["train"].items() if k not in ("gpus", "threads")} | {"epochs": 10, "patience": 10}
     train.train_from_shards(tmp_path / "shards", tmp_path / "model", tree, train.TrainConfig(seed=11, **settings), threads=config["train"]["threads"])
     predictions, *_ = predict.predict_shards(tmp_path / "model", tmp_path / "shards", "test", predict.PredictConfig(n_samples=3))

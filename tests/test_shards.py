@@ -11,7 +11,9 @@ from PIL import Image
 from zoobot_core.datasets import get_dataset
 from zoobot_core.images import RESIZED
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import MANIFEST, ShardSettings, assign_splits, read_catalog, read_metadata, shard_paths, write_shards
+from zoobot_core.shard_writer import write_shards
+from zoobot_core.shards import MANIFEST, ShardSettings, read_catalog, read_metadata, shard_paths
+from zoobot_core.splits import assign_splits
 
 
 def test_split_depends_on_id_and_seed_only():
@@ -39,7 +41,8 @@ def _sha(path):
 _REWRITE = """
 import sys, pandas as pd
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import ShardSettings, write_shards
+from zoobot_core.shard_writer import write_shards
+from zoobot_core.shards import ShardSettings
 ready = pd.read_parquet(sys.argv[1])
 settings = ShardSettings(size=32, label_cols=tuple(get_tree("gz_decals_dr5").label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2)
 write_shards(ready, sys.argv[2], settings, workers=2)
@@ -151,8 +154,9 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     pixels are exactly images.load_rgb's; PNG-encoded shards decode to the same pixels; an unreadable image is
     listed with its reason and gather_images quarantines it, so every row is accounted for."""
     from zoobot_core.catalog import CatalogConfig, validate_catalog
+    from zoobot_core.chunk_shards import gather_shards_file
     from zoobot_core.images import ResizeConfig, load_rgb
-    from zoobot_core.shards import UNREADABLE, gather_shards_file
+    from zoobot_core.shards import UNREADABLE
 
     tree = get_tree("gz_decals_dr5")
     validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
@@ -198,7 +202,7 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
 
 
 def test_shards_are_cut_into_parts_only_when_too_few_to_keep_the_workers_busy():
-    from zoobot_core.shards import _cuts, _estimated_finish, parts_per_shard
+    from zoobot_core.shard_plan import estimated_finish, part_bounds, parts_per_shard
 
     assert parts_per_shard([4096] * 5 + [3372, 3022, 2934], workers=2) == [1] * 8  # 30,000 galaxies: each shard whole
     assert parts_per_shard([4096] * 60, workers=16) == [1] * 60
@@ -207,29 +211,29 @@ def test_shards_are_cut_into_parts_only_when_too_few_to_keep_the_workers_busy():
     # 3,000 in the workflow's 512-galaxy shards: whole shards leave one worker 1,643 galaxies against 1,357; cutting
     # one of the small ones evens them out for a small join
     sizes = [512] * 4 + [333, 311, 308]
-    assert _estimated_finish(sizes, [1] * 7, workers=2) == 1643
+    assert estimated_finish(sizes, [1] * 7, workers=2) == 1643
     assert parts_per_shard(sizes, workers=2) == [1, 1, 1, 1, 2, 1, 1]
-    assert _estimated_finish(sizes, parts_per_shard(sizes, workers=2), workers=2) < 1550
+    assert estimated_finish(sizes, parts_per_shard(sizes, workers=2), workers=2) < 1550
     assert parts_per_shard([100, 10], workers=8) == [1, 1]  # parts under 64 galaxies are not worth joining
     assert parts_per_shard([], workers=2) == []
-    assert [b - a for a, b in _cuts(300, 16)] == [75] * 4 and _cuts(100, 16) == [(0, 100)]  # no part under 64 galaxies
+    assert [b - a for a, b in part_bounds(300, 16)] == [75] * 4 and part_bounds(100, 16) == [(0, 100)]  # no part under 64 galaxies
 
 
 def test_shards_written_in_parts_by_two_workers_are_the_bytes_of_one_process(tiny_synthetic, tmp_path, monkeypatch):
     """Too few shards for the workers: each is written in parts by different processes and joined, into the same
     bytes, the same manifest and checksums, and no part file is left behind."""
-    from zoobot_core import shards
+    from zoobot_core import shard_writer
     from zoobot_core.catalog import CatalogConfig, validate_catalog
     from zoobot_core.images import ResizeConfig
 
-    join = shards._join_parts
+    join = shard_writer._join_parts
     tree = get_tree("gz_decals_dr5")
     validated, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
     catalog = pd.concat([validated.assign(id_str=validated["id_str"] + f"_{k}") for k in range(8)], ignore_index=True)  # each image 8 times
     settings = ShardSettings(size=16, label_cols=tuple(tree.label_cols), shard_size=4096, train_fraction=0.8, val_fraction=0.1, image_encoding="raw")
     resize = ResizeConfig(size=16)
     joins = []
-    monkeypatch.setattr(shards, "_join_parts", lambda root, shard, n_parts: joins.append((shard, n_parts)) or join(root, shard, n_parts))
+    monkeypatch.setattr(shard_writer, "_join_parts", lambda root, shard, n_parts: joins.append((shard, n_parts)) or join(root, shard, n_parts))
     one = write_shards(catalog, tmp_path / "one", settings, source_col="file_loc", resize=resize)
     assert not joins
     two = write_shards(catalog, tmp_path / "two", settings, workers=2, source_col="file_loc", resize=resize)
@@ -266,8 +270,8 @@ def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
 
 def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read_or_any_shard_appears(tiny_synthetic, tmp_path):
     from zoobot_core.catalog import CatalogConfig, CatalogError, validate_catalog
+    from zoobot_core.chunk_shards import survey_shards_file
     from zoobot_core.images import ResizeConfig
-    from zoobot_core.shards import survey_shards_file
 
     tree = get_tree("gz_decals_dr5")
     validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=1.0))
@@ -307,7 +311,7 @@ def test_an_unreadable_resized_file_stops_raw_shards_naming_it_and_leaves_nothin
 def test_joining_parts_appends_those_that_hold_records_in_order(tmp_path, present):
     """A part whose images were all unreadable writes no file: the shard is the others, in order (the first part's
     own file included or not), with the SHA-256 of its bytes; no part files are left; no part at all, no shard."""
-    from zoobot_core.shards import _join_parts
+    from zoobot_core.shard_writer import _join_parts
 
     (tmp_path / "train").mkdir()
     shard = "train/train_00000.tfrecord"
@@ -330,14 +334,14 @@ def test_a_failing_file_system_stops_the_survey_shards_with_the_policy_resizing_
     image in the same catalog is listed as unreadable_image once the file system works."""
     import errno
 
-    import zoobot_core.shards as shards
+    import zoobot_core.shard_writer as shard_writer
     from zoobot_core.catalog import CatalogConfig, validate_catalog
     from zoobot_core.images import MachineError, ResizeConfig
 
     tree = get_tree("gz_decals_dr5")
     validated, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2))
     victim = validated.loc[3, "file_loc"]
-    real_load = shards.load_resized
+    real_load = shard_writer.load_resized
 
     def load_on_a_failing_disk(path, config):
         if path == victim:
@@ -346,7 +350,7 @@ def test_a_failing_file_system_stops_the_survey_shards_with_the_policy_resizing_
 
     settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=8, image_encoding="raw")
     with monkeypatch.context() as patch:
-        patch.setattr(shards, "load_resized", load_on_a_failing_disk)
+        patch.setattr(shard_writer, "load_resized", load_on_a_failing_disk)
         with pytest.raises(MachineError, match=rf"reading {victim} into a shard.*{code}.*rerun"):
             write_shards(validated, tmp_path / "shards", settings, source_col="file_loc", resize=ResizeConfig(size=32))
     assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards*"))
@@ -364,7 +368,8 @@ def test_provenance_hash_images_decides_whether_write_shards_hashes_the_source_i
     import json
     from pathlib import Path
 
-    import zoobot_core.shards as shards
+    import zoobot_core.chunk_shards as chunk_shards
+    import zoobot_core.shard_writer as shard_writer
     from zoobot_core.catalog import CatalogConfig, validate_catalog
     from zoobot_core.images import ResizeConfig
     from zoobot_core.provenance import write_provenance
@@ -374,10 +379,10 @@ def test_provenance_hash_images_decides_whether_write_shards_hashes_the_source_i
     validated.to_parquet(tmp_path / "validated.parquet")
     quarantine.to_parquet(tmp_path / "quarantine.parquet")
     hashed: list[str] = []
-    real_sha256 = shards.file_sha256
-    monkeypatch.setattr(shards, "file_sha256", lambda path: hashed.append(str(path)) or real_sha256(path))  # a spy: hashes as before
+    real_sha256 = shard_writer.file_sha256
+    monkeypatch.setattr(shard_writer, "file_sha256", lambda path: hashed.append(str(path)) or real_sha256(path))  # a spy: hashes as before
     settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=8, image_encoding="raw")
-    manifest = shards.survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine.parquet", tmp_path / "shards", settings,
+    manifest = chunk_shards.survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine.parquet", tmp_path / "shards", settings,
                                          ResizeConfig(size=32), 0.2, hash_images=hash_images)
     for shard, group in manifest.groupby("shard"):
         assert group["shard_sha256"].iloc[0] == _sha(tmp_path / "shards" / shard)

@@ -78,7 +78,7 @@ def test_the_fast_layout_encodes_the_same_bytes(tmp_path, seed):
 
 def test_writing_shards_does_not_start_tensorflow(tiny_shards, tmp_path):
     code = (
-        "import sys; from zoobot_core.shards import read_catalog, read_metadata, write_shards, ShardSettings;"
+        "import sys; from zoobot_core.shards import read_catalog, read_metadata, ShardSettings; from zoobot_core.shard_writer import write_shards;"
         f"meta = read_metadata({str(tiny_shards)!r});"
         f"write_shards(read_catalog({str(tiny_shards)!r}), {str(tmp_path / 'again')!r}, ShardSettings(size=32, label_cols=tuple(meta['label_cols']), shard_size=16, train_fraction=0.6, val_fraction=0.2));"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"

@@ -106,7 +106,8 @@ def test_prediction_is_repeatable_for_a_seed(tiny_shards, trained):
 
 
 def test_training_and_prediction_read_raw_pixel_shards_and_ignore_stale_state(tiny_shards, tmp_path):
-    from zoobot_core.shards import ShardSettings, write_shards
+    from zoobot_core.shard_writer import write_shards
+    from zoobot_core.shards import ShardSettings
 
     ready = read_catalog(tiny_shards)
     write_shards(ready, tmp_path / "raw", ShardSettings(size=32, label_cols=tuple(TREE.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2, image_encoding="raw"))

@@ -77,7 +77,8 @@ def make_universe(out_dir: Path, config: ActiveLearningConfig) -> pd.DataFrame:
 
 
 def _write_round_shards(catalog: pd.DataFrame, labelled: set[str], shard_dir: Path, tree: DecisionTree, config: ActiveLearningConfig, seed: int) -> None:
-    from zoobot_core.shards import ShardSettings, write_shards
+    from zoobot_core.shard_writer import write_shards
+    from zoobot_core.shards import ShardSettings
 
     split = np.where(catalog["role"] == "pool", np.where(catalog["id_str"].isin(labelled), "train", "unlabelled"), catalog["role"])
     settings = ShardSettings(size=config.image_size, label_cols=tuple(tree.label_cols), shard_size=4096, seed=seed)

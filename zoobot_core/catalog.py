@@ -240,6 +240,10 @@ def validate_catalog(
     for reason, n in quarantine["reason"].value_counts().items():
         log.warning("  quarantined %d row(s): %s", n, reason)
     check_quarantine_fraction(len(df), quarantine, config.max_quarantine_fraction, catalog_path)
+    if validated.empty:
+        examples = "; ".join(f"row {r['row']} ({r[ID]}): {r['reason']}" for r in quarantine.head(3).to_dict("records"))
+        raise CatalogError(f"No row of {catalog_path} is usable: all {len(df)} are quarantined ({quarantine['reason'].value_counts().to_dict()}; "
+                           f"{examples}). Fix the catalog: each reason is explained in the quarantine table and README.md")
     return validated, quarantine
 
 
@@ -253,8 +257,8 @@ def chunk_count(n_rows: int, chunk_size: int, max_chunks: int | None = None) -> 
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
-    if max_chunks is not None and max_chunks < 1:
-        raise ValueError(f"max_chunks must be at least 1, not {max_chunks}")
+    if max_chunks is not None and (max_chunks < 1 or max_chunks & (max_chunks - 1)):
+        raise ValueError(f"max_chunks must be a power of two (1, 2, 4, ... 16, ...), not {max_chunks}: chunk counts are powers of two")
     count = 1 if n_rows <= chunk_size else 2 ** round(math.log2(n_rows / chunk_size))
     return count if max_chunks is None else min(count, max_chunks)
 

@@ -25,7 +25,8 @@ import pandas as pd
 
 from zoobot_core.catalog import CHUNK, FILE, ID, chunk_digests
 from zoobot_core.images import ResizeConfig, gather_index, write_gathered
-from zoobot_core.shards import MANIFEST, UNLABELLED, UNREADABLE, ShardSettings, read_metadata, write_shards
+from zoobot_core.shard_writer import write_shards
+from zoobot_core.shards import MANIFEST, SHARD_SPLIT, UNLABELLED, UNREADABLE, ShardSettings, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,28 @@ def remove_orphans(chunk_dirs: list[Path]) -> list[Path]:
     return orphans
 
 
+# What the design before chunks of shards left in a dataset's folder (results/<run>/finetune/<dataset>/): the survey's
+# one shard folder's contents in shards/, and every chunk's resized PNG copies in images/chunk_<k>/
+OLD_SHARD_ENTRIES = ("train", "val", "test", "unlabelled", MANIFEST, UNREADABLE, "shards.json",
+                     *(f"{split}_catalog.parquet" for split in ("train", "val", "test", "unlabelled")))
+
+
+def remove_old_layout(shards_root: Path) -> list[Path]:
+    """A dataset's outputs from the design before chunks of shards (nothing reads them now; a survey's resized
+    copies are as large as its shards), removed: the old survey shards' entries in `shards_root`, and the resized
+    chunk folders in images/ beside it (the folder too, once empty)."""
+    shards_root = Path(shards_root)
+    old = [shards_root / name for name in OLD_SHARD_ENTRIES if (shards_root / name).exists()]
+    images = shards_root.parent / "images"
+    old += sorted(p for p in images.glob(f"{CHUNK_PREFIX}*") if p.is_dir()) if images.is_dir() else []
+    for path in old:
+        log.info("Removing %s: left by the design before chunks of shards, nothing reads it now", path)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if images.is_dir() and not any(images.iterdir()):
+        images.rmdir()
+    return old
+
+
 def gather_chunk_files(
     validated_path: Path | str,
     validation_quarantine_path: Path | str,
@@ -121,4 +144,58 @@ def gather_chunk_files(
     ready, quarantine = gather_index(validated, validation_quarantine, chunk_index(dirs), max_quarantine_fraction, "snakemake -R write_finetune_shards")
     ready[RECORD] = ready[RECORD].astype("int64")
     remove_orphans(dirs)
+    for root in {d.parent for d in dirs}:
+        remove_old_layout(root)
+    return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)
+
+
+def survey_shards_file(
+    validated_path: Path | str,
+    validation_quarantine_path: Path | str,
+    shard_dir: Path | str,
+    settings: ShardSettings,
+    resize: ResizeConfig,
+    max_quarantine_fraction: float,
+    workers: int = 1,
+    hash_images: bool = True,
+) -> pd.DataFrame:
+    """The write_shards rule: the validated catalog's images, resized in `workers` processes, straight into shards
+    (one pass: no resized copies on disk), each source image hashed for provenance only with `hash_images`;
+    unreadable images are listed in unreadable.parquet for gather_images.
+    A catalog whose validation quarantined more than `max_quarantine_fraction` of its rows stops first, before
+    any image is read, and one over the limit with its unreadable images stops before the shards appear (so no
+    training starts on it); CatalogError naming the reasons."""
+    from zoobot_core.catalog import check_quarantine_fraction
+
+    validated = pd.read_parquet(validated_path)
+    quarantine = pd.read_parquet(validation_quarantine_path)
+    n_in = len(validated) + len(quarantine)
+    check_quarantine_fraction(n_in, quarantine, max_quarantine_fraction, "the catalog")
+
+    def check_all(unreadable: pd.DataFrame) -> None:  # and with the unreadable images, before the shards appear
+        check_quarantine_fraction(n_in, pd.concat([quarantine[["reason"]], unreadable[["reason"]]], ignore_index=True), max_quarantine_fraction, "the catalog")
+
+    return write_shards(validated, shard_dir, settings, workers=workers, source_col=FILE, resize=resize, check_unreadable=check_all,
+                        hash_images=hash_images)
+
+
+def gather_shards_file(
+    validated_path: Path | str,
+    validation_quarantine_path: Path | str,
+    shard_dir: Path | str,
+    ready_path: Path | str,
+    quarantine_path: Path | str,
+    accounting_path: Path | str,
+    max_quarantine_fraction: float,
+) -> dict:
+    """The gather_images rule: the ready catalog (every galaxy in the shards, with its split), the full
+    quarantine table (validation's rows and unreadable images) and the row accounting."""
+    from zoobot_core.images import gather_index, write_gathered
+
+    validated = pd.read_parquet(validated_path)
+    validation_quarantine = pd.read_parquet(validation_quarantine_path)
+    written = pd.read_parquet(Path(shard_dir) / MANIFEST, columns=[ID, "split"]).rename(columns={"split": SHARD_SPLIT})
+    unreadable = pd.read_parquet(Path(shard_dir) / UNREADABLE)
+    index = pd.concat([written.assign(reason=None, message=None), unreadable.assign(**{SHARD_SPLIT: None})], ignore_index=True)
+    ready, quarantine = gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun write_shards")
     return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, splitter, streamed_baseline_features
 from zoobot_core.bases import ENCODER, ENCODER_SIZE, HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
-from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, model_scores, rotation_features
+from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, head_outputs, rotation_features, scores_from_outputs
 from zoobot_core.image_source import ImageSource, as_source, gather_rows
 from zoobot_core.runtime import leaves_process_state
 from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
@@ -184,8 +184,15 @@ def fit_finetuned(
 
 
 def source_scores(model, images: ImageSource, rows: np.ndarray, channels: int, task: str, batch_size: int) -> np.ndarray:
-    """The model's scores (dropout off) for `rows` of an image source, read a batch at a time, in `rows`' order."""
-    return gather_rows(images, rows, batch_size, lambda batch: model_scores(model, batch, channels, task, batch_size))
+    """The model's scores (dropout off) for `rows` of an image source, read a batch at a time, in `rows`' order
+    (finetuned.model_scores, with the feature extractor built once: building it per batch traces it again each time)."""
+    extractor = feature_extractor(model)
+    units = model.output_shape[-1]
+
+    def compute(batch: np.ndarray) -> np.ndarray:
+        return scores_from_outputs(head_outputs(model, rotation_features(extractor, batch, channels, batch_size)), task)
+
+    return gather_rows(images, rows, batch_size, compute, empty=(units,) if task == "multiclass" else ())
 
 
 def source_features(network, images: ImageSource, channels: int, batch_size: int) -> np.ndarray:

@@ -161,10 +161,19 @@ def survey_shard_files(chunk_dirs: list[Path | str]) -> list[tuple[Path, int]]:
     return files
 
 
+def shard_seed(seed: int, shard: str) -> int:
+    """The MC-dropout seed of one survey shard (`shard`: <chunk>/<split>/<file>): fixed by the run's seed and the
+    shard's name alone, so a shard's samples do not depend on the shards before it (an edit elsewhere in the survey
+    leaves its finished predictions valid)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{shard}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
 def _shard_outputs(model, extractor, settings: dict, path: Path, size: int, encoding: str, batch_size: int, seed: int,
                    n_samples: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, head outputs with dropout off, MC-dropout samples) of one shard's galaxies; the samples of a batch
-    are seeded by `seed` plus the galaxies before it, so a shard's numbers do not depend on which ran before."""
+    are seeded by `seed` (the shard's: shard_seed) plus the shard's galaxies up to it."""
     from zoobot_core.datasets import get_dataset
 
     ids, deterministic, samples = [], [], []
@@ -186,12 +195,18 @@ def _parts_key(model_dir: Path, batch_size: int, seed: int, n_samples: int) -> d
             "batch_size": batch_size, "seed": seed, "n_samples": n_samples}
 
 
+def shard_name(path: Path) -> str:
+    """A survey shard's name within its dataset: <chunk folder>/<split>/<file>."""
+    return f"{path.parent.parent.name}/{path.parent.name}/{path.name}"
+
+
 def predict_survey_parts(model_dir: Path | str, chunk_dirs: list[Path | str], parts_dir: Path | str, batch_size: int = 64, seed: int = 0,
                          n_samples: int | None = None) -> list[tuple[Path, Path]]:
     """The finetuned model over every shard of a survey's chunks, one shard at a time: each shard's table (see
-    prediction_table) and raw MC-dropout samples written to `parts_dir` as they finish (atomically). A rerun after a
-    kill keeps the parts that finished for the same model, sampling and shard (its SHA-256) and predicts the rest.
-    Returns the (table, samples) part files in reading order."""
+    prediction_table) and raw MC-dropout samples written to `parts_dir` as they finish (atomically), named by the
+    shard. A rerun (after a kill, or after an edit of the survey rewrote some chunks) keeps every part that finished
+    for the same model and sampling and the same shard contents (its SHA-256), and predicts the rest: a part
+    depends on its own shard only (shard_seed). Returns the (table, samples) part files in reading order."""
     import json
 
     from zoobot_core import shards as shard_io
@@ -221,14 +236,16 @@ def predict_survey_parts(model_dir: Path | str, chunk_dirs: list[Path | str], pa
         shard_sha.update({chunk_dir / s: h for s, h in zip(manifest["shard"], manifest["shard_sha256"])})
     files = survey_shard_files(chunk_dirs)
     extractor = feature_extractor(model)
-    outputs, offset, resumed = [], 0, 0
+    outputs, total, resumed = [], 0, 0
     progress = tqdm(total=sum(n for _, n in files), desc="predicting survey", unit="galaxy", mininterval=10)
-    for k, (path, n) in enumerate(files):
-        table_part, samples_part, done = parts_dir / f"part_{k:05d}.parquet", parts_dir / f"part_{k:05d}.npy", parts_dir / f"part_{k:05d}.json"
-        record = {"shard": str(path), "sha256": shard_sha.get(path), "galaxies": n, "offset": offset}
+    for path, n in files:
+        name = shard_name(path)
+        stem = "part_" + name.removesuffix(".tfrecord").replace("/", "__")
+        table_part, samples_part, done = parts_dir / f"{stem}.parquet", parts_dir / f"{stem}.npy", parts_dir / f"{stem}.json"
+        record = {"shard": name, "sha256": shard_sha.get(path), "galaxies": n}
         if not (done.is_file() and json.loads(done.read_text()) == record):
             ids, deterministic, samples = _shard_outputs(model, extractor, settings, path, model.input_shape[1], encodings[path.parent.parent],
-                                                         batch_size, seed + offset, n_samples)
+                                                         batch_size, shard_seed(seed, name), n_samples)
             if len(ids) != n:
                 raise RuntimeError(f"Read {len(ids)} galaxies from {path} but its manifest lists {n}; rewrite the shards (snakemake -R write_finetune_shards)")
             atomic_write_table(prediction_table(ids, deterministic, samples, settings), table_part)
@@ -238,11 +255,14 @@ def predict_survey_parts(model_dir: Path | str, chunk_dirs: list[Path | str], pa
         else:
             resumed += n
         outputs.append((table_part, samples_part))
-        offset += n
+        total += n
         progress.update(n)
     progress.close()
+    kept = {"key.json", *(f.name for table_part, samples_part in outputs for f in (table_part, samples_part, table_part.with_suffix(".json")))}
+    for stale in [f for f in parts_dir.iterdir() if f.name not in kept]:  # shards the survey no longer has, a killed write's temporaries
+        stale.unlink()
     if resumed:
-        log.info("Resumed: %d of %d survey galaxies were already predicted in %s", resumed, offset, parts_dir)
+        log.info("Kept the predictions of %d of %d survey galaxies (their shards unchanged) in %s", resumed, total, parts_dir)
     return outputs
 
 
@@ -250,11 +270,12 @@ def predict_survey_parts(model_dir: Path | str, chunk_dirs: list[Path | str], pa
 def predict_survey_files(model_dir: Path | str, chunk_dirs: list[Path | str], predictions_path: Path | str, hdf5_path: Path | str | None = None,
                          batch_size: int = 64, seed: int = 0, threads: int | None = None) -> int:
     """The predict_survey rule: the finetuned model over a survey's shard chunks, streamed one shard at a time
-    (resumable: see predict_survey_parts) into Parquet row groups (and, with `hdf5_path`, every MC-dropout sample in
-    Zoobot's HDF5 layout, written slice by slice); memory holds one shard's predictions whatever the survey's size.
+    into Parquet row groups (and, with `hdf5_path`, every MC-dropout sample in Zoobot's HDF5 layout, written slice
+    by slice); memory holds one shard's predictions whatever the survey's size. Each shard's predictions stay in
+    <predictions_path>.parts/ (about the size of the outputs): a rerun after a kill, or after an edit of the survey
+    rewrote some of its chunks, predicts only the shards not already done (predict_survey_parts).
     Returns the number of galaxies."""
     import json
-    import shutil
 
     import pyarrow.parquet as pq
 
@@ -281,7 +302,6 @@ def predict_survey_files(model_dir: Path | str, chunk_dirs: list[Path | str], pr
             writer.close()
     if hdf5_path is not None:
         write_survey_hdf5(parts, settings, hdf5_path)
-    shutil.rmtree(parts_dir)
     log.info("Predicted %d survey galaxies with the finetuned model in %s", n, model_dir)
     return n
 

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from zoobot_core.catalog import CHUNK, FILE, ID, LABELLED, QUARANTINE_COLUMNS, check_quarantine_fraction, chunk_digests
+from zoobot_core.catalog import CHUNK, FILE, ID, LABELLED, QUARANTINE_COLUMNS, CatalogError, check_quarantine_fraction, chunk_digests
 from zoobot_core.fits_images import BadImage, FitsConfig, is_fits, load_fits_rgb
 from zoobot_core.io import atomic_dir, atomic_write_table, write_json
 
@@ -232,6 +232,9 @@ def gather_index(
     quarantine = quarantine.sort_values("row").reset_index(drop=True)
     n_in = len(validated) + len(validation_quarantine)
     check_quarantine_fraction(n_in, quarantine, max_quarantine_fraction, "the catalog")
+    if ready.empty:
+        raise CatalogError(f"No galaxy of the catalog has a usable image: all {n_in} rows are quarantined ({quarantine['reason'].value_counts().to_dict()}); "
+                           "see the quarantine table for each row's reason and fix")
     log.info("Ready: %d galaxies (%d labelled); quarantined in all: %d", len(ready), ready[LABELLED].sum(), len(quarantine))
     return ready, quarantine
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot_core.bases import HEAD, efficientnet_of
-from zoobot_core.image_source import ImageSource, gather_rows
+from zoobot_core.image_source import ImageSource, gather_rows, held
 
 if TYPE_CHECKING:
     from zoobot_core.finetune import FinetuneConfig
@@ -121,21 +121,25 @@ def train_unfrozen(model, images: ImageSource, labels, rows, channels: int, conf
         return pd.DataFrame(fitted.history).reset_index(names="epoch").assign(epoch=lambda d: d["epoch"] + 1)
     y_val = labels[val].astype(np.float64)
     w_val = _class_weights(labels[val], config.task, config.n_classes).astype(np.float64)
+    losses: list[np.ndarray] = []
+    snapshots = []
+    # the validation galaxies are read every epoch: kept once (a shard source's in a local file), not decoded from every shard again
+    with held(images, val) as val_images:
 
-    def validation_losses(network) -> np.ndarray:
-        return _validation_losses(network, images, val, channels, config.batch_size, y_val, w_val, config.task)
+        def validation_losses(network) -> np.ndarray:
+            return _validation_losses(network, val_images, val, channels, config.batch_size, y_val, w_val, config.task)
 
-    losses = [validation_losses(model)]
-    snapshots = [[v.numpy() for v in model.trainable_variables]]
+        losses.append(validation_losses(model))
+        snapshots.append([v.numpy() for v in model.trainable_variables])
 
-    class Record(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            losses.append(validation_losses(self.model))
-            snapshots.append([v.numpy() for v in self.model.trainable_variables])
-            means = [loss.mean() for loss in losses]
-            self.model.stop_training = len(means) - 1 - int(np.argmin(means)) >= config.patience
+        class Record(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                losses.append(validation_losses(self.model))
+                snapshots.append([v.numpy() for v in self.model.trainable_variables])
+                means = [loss.mean() for loss in losses]
+                self.model.stop_training = len(means) - 1 - int(np.argmin(means)) >= config.patience
 
-    fitted = model.fit(train, epochs=epochs, callbacks=[Record()], verbose=0, shuffle=False)
+        fitted = model.fit(train, epochs=epochs, callbacks=[Record()], verbose=0, shuffle=False)
     means = np.array([loss.mean() for loss in losses])
     errors = np.array([loss.std(ddof=1) / np.sqrt(len(loss)) if len(loss) > 1 else 0.0 for loss in losses])
     best = int(np.argmin(means))

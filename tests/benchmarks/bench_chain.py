@@ -115,7 +115,8 @@ import json, resource, sys, time
 import pandas as pd
 from zoobot_core.images import ResizeConfig
 from zoobot_core.schemas import get_tree
-from zoobot_core.shards import ShardSettings, write_shards
+from zoobot_core.shard_writer import write_shards
+from zoobot_core.shards import ShardSettings
 catalog, out_dir, workers, images = pd.read_csv(sys.argv[1]), sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 catalog["labelled"] = True
 size = images["size"]

@@ -91,7 +91,8 @@ def measure(size: int, args: argparse.Namespace) -> tuple[str, str]:
     from zoobot_core.datasets import get_dataset, get_image_dataset
     from zoobot_core.losses import DirichletMultinomialLoss
     from zoobot_core.model import get_model
-    from zoobot_core.shards import ShardSettings, shard_paths, write_shards
+    from zoobot_core.shard_writer import write_shards
+    from zoobot_core.shards import ShardSettings, shard_paths
 
     with tempfile.TemporaryDirectory() as workdir:
         tmp = Path(workdir)

@@ -15,7 +15,8 @@ setup_logging(snakemake.log[0])
 p = snakemake.params
 # in_job: the Snakefile fetched and checked the base before any job ran; here it is only read (no download on a compute node)
 base = resolve_base(p.base_model, default_model=snakemake.input.base[0] if p.base_model is None else None, in_job=True)
+out_dir = Path(snakemake.output.metrics).parent
 finetune_files(
-    snakemake.input.ready, snakemake.input.accounting, Path(snakemake.input.chunks[0]).parent, base, p.label_column, Path(snakemake.output.metrics).parent,
+    snakemake.input.ready, snakemake.input.accounting, out_dir / "labelled/shards", base, p.label_column, out_dir,
     FinetuneConfig(**p.settings, seed=p.seed), threads=snakemake.threads,
 )

@@ -7,4 +7,5 @@ from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
 i, o = snakemake.input, snakemake.output
-finetune_figures(i.cv_predictions, i.metrics, i.ready, Path(i.chunks[0]).parent, o.scores, o.roc, o.examples, o.reliability)
+# the labelled catalog's chunk folders are in labelled/shards beside the cross-validation's outputs
+finetune_figures(i.cv_predictions, i.metrics, i.ready, Path(i.metrics).parent / "labelled/shards", o.scores, o.roc, o.examples, o.reliability)

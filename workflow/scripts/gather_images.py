@@ -1,7 +1,7 @@
 """Rule gather_images: ready catalog, full quarantine table, row accounting."""
 
+from zoobot_core.chunk_shards import gather_shards_file
 from zoobot_core.io import setup_logging
-from zoobot_core.shards import gather_shards_file
 
 setup_logging(snakemake.log[0])
 gather_shards_file(

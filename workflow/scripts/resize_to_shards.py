@@ -1,8 +1,9 @@
 """Rule write_shards: the validated catalog's images resized straight into deterministic TFRecord shards."""
 
+from zoobot_core.chunk_shards import survey_shards_file
 from zoobot_core.images import ResizeConfig
 from zoobot_core.io import setup_logging
-from zoobot_core.shards import ShardSettings, survey_shards_file
+from zoobot_core.shards import ShardSettings
 
 setup_logging(snakemake.log[0])
 params = dict(snakemake.params)

@@ -1,5 +1,5 @@
 """Zoobot's `ShardConfig` under `data_utils`; the implementation lives in `zoobot_core.shards`."""
 
-from zoobot_core.shards import ShardConfig
+from zoobot_core.shard_config import ShardConfig
 
 __all__ = ["ShardConfig"]
