@@ -4,7 +4,9 @@ Run: `make bench-finetune-scale` (or `.venv/bin/python tests/benchmarks/bench_fi
 [--survey-n 4000 --survey-n 16000] [--against DIR] [--out results/bench_finetune_scale.json]`); `--tiny` is the
 suite's size (60 labelled, a 60-galaxy survey, 2 folds, 2 inner folds: about 2 minutes on 2 cores).
 
-For each --n, a labelled catalog of n galaxies (label `ring` = row % 2) and a survey of --survey-n galaxies
+For each --n, a labelled catalog of n galaxies (label `ring`: row % 2, which the 104 cutouts' hard links make a property
+of the image, flipped for a random 20%, seeded: learnable but noisy, as volunteers' labels are; a label the images
+separate perfectly makes every logistic regression of the probes iterate to its limit, hours at 50,000) and a survey of --survey-n galaxies
 (default 4 x n), both bench_chain's catalogs (the 104 real cutouts of ../shared as hard links, each row its own id),
 are finetuned from random weights (base_model none) at --size px and predicted, by this checkout and, with
 --against, another checkout's workflow and code (e.g. one from before issue 25: resize_finetune_images into PNG
@@ -206,6 +208,13 @@ def growth(results: dict, sizes: list[int], sides: list[str]) -> tuple[dict, str
     return ratios, "\n".join(lines)
 
 
+def noisy_labels(n: int, flipped: float = 0.2, seed: int = 0):
+    """Row % 2 (with the 104 cutouts repeated in order, a property of each image), a random `flipped` of them flipped."""
+    import numpy as np
+
+    return (np.arange(n) % 2) ^ (np.random.default_rng(seed).random(n) < flipped).astype(int)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, action="append", help="labelled galaxies (repeatable; default 2000 and 8000)")
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     tables = []
     for n, survey_n in zip(sizes, surveys):
         labelled = pd.read_csv(make_catalog(workdir, args.sample, n, "png", []))
-        labelled["ring"] = labelled.index % 2
+        labelled["ring"] = noisy_labels(len(labelled))
         (workdir / "survey").mkdir(exist_ok=True)
         survey = make_catalog(workdir / "survey", args.sample, survey_n, "png", [])
         for name, repo in sides.items():
