@@ -19,6 +19,8 @@ def test_the_finetune_scale_benchmark_runs_at_a_tiny_size(real_sample, tmp_path)
     assert figures["jobs"] == {"validate_finetune_catalog": 2, "write_finetune_shards": 2, "gather_finetune_images": 2, "finetune_model": 1,
                                "finetune_figures": 1, "predict_survey": 1, "finetune": 1}
     assert figures["total_jobs"] == 10
+    assert (tmp_path / "base/results/base/model/model.keras").is_file()  # the base it finetunes, trained by the pipeline first
+    assert report["finetune_settings"]["resize_size"] == 32
     rules = {row["rule"]: row for row in figures["rules"]}
     for rule in ("write_finetune_shards (labelled)", "write_finetune_shards (survey)", "finetune_model", "predict_survey",
                  "validate_finetune_catalog (labelled)", "gather_finetune_images (survey)", "finetune_figures"):

@@ -2,7 +2,9 @@
 gathered with their quarantine, stale chunks refused, orphans removed, and the images read back a batch at a time
 (image_source) exactly as the pipeline's resize makes them."""
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -89,29 +91,31 @@ def test_a_stale_chunk_is_refused_and_orphaned_chunks_are_removed(tiny_synthetic
         shutil.rmtree(tmp_path / "shards" / f"chunk_{chunk}")
         (tmp_path / "shards" / f"chunk_{chunk}.new").rename(tmp_path / "shards" / f"chunk_{chunk}")
     gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs[:2], *args[2:])
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["chunk_0", "chunk_1"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir() if p.is_dir()) == ["chunk_0", "chunk_1"]
+    assert list(json.loads((tmp_path / "shards/shards.json").read_text())["chunks"]) == ["chunk_0", "chunk_1"]  # what readers take
     ready = pd.read_parquet(tmp_path / "r.parquet")
     assert len(ready) == len(halved) - 2 and (ready[RECORD] >= 0).all()
 
 
 def test_gathering_removes_what_the_design_before_chunks_left(tiny_synthetic, tmp_path):
-    """A run upgraded from the design before chunks of shards: the old survey shard folder's contents (shards/train,
-    unlabelled, manifest...) and the resized PNG chunks (images/chunk_k) are removed; the chunks and anything else stay."""
+    """A run upgraded from the designs before chunks of shards: the old shard folder's split folders (shards/train,
+    shards/unlabelled...) and the resized PNG chunks (images/chunk_k) are removed, its manifest and shards.json are
+    the chunks' together now; the chunks and anything else stay."""
     validated, dirs, _, _ = _chunked(tiny_synthetic, tmp_path)
     shards = tmp_path / "shards"
     for split in ("train", "unlabelled"):
         (shards / split).mkdir()
         (shards / split / f"{split}_00000.tfrecord").write_bytes(b"old")
-    for name in ("manifest.parquet", "shards.json", "unlabelled_catalog.parquet"):
-        (shards / name).write_bytes(b"old")
+    (shards / "manifest.parquet").write_bytes(b"old")
     for chunk in (0, 5):
         (tmp_path / "images" / f"chunk_{chunk}").mkdir(parents=True)
         (tmp_path / "images" / f"chunk_{chunk}" / "a.png").write_bytes(b"old")
     (shards / "notes.txt").write_text("a user's file")
     gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "r.parquet",
                        tmp_path / "q.parquet", tmp_path / "a.json", 0.2)
-    assert sorted(p.name for p in shards.iterdir()) == sorted([*(d.split("/")[-1] for d in dirs), "notes.txt"])
-    assert not (tmp_path / "images").exists()
+    assert not (shards / "train").exists() and not (shards / "unlabelled").exists() and not (tmp_path / "images").exists()
+    assert (shards / "notes.txt").exists() and all(Path(d).is_dir() for d in dirs)
+    assert len(pd.read_parquet(shards / "manifest.parquet")) == len(pd.read_parquet(tmp_path / "r.parquet"))
 
 
 def test_the_chunk_count_stops_growing_at_max_chunks():

@@ -2,6 +2,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,23 @@ from zoobot_core.schemas import get_tree
 from zoobot_core.shard_writer import write_shards
 from zoobot_core.shards import MANIFEST, ShardSettings, read_catalog, read_metadata, shard_paths
 from zoobot_core.splits import assign_splits
+
+
+def _catalog_in_chunks(validated_path: Path, quarantine_path: Path, root: Path, settings: ShardSettings, max_quarantine_fraction: float,
+                       hash_images: bool = True) -> dict:
+    """The main chain's image path: each chunk of a validated catalog written as write_shards' job does (validation's
+    quarantine checked first), then gathered as gather_images does; the row accounting. ready.parquet,
+    quarantine.parquet and accounting.json go beside `root`."""
+    from zoobot_core.chunk_shards import gather_chunk_files, write_chunk_shards_file
+    from zoobot_core.images import ResizeConfig
+
+    dirs = []
+    for chunk in sorted(pd.read_parquet(validated_path, columns=["chunk"])["chunk"].unique()):
+        dirs.append(str(root / f"chunk_{chunk}"))
+        write_chunk_shards_file(validated_path, int(chunk), dirs[-1], settings, ResizeConfig(size=settings.size), hash_images=hash_images,
+                                validation_quarantine_path=quarantine_path, max_quarantine_fraction=max_quarantine_fraction)
+    return gather_chunk_files(validated_path, quarantine_path, dirs, root.parent / "ready.parquet", root.parent / "quarantine.parquet",
+                              root.parent / "accounting.json", max_quarantine_fraction, settings.label_cols, "write_shards")
 
 
 def test_split_depends_on_id_and_seed_only():
@@ -154,7 +172,6 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     pixels are exactly images.load_rgb's; PNG-encoded shards decode to the same pixels; an unreadable image is
     listed with its reason and gather_images quarantines it, so every row is accounted for."""
     from zoobot_core.catalog import CatalogConfig, validate_catalog
-    from zoobot_core.chunk_shards import gather_shards_file
     from zoobot_core.images import ResizeConfig, load_rgb
     from zoobot_core.shards import UNREADABLE
 
@@ -192,13 +209,21 @@ def test_the_workflow_resizes_catalog_images_straight_into_shards_and_lists_unre
     write_shards(validated, tmp_path / "png", png, workers=2, source_col="file_loc", resize=resize)
     encoded = next(iter(get_dataset(shard_paths(tmp_path / "png", "train"), tree.label_cols, batch_size=4, requested_img_size=32)))
     np.testing.assert_array_equal(encoded["matrix"].numpy(), batch["matrix"].numpy())
-    counts = gather_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "one",
-                                tmp_path / "ready.parquet", tmp_path / "quarantine.parquet", tmp_path / "accounting.json", 0.2)
+    # gather_images: in chunks, each a hash bucket of the ids, the same galaxies in the same splits, the unreadable quarantined
+    counts = _catalog_in_chunks(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "chunked", settings, 0.2)
     assert counts["n_in"] == len(validated) + len(quarantine) == counts["n_ok"] + counts["n_quarantined"]
     assert counts["quarantined_by_reason"]["unreadable_image"] == 3
     ready = pd.read_parquet(tmp_path / "ready.parquet")
     assert sorted(ready["id_str"]) == sorted(manifest["id_str"])
     assert dict(zip(ready["id_str"], ready["shard_split"])) == dict(zip(manifest["id_str"], manifest["split"]))
+    combined = pd.read_parquet(tmp_path / "chunked" / MANIFEST)
+    assert dict(zip(combined["id_str"], combined["split"])) == dict(zip(manifest["id_str"], manifest["split"]))
+    assert dict(zip(ready["id_str"], ready["shard"])) == dict(zip(combined["id_str"], combined["shard"]))
+    assert read_metadata(tmp_path / "chunked")["counts"] == read_metadata(tmp_path / "one")["counts"]
+    for split in ("train", "val", "test"):  # the chunks' shards, read as one folder, hold the split's galaxies
+        read = [i.decode() for b in get_dataset(shard_paths(tmp_path / "chunked", split), [], 64, requested_img_size=32, image_encoding="raw")
+                for i in b["id_str"].numpy()]
+        assert sorted(read) == sorted(manifest.loc[manifest["split"] == split, "id_str"])
 
 
 def test_shards_are_cut_into_parts_only_when_too_few_to_keep_the_workers_busy():
@@ -252,7 +277,7 @@ def test_shards_written_in_parts_by_two_workers_are_the_bytes_of_one_process(tin
 
 def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
     """tests/benchmarks/bench_chain.py (make bench-chain) at 24 galaxies, so it cannot rot: Zoobot's loop and the
-    whole `snakemake --until write_shards` command both run and are timed."""
+    whole command to the shards (the ready catalog and the combined shards.json) both run and are timed."""
     import json
     from pathlib import Path
 
@@ -270,27 +295,25 @@ def test_the_whole_chain_benchmark_runs_both_sides(tmp_path):
 
 def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read_or_any_shard_appears(tiny_synthetic, tmp_path):
     from zoobot_core.catalog import CatalogConfig, CatalogError, validate_catalog
-    from zoobot_core.chunk_shards import survey_shards_file
-    from zoobot_core.images import ResizeConfig
 
     tree = get_tree("gz_decals_dr5")
-    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=1.0))
+    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=1.0,
+                                                                                           chunk_size=20))
     assert len(quarantine)  # the synthetic catalog's missing and empty files
     validated.to_parquet(tmp_path / "validated.parquet")
     quarantine.to_parquet(tmp_path / "quarantine_validation.parquet")
     settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), image_encoding="raw")
     with pytest.raises(CatalogError, match=r"max_quarantine_fraction.*missing_file"):
-        survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.0)
-    assert not (tmp_path / "shards").exists()
-    # under the limit after validation, over it with the catalog's unreadable images: stopped before the shards
-    # appear, so no training can start on them
+        _catalog_in_chunks(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, 0.0)
+    assert not (tmp_path / "shards").exists()  # not one chunk written
+    # under the limit after validation, over it with the catalog's unreadable images: gathering stops before the
+    # shards' shards.json (what training reads) or the ready catalog appear, so no training can start on them
     just_over_validation = (len(quarantine) + 0.5) / (len(validated) + len(quarantine))
     with pytest.raises(CatalogError, match=r"unreadable_image"):
-        survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32),
-                           just_over_validation)
-    assert not (tmp_path / "shards").exists() and not list(tmp_path.glob(".shards*"))
-    survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, ResizeConfig(size=32), 0.5)
-    assert read_metadata(tmp_path / "shards")["image_encoding"] == "raw"
+        _catalog_in_chunks(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, just_over_validation)
+    assert not (tmp_path / "shards" / "shards.json").exists() and not (tmp_path / "ready.parquet").exists()
+    _catalog_in_chunks(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", tmp_path / "shards", settings, 0.5)
+    assert read_metadata(tmp_path / "shards")["image_encoding"] == "raw" and len(read_metadata(tmp_path / "shards")["chunks"]) == 4
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -368,10 +391,8 @@ def test_provenance_hash_images_decides_whether_write_shards_hashes_the_source_i
     import json
     from pathlib import Path
 
-    import zoobot_core.chunk_shards as chunk_shards
     import zoobot_core.shard_writer as shard_writer
     from zoobot_core.catalog import CatalogConfig, validate_catalog
-    from zoobot_core.images import ResizeConfig
     from zoobot_core.provenance import write_provenance
 
     tree = get_tree("gz_decals_dr5")
@@ -382,8 +403,8 @@ def test_provenance_hash_images_decides_whether_write_shards_hashes_the_source_i
     real_sha256 = shard_writer.file_sha256
     monkeypatch.setattr(shard_writer, "file_sha256", lambda path: hashed.append(str(path)) or real_sha256(path))  # a spy: hashes as before
     settings = ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=8, image_encoding="raw")
-    manifest = chunk_shards.survey_shards_file(tmp_path / "validated.parquet", tmp_path / "quarantine.parquet", tmp_path / "shards", settings,
-                                         ResizeConfig(size=32), 0.2, hash_images=hash_images)
+    _catalog_in_chunks(tmp_path / "validated.parquet", tmp_path / "quarantine.parquet", tmp_path / "shards", settings, 0.2, hash_images=hash_images)
+    manifest = pd.read_parquet(tmp_path / "shards" / MANIFEST)
     for shard, group in manifest.groupby("shard"):
         assert group["shard_sha256"].iloc[0] == _sha(tmp_path / "shards" / shard)
     provenance = write_provenance({"seed": 1}, tiny_synthetic / "catalog.csv", tmp_path / "validated.parquet", tmp_path / "shards",

@@ -35,11 +35,12 @@ def test_every_output_of_the_tiny_run_is_made_through_slurm(slurm_run):
         assert sorted(predictions["id_str"]) == sorted(manifest.loc[manifest["split"] == split, "id_str"])
     assert (run / "evaluation/metrics.json").exists() and (run / "clusters/montage.png").stat().st_size > 0
     # each rule ran as its own SLURM job, not locally
-    for rule in ("make_synthetic_catalog", "validate_catalog", "write_shards", "gather_images", "train_model", "predict", "cluster"):
+    for rule in ("make_synthetic_catalog", "validate_catalog", "write_shards", "combine_shards", "gather_images", "train_model", "predict", "cluster"):
         assert _job_logs(workdir, rule), f"no SLURM job log for rule {rule}"
-    assert len(_job_logs(workdir, "write_shards")) == 1  # every image resized in one job, not hundreds of small ones
-    # SLURM gave it the rule's threads (16 in the profile, cut to this node's 2 by --max-threads), not one CPU
-    assert "CPUs per task 2" in (workdir / "logs/tiny/write_shards.log").read_text()
+    # one job per chunk of the catalog (images.chunk_size 25: 2), at most images.max_chunks however large the catalog
+    assert len(_job_logs(workdir, "write_shards")) == len(list((run / "shards").glob("chunk_*"))) == 2
+    # SLURM gave each the rule's threads (16 in the profile, cut to this node's 2 by --max-threads), not one CPU
+    assert "CPUs per task 2" in (workdir / "logs/tiny/write_shards/chunk_0.log").read_text()
 
 
 def test_only_gpu_rules_get_a_gpu(slurm_run):
@@ -48,7 +49,7 @@ def test_only_gpu_rules_get_a_gpu(slurm_run):
     assert "CUDA_VISIBLE_DEVICES=0" in (logs / "train_model.log").read_text()  # SLURM gave the train job the (fake) GPU
     for split in ("train", "test"):
         assert "CUDA_VISIBLE_DEVICES=0" in (logs / f"predict/{split}.log").read_text()
-    for cpu_log in [logs / "write_shards.log", logs / "validate_catalog.log"]:
+    for cpu_log in [logs / "write_shards/chunk_0.log", logs / "validate_catalog.log"]:
         text = cpu_log.read_text()
         assert "SLURM job" in text and "CUDA_VISIBLE_DEVICES=<unset>" in text, cpu_log
 

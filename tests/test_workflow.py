@@ -187,8 +187,10 @@ def test_calibration_and_acquisition(tiny_run):
 def test_every_rule_logged_and_a_rerun_has_nothing_to_do(tiny_run):
     workdir = tiny_run.parent.parent
     logs = {p.name for p in (workdir / "logs/tiny").rglob("*.log")}
-    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "write_shards.log", "train_model.log", "evaluate.log", "cluster.log", "calibration.log", "acquire.log",
-            "recalibrate.log"} <= logs
+    assert {"make_synthetic_catalog.log", "validate_catalog.log", "gather_images.log", "combine_shards.log", "train_model.log", "evaluate.log", "cluster.log",
+            "calibration.log", "acquire.log", "recalibrate.log"} <= logs
+    chunks = sorted(p.name for p in (tiny_run / "shards").glob("chunk_*"))
+    assert len(chunks) == 2 and sorted(p.stem for p in (workdir / "logs/tiny/write_shards").glob("*.log")) == chunks  # one job per chunk
     dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -303,8 +305,8 @@ def test_config_errors_are_reported_before_running(tmp_path):
 
 
 def test_after_a_crash_while_writing_shards_validation_is_not_redone(tiny_run):
-    """A crash while resizing into shards leaves no shards and nothing downstream: the rerun writes the shards and
-    gathers, and does not validate the catalog again."""
+    """A crash while resizing into shards leaves no shards and nothing downstream: the rerun writes the shard chunks
+    (2 for the tiny catalog), combines and gathers them, and does not validate the catalog again."""
     workdir = tiny_run.parent.parent
     lost = [tiny_run / "shards", *(tiny_run / "catalog" / n for n in ("ready.parquet", "quarantine.parquet", "accounting.json"))]
     aside = workdir / "aside"
@@ -312,14 +314,56 @@ def test_after_a_crash_while_writing_shards_validation_is_not_redone(tiny_run):
     for path in lost:
         path.rename(aside / path.name)
     try:
-        dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n", "results/tiny/catalog/ready.parquet")
+        dry = run_snakemake(workdir, REPO / "tests/configs/tiny.yaml", "-n", "results/tiny/catalog/ready.parquet", "results/tiny/shards/shards.json")
     finally:
         for path in lost:
             (aside / path.name).rename(path)
     out = dry.stdout + dry.stderr
     rows = out[out.index("Job stats"):].splitlines()[3:]  # after the title, header and rule lines
     jobs = dict(line.split() for line in rows[: rows.index("")] if not line.startswith("total"))
-    assert jobs == {"write_shards": "1", "gather_images": "1"}
+    assert jobs == {"write_shards": "2", "combine_shards": "1", "gather_images": "1"}
+
+
+def test_a_catalog_edit_rewrites_only_the_main_shard_chunks_it_changes(tiny_synthetic, tmp_path):
+    """The main chain's shards are chunks that follow a hash of the id, as a finetuning catalog's are: a galaxy added,
+    or one galaxy's votes corrected, rewrites its own chunk only (the shards hold the votes); shuffled rows rewrite
+    nothing; the combined shards always list exactly the catalog's galaxies with their votes."""
+    sys.path.insert(0, str(REPO / "tests/benchmarks"))
+    from bench_rerun import resize_jobs
+
+    catalog = pd.read_csv(tiny_synthetic / "catalog.csv").iloc[:48]  # readable images (the broken ones come last)
+    config = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    config["synthetic"]["enabled"] = False
+    config["catalog"] = {"path": str(tmp_path / "catalog.csv"), "image_root": str(tiny_synthetic)}
+    config["images"]["chunk_size"] = 6  # 8 chunks
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    work, targets = tmp_path / "work", ("results/tiny/shards/shards.json", "results/tiny/catalog/ready.parquet")
+    shards = work / "results/tiny/shards"
+
+    def rerun(edited: pd.DataFrame) -> set[str]:
+        before = {d.name: d.stat().st_mtime_ns for d in shards.glob("chunk_*")}
+        edited.to_csv(tmp_path / "catalog.csv", index=False)
+        result = run_snakemake(work, tmp_path / "config.yaml", *targets)
+        written = {d.name for d in shards.glob("chunk_*") if before.get(d.name) != d.stat().st_mtime_ns}
+        assert resize_jobs(result.stdout + result.stderr, ("write_shards",)) == len(written)
+        manifest = pd.read_parquet(shards / "manifest.parquet")
+        assert sorted(manifest["id_str"]) == sorted(edited["id_str"])
+        held = pd.concat([pd.read_parquet(shards / f"{s}_catalog.parquet") for s in ("train", "val", "test")]).set_index("id_str")
+        expected = edited.set_index("id_str").loc[held.index, TREE.label_cols]
+        np.testing.assert_array_equal(held[TREE.label_cols].to_numpy(float), expected.to_numpy(float))
+        return written
+
+    def chunk_of(galaxy: str) -> str:
+        return f"chunk_{pd.read_parquet(work / 'results/tiny/catalog/validated.parquet').set_index('id_str').at[galaxy, 'chunk']}"
+
+    assert rerun(catalog) == {f"chunk_{c}" for c in range(8)}
+    added = catalog.iloc[[0]].assign(id_str="ADDED0001")
+    catalog = pd.concat([catalog, added], ignore_index=True).sample(frac=1, random_state=0)  # and the rows shuffled
+    assert rerun(catalog) == {chunk_of("ADDED0001")}
+    corrected = catalog["id_str"].iloc[7]
+    catalog.loc[catalog["id_str"] == corrected, TREE.label_cols[0]] += 3
+    assert rerun(catalog) == {chunk_of(corrected)}
+    assert rerun(catalog.sample(frac=1, random_state=1)) == set()
 
 
 def _jobs_after_edit(tiny_run: Path, tmp_path: Path, edit) -> dict[str, int]:

@@ -273,23 +273,28 @@ def assign_chunks(ids: pd.Series, n_chunks: int) -> np.ndarray:
     )
 
 
-def chunk_digests(validated: pd.DataFrame) -> dict[int, str]:
-    """Per chunk, a digest of what its resized images depend on in the catalog: its galaxies' ids and image paths.
+def chunk_digests(validated: pd.DataFrame, label_cols: tuple[str, ...] | list[str] = ()) -> dict[int, str]:
+    """Per chunk, a digest of what its shards depend on in the catalog: its galaxies' ids and image paths, and the
+    values of `label_cols` where the shards hold labels (the main chain's votes; a finetuning catalog's shards hold
+    none, so its labels never rewrite a chunk).
 
-    The resize job's rerun trigger: a catalog edit reruns only the chunks whose galaxies changed (labels and other
-    columns do not count; they never reach the resized images).
+    The shard job's rerun trigger: a catalog edit reruns only the chunks whose galaxies changed.
     """
-    rows = validated[[CHUNK, ID, FILE]].sort_values([CHUNK, ID])
-    lines = rows[ID].astype(str) + "\0" + rows[FILE].astype(str) + "\n"
+    label_cols = list(label_cols)
+    rows = validated[[CHUNK, ID, FILE, *label_cols]].sort_values([CHUNK, ID])
+    lines = rows[ID].astype(str) + "\0" + rows[FILE].astype(str)
+    for col in label_cols:  # shortest round-trip text of each float: the same value always gives the same digest
+        lines = lines + "\0" + rows[col].astype(np.float64).map(repr)
+    lines = lines + "\n"
     return {
         int(chunk): hashlib.sha256("".join(text).encode("utf-8", "surrogatepass")).hexdigest()
         for chunk, text in lines.groupby(rows[CHUNK].to_numpy(), sort=True)
     }
 
 
-def chunk_digests_file(validated_path: Path | str) -> dict[int, str]:
+def chunk_digests_file(validated_path: Path | str, label_cols: tuple[str, ...] | list[str] = ()) -> dict[int, str]:
     """chunk_digests of a validated catalog file (reading only the columns they need)."""
-    return chunk_digests(pd.read_parquet(validated_path, columns=[CHUNK, ID, FILE]))
+    return chunk_digests(pd.read_parquet(validated_path, columns=[CHUNK, ID, FILE, *label_cols]), label_cols)
 
 
 def check_quarantine_fraction(n_in: int, quarantine: pd.DataFrame, max_fraction: float, source: Path | str) -> None:

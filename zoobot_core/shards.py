@@ -1,6 +1,10 @@
 """What a shard folder is, and reading it: <split>/<split>_NNNNN.tfrecord files (train, val, test, unlabelled),
 manifest.parquet (each galaxy's shard, record and checksums), <split>_catalog.parquet, unreadable.parquet and
-shards.json (how they were cut). Writing is shard_writer's; which split a galaxy is in, splits'."""
+shards.json (how they were cut). Writing is shard_writer's; which split a galaxy is in, splits'.
+
+The workflow's catalogs are shards in chunks (chunk_shards): chunk_<k>/ folders, each a shard folder of the
+galaxies a hash of their id gives it, and beside them the same files for all chunks together (the manifest's
+shards named chunk_<k>/<split>/<file>; shards.json listing the chunks). Every reader here takes either layout."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ MANIFEST = "manifest.parquet"
 METADATA = "shards.json"
 UNREADABLE = "unreadable.parquet"
 SHARD_SPLIT = "shard_split"  # ready.parquet's column naming each galaxy's split (a catalog may have its own "split")
+CHUNK_PREFIX = "chunk_"
 
 
 
@@ -48,6 +53,15 @@ def read_catalog(shard_dir: Path | str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(Path(shard_dir) / f"{s}_catalog.parquet") for s in (*SPLITS, UNLABELLED)], ignore_index=True)
 
 
+def chunk_names(shard_dir: Path | str) -> list[str]:
+    """The chunk folders of a folder of shards in chunks, in chunk order, as its shards.json lists them (folders that
+    it does not list, left by another version of the catalog, are not read); [] for a plain shard folder."""
+    chunks = read_metadata(shard_dir).get("chunks") or {}
+    return sorted(chunks, key=lambda name: int(name.removeprefix(CHUNK_PREFIX)))
+
+
 def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
-    """Sorted shard files of one split."""
-    return sorted(str(p) for p in (Path(shard_dir) / split).glob("*.tfrecord"))
+    """Shard files of one split: sorted, chunk after chunk for shards in chunks."""
+    root = Path(shard_dir)
+    folders = [root / name for name in chunk_names(root)] if (root / METADATA).is_file() else []
+    return [str(p) for folder in folders or [root] for p in sorted((folder / split).glob("*.tfrecord"))]

@@ -8,7 +8,10 @@ For each --n, a labelled catalog of n galaxies (label `ring`: row % 2, which the
 of the image, flipped for a random 20%, seeded: learnable but noisy, as volunteers' labels are; a label the images
 separate perfectly makes every logistic regression of the probes iterate to its limit, hours at 50,000) and a survey of --survey-n galaxies
 (default 4 x n), both bench_chain's catalogs (the 104 real cutouts of ../shared as hard links, each row its own id),
-are finetuned from random weights (base_model none) at --size px and predicted, by this checkout and, with
+are finetuned at --size px from a base this pipeline trained (--base train, the default: the main chain on 800
+synthetic galaxies at --size px for 4 epochs, once, by this checkout; a random-weight base's features are nearly
+constant, ~1e-7 apart, so every probe's logistic regression iterates to its limit, 10 minutes a fold at 2,000
+galaxies, a cost no trained base has) and predicted, by this checkout and, with
 --against, another checkout's workflow and code (e.g. one from before issue 25: resize_finetune_images into PNG
 chunk folders, gather, write_survey_shards; now write_finetune_shards writes each chunk's shards straight away and
 predict_survey streams per shard), each side in its own directory, the sides alternating per size.
@@ -208,6 +211,23 @@ def growth(results: dict, sizes: list[int], sides: list[str]) -> tuple[dict, str
     return ratios, "\n".join(lines)
 
 
+def train_base(folder: Path, size: int, cores: int, galaxies: int = 800, epochs: int = 4) -> Path:
+    """A base for finetuning as a user would have one: this checkout's main chain trained on `galaxies` synthetic
+    galaxies at `size` px for `epochs` epochs (kept in `folder`: a rerun reuses it)."""
+    model = folder / "results/base/model/model.keras"
+    if not model.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"run_name": "base", "synthetic": {"enabled": True, "n_galaxies": galaxies, "image_size": 64}, "images": {"size": size},
+                  "train": {"epochs": epochs, "resize_size": max(size, 32), "tensorboard": False}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        cmd = [str(Path(sys.executable).parent / "snakemake"), str(model.relative_to(folder)), "--snakefile", str(REPO / "workflow/Snakefile"),
+               "--cores", str(cores), "--configfile", "config.yaml"]
+        result = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"Training the base failed in {folder}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return model
+
+
 def noisy_labels(n: int, flipped: float = 0.2, seed: int = 0):
     """Row % 2 (with the 104 cutouts repeated in order, a property of each image), a random `flipped` of them flipped."""
     import numpy as np
@@ -225,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--inner-folds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--unfreeze-blocks", type=int, default=0, help="finetune.settings.unfreeze_blocks (with unfreeze_epochs 2)")
+    parser.add_argument("--base", default="train", help="'train' (a pipeline base trained here, once), 'none' (random weights) or a .keras path")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the suite's size: 60 labelled, 60 survey, 2 folds, 2 inner folds")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
@@ -242,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     sides = {"ours": REPO, **({"against": args.against.resolve()} if args.against else {})}
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_finetune_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    base = args.base
+    if args.base == "train":  # the suite's tiny run trains a smaller base
+        base = train_base(workdir / "base", args.size, args.cores, *((150, 1) if args.tiny else (800, 4)))
     settings = {"task": "binary", "folds": args.folds, "inner_folds": args.inner_folds, "batch_size": args.batch_size,
                 # the crop (0.75) of a 32 px image is below the random-weight base's 32 px minimum: resized back up to --size
                 "resize_size": max(args.size, 32)}
@@ -260,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}_{n}_"))
             labelled.to_csv(run_dir / "labelled.csv", index=False)
             config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size},
-                      "finetune": {"base_model": "none", "catalog": str(run_dir / "labelled.csv"), "label_column": "ring", "image_size": args.size,
+                      "finetune": {"base_model": str(base), "catalog": str(run_dir / "labelled.csv"), "label_column": "ring", "image_size": args.size,
                                    "image_root": str(workdir), "max_quarantine_fraction": 0.0, "settings": settings,
                                    "survey": {"catalog": str(survey), "image_root": str(workdir)}}}
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config))

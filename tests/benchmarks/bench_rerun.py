@@ -31,9 +31,9 @@ TARGET = "results/bench/finetune/labelled/catalog/ready.parquet"
 log = logging.getLogger("bench_rerun")
 
 
-def resize_jobs(output: str) -> int:
-    """How many chunk jobs (write_finetune_shards; resize_finetune_images before issue 25) a Snakemake run's log says it started."""
-    rules = ("write_finetune_shards", "resize_finetune_images")
+def resize_jobs(output: str, rules: tuple[str, ...] = ("write_finetune_shards", "resize_finetune_images")) -> int:
+    """How many chunk jobs (of `rules`: by default a finetuning catalog's, write_finetune_shards, or
+    resize_finetune_images before issue 25) a Snakemake run's log says it started."""
     return sum(line.strip() in {f"{kind} {r}:" for r in rules for kind in ("rule", "localrule")} for line in output.splitlines())
 
 

@@ -89,7 +89,8 @@ def rule_table(run_dir: Path, since: float = 0.0) -> pd.DataFrame:
         if tsv.stat().st_mtime < since:
             continue
         bench = pd.read_csv(tsv, sep="\t").iloc[0]
-        rows.append({"job": str(tsv.relative_to(run_dir / "benchmarks/scale").with_suffix("")), "wall_s": bench["s"],
+        job = str(tsv.relative_to(run_dir / "benchmarks/scale").with_suffix("")).replace("/chunk_", "/")  # write_shards/<chunk>, as the hook names it
+        rows.append({"job": job, "wall_s": bench["s"],
                      "cpu_s": bench["cpu_time"], "max_rss_mb": bench["max_rss"], "end": tsv.stat().st_mtime})
     return pd.DataFrame(rows)
 
@@ -140,11 +141,13 @@ def main() -> None:
               "shards": {"shard_size": 4096}, "train": {"epochs": 1, "crop_fraction": 1.0},
               "predict": {"n_samples": 1, "splits": ["train", "val", "test", "unlabelled"]}, "cluster": {"query_ids": []}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    target = [] if args.until == "all" else ["--until", args.until]
+    # --until with a checkpoint upstream (validation, after which the shard chunks are known) stops at the checkpoint
+    # in Snakemake 9 (snakemake/snakemake#823): ask for the rule's outputs instead
+    target = {"all": ["all"], "gather_images": ["results/scale/catalog/ready.parquet", "results/scale/shards/shards.json"]}.get(args.until, ["all", "--until", args.until])
     dag_s, _ = snakemake(run_dir, "-n", "--quiet", "all")  # before anything ran: the whole DAG, from the catalog alone
     since = time.time()
     rusage_dir = Path(tempfile.mkdtemp(dir=run_dir, prefix="rusage_"))
-    wall_s, _ = snakemake(run_dir, "--cores", str(args.cores), "all", *target, rusage_dir=rusage_dir)  # --until: the target first
+    wall_s, _ = snakemake(run_dir, "--cores", str(args.cores), *target, rusage_dir=rusage_dir)
     table = exact_figures(rule_table(run_dir, since), rusage_dir)
     jobs_s = busy_seconds(table)
     summary = {"n": args.n, "size": args.size, "input": args.format, "until": args.until, "dag_dry_run_s": round(dag_s, 2),

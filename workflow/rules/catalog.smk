@@ -1,4 +1,5 @@
-rule validate_catalog:
+# a checkpoint: the catalog's chunks (one shard job each) are known once it is validated
+checkpoint validate_catalog:
     input:
         catalog=catalog_input,
     output:
@@ -22,5 +23,7 @@ rule validate_catalog:
         allow_unlabelled=ENCODER_MODE or config["catalog"]["allow_unlabelled"],
         # the limit is checked by write_shards before it reads an image, and by gather_images: changing it validates nothing again
         max_quarantine_fraction=1.0,
+        chunk_size=config["images"]["chunk_size"],
+        max_chunks=config["images"]["max_chunks"],
     script:
         "../scripts/validate_catalog.py"

@@ -1,7 +1,7 @@
 rule encode:
     input:
         unpack(encoder_input),
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         representations="results/{run}/encoder/representations/{split}.parquet",
     log:

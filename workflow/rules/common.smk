@@ -300,11 +300,48 @@ def finetune_image_size():
     return json.loads(model_config.read_text())["input_size"]
 
 
-@functools.lru_cache(maxsize=4)
-def _chunk_digests(validated, version):
+@functools.lru_cache(maxsize=8)
+def _chunk_digests(validated, version, label_cols):
     """catalog.chunk_digests_file of one version (mtime, size, inode) of a validated catalog, read once for all
     its chunk jobs."""
-    return chunk_digests_file(validated)
+    return chunk_digests_file(validated, list(label_cols))
+
+
+def catalog_chunks(validated, label_cols=()):
+    """Chunk number -> digest of what its shards hold, for a validated catalog file (known after its validation)."""
+    info = Path(validated).stat()
+    return _chunk_digests(
+        validated, (info.st_mtime_ns, info.st_size, info.st_ino), tuple(label_cols)
+    )
+
+
+def chunk_rows(chunks, wildcards, catalog):
+    """The digest of one chunk's galaxies: its shard job's rerun trigger."""
+    if int(wildcards.chunk) not in chunks:
+        raise ValueError(
+            f"The {catalog} has no chunk {wildcards.chunk}; its chunks are {sorted(chunks)}"
+        )
+    return chunks[int(wildcards.chunk)]
+
+
+def main_chunks(wildcards):
+    """Chunk number -> digest (ids, image paths, votes) for the main catalog, known after validation."""
+    validated = checkpoints.validate_catalog.get(run=wildcards.run).output.validated
+    return catalog_chunks(validated, label_columns())
+
+
+def main_shard_chunks(wildcards):
+    """One shard folder per chunk of the main catalog."""
+    return expand(
+        "results/{run}/shards/chunk_{chunk}",
+        chunk=sorted(main_chunks(wildcards)),
+        run=wildcards.run,
+    )
+
+
+def main_chunk_rows(wildcards):
+    """The digest of one chunk of the main catalog (ids, image paths, votes): write_shards' rerun trigger."""
+    return chunk_rows(main_chunks(wildcards), wildcards, "catalog")
 
 
 def finetune_chunks(wildcards, dataset=None):
@@ -312,8 +349,7 @@ def finetune_chunks(wildcards, dataset=None):
     validated = checkpoints.validate_finetune_catalog.get(
         run=wildcards.run, dataset=dataset or wildcards.dataset
     ).output.validated
-    info = Path(validated).stat()
-    return _chunk_digests(validated, (info.st_mtime_ns, info.st_size, info.st_ino))
+    return catalog_chunks(validated)
 
 
 def finetune_shard_chunks(wildcards, dataset=None):
@@ -334,12 +370,22 @@ def finetune_resize_settings():
 
 def finetune_chunk_rows(wildcards):
     """The digest of one chunk's galaxies (ids and image paths): write_finetune_shards' rerun trigger."""
-    chunks = finetune_chunks(wildcards)
-    if int(wildcards.chunk) not in chunks:
-        raise ValueError(
-            f"{wildcards.dataset} catalog has no chunk {wildcards.chunk}; its chunks are {sorted(chunks)}"
-        )
-    return chunks[int(wildcards.chunk)]
+    return chunk_rows(
+        finetune_chunks(wildcards), wildcards, f"{wildcards.dataset} catalog"
+    )
+
+
+def combined_shard_files(root):
+    """What gathering writes beside a catalog's shard chunks: their manifest, per-split catalogs, unreadable images
+    and shards.json together (chunk_shards.write_combined), which readers take as one folder of shards.
+    """
+    names = {
+        "manifest": "manifest.parquet",
+        "unreadable": "unreadable.parquet",
+        "shards": "shards.json",
+    }
+    names.update({f"{split}_catalog": f"{split}_catalog.parquet" for split in SPLITS})
+    return {key: f"{root}/{name}" for key, name in names.items()}
 
 
 def check_finetune_sizes():

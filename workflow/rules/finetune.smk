@@ -68,7 +68,7 @@ rule write_finetune_shards:
         seed=config["seed"],
         resize=lambda wildcards: finetune_resize_settings(),
     script:
-        "../scripts/write_finetune_shards.py"
+        "../scripts/write_shards.py"
 
 
 rule gather_finetune_images:
@@ -77,6 +77,7 @@ rule gather_finetune_images:
         quarantine="results/{run}/finetune/{dataset}/catalog/quarantine_validation.parquet",
         chunks=finetune_shard_chunks,
     output:
+        **combined_shard_files("results/{run}/finetune/{dataset}/shards"),
         ready="results/{run}/finetune/{dataset}/catalog/ready.parquet",
         quarantine="results/{run}/finetune/{dataset}/catalog/quarantine.parquet",
         accounting="results/{run}/finetune/{dataset}/catalog/accounting.json",
@@ -89,6 +90,9 @@ rule gather_finetune_images:
         runtime=30,
     params:
         max_quarantine_fraction=config["finetune"]["max_quarantine_fraction"],
+        label_cols=[],
+        chunk_rule="write_finetune_shards",
+        shard_files=True,
     script:
         "../scripts/gather_chunks.py"
 

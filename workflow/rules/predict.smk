@@ -8,7 +8,7 @@ rule predict:
         unpack(recalibration_input),
         model="results/{run}/model/model.keras",
         model_config="results/{run}/model/model_config.json",
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         predictions="results/{run}/predictions/{split}.parquet",
         representations="results/{run}/representations/{split}.parquet",
@@ -56,7 +56,7 @@ rule predictions_hdf5:
 rule evaluate:
     input:
         predictions="results/{run}/predictions/test.parquet",
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         metrics="results/{run}/evaluation/metrics.json",
         per_question=report(

@@ -3,7 +3,7 @@ rule provenance:
         unpack(training_outputs_input),
         catalog=catalog_input,
         validated="results/{run}/catalog/validated.parquet",
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         provenance="results/{run}/provenance.json",
         images="results/{run}/provenance_images.parquet",

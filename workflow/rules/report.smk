@@ -8,7 +8,7 @@ rule report_figures:
         confident="results/{run}/evaluation/confident.csv",
         confusion="results/{run}/evaluation/confusion.csv",
         predictions="results/{run}/predictions/test.parquet",
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         accounting=report(
             "results/{run}/report/accounting.png",

@@ -1,6 +1,6 @@
 rule train_model:
     input:
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         model="results/{run}/model/model.keras",
         model_config="results/{run}/model/model_config.json",

@@ -4,7 +4,7 @@ rule recalibrate:
     input:
         model="results/{run}/model/model.keras",
         model_config="results/{run}/model/model_config.json",
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         "results/{run}/model/recalibration.json",
     log:
@@ -33,7 +33,7 @@ rule calibration:
     input:
         unpack(recalibration_input),
         samples="results/{run}/prediction_samples/test.parquet",
-        shards="results/{run}/shards",
+        shards="results/{run}/shards/shards.json",
     output:
         table=report(
             "results/{run}/evaluation/calibration.csv",

@@ -1,5 +1,7 @@
 """Rule calibration: coverage of the predicted vote-count intervals, held-out likelihood and PIT, test split."""
 
+from pathlib import Path
+
 from zoobot_core.calibration import CalibrationConfig, calibration_files
 from zoobot_core.io import setup_logging
 from zoobot_core.schemas import get_tree
@@ -8,7 +10,7 @@ setup_logging(snakemake.log[0])
 i, o = snakemake.input, snakemake.output
 calibration_files(
     i.samples,
-    i.shards,
+    Path(i.shards).parent,
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
     o.table,
     o.curve,

@@ -13,6 +13,7 @@ from zoobot_core.io import setup_logging
 setup_logging(snakemake.log[0])
 # the Snakefile fetched the files before any job ran (the cache or a folder): the job reads the input files, no network
 encode_files(
-    Path(snakemake.input.encoder_config).parent, snakemake.input.shards, snakemake.wildcards.split,
+    # the catalog's shards.json is beside its shard chunks
+    Path(snakemake.input.encoder_config).parent, Path(snakemake.input.shards).parent, snakemake.wildcards.split,
     snakemake.output.representations, batch_size=snakemake.params.batch_size, source=snakemake.params.encoder,
 )

@@ -1,5 +1,5 @@
-"""Rule gather_finetune_images: a finetuning catalog's shard chunks joined: ready catalog (each galaxy's shard and
-record), full quarantine table, row accounting."""
+"""Rules gather_images and gather_finetune_images: a catalog's shard chunks joined: ready catalog (each galaxy's
+split, shard and record), full quarantine table, row accounting, and the chunks' shard files together."""
 
 from zoobot_core.chunk_shards import gather_chunk_files
 from zoobot_core.io import setup_logging
@@ -13,4 +13,7 @@ gather_chunk_files(
     snakemake.output.quarantine,
     snakemake.output.accounting,
     snakemake.params.max_quarantine_fraction,
+    label_cols=tuple(snakemake.params.label_cols),
+    rule=snakemake.params.chunk_rule,
+    shard_files=snakemake.params.get("shard_files", True),
 )

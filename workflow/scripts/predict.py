@@ -13,7 +13,7 @@ from zoobot_core.predict import PredictConfig, predict_files
 setup_logging(snakemake.log[0])
 predict_files(
     Path(snakemake.input.model).parent,
-    snakemake.input.shards,
+    Path(snakemake.input.shards).parent,  # shards.json beside the shard chunks
     snakemake.wildcards.split,
     snakemake.output.predictions,
     snakemake.output.representations,

@@ -1,5 +1,7 @@
 """Rule provenance: resolved config, package versions, commit, seeds, input and shard checksums."""
 
+from pathlib import Path
+
 from zoobot_core.io import setup_logging
 from zoobot_core.provenance import write_provenance
 
@@ -8,7 +10,7 @@ write_provenance(
     dict(snakemake.params.config),
     snakemake.input.catalog,
     snakemake.input.validated,
-    snakemake.input.shards,
+    Path(snakemake.input.shards).parent,  # shards.json beside the shard chunks
     snakemake.output.provenance,
     snakemake.output.images,
     snakemake.params.repo,

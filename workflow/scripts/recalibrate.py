@@ -15,7 +15,7 @@ setup_logging(snakemake.log[0])
 params = snakemake.params
 recalibrate_files(
     Path(snakemake.input.model).parent,
-    snakemake.input.shards,
+    Path(snakemake.input.shards).parent,  # shards.json beside the shard chunks
     snakemake.output[0],
     PredictConfig(**params.predict),
     RecalibrationConfig(method=params.method, min_galaxies=params.min_galaxies, min_votes=params.min_votes, folds=params.folds, seed=params.seed),

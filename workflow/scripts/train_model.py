@@ -16,7 +16,7 @@ settings = {k: v for k, v in snakemake.params.train.items() if k != "threads"}
 # not a param, so switching TensorBoard logs on or off does not retrain
 settings["tensorboard"] = snakemake.config["train"]["tensorboard"]
 train_from_shards(
-    snakemake.input.shards,
+    Path(snakemake.input.shards).parent,  # shards.json beside the shard chunks
     Path(snakemake.output.model).parent,
     get_tree(snakemake.params.tree, snakemake.params.question_suffix),
     TrainConfig(seed=snakemake.params.seed, **settings),
