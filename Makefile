@@ -67,9 +67,10 @@ bench: venv
 bench-chain: venv
 	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split --out results/bench_chain.json
 
-## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, then changing its labels: each rerun's whole command (validate, resize, gather) beside the first run's (what every edit cost when chunks followed row position); AGAINST=<a checkout before 2c2e53c> also runs the old design side by side (about 15 min on 2 cores with AGAINST, about half without; docs/benchmarks.md)
+## bench-rerun: adding 10 galaxies to a 3,000- and a 30,000-galaxy finetuning catalog, then changing its labels, and the same on the main catalog (votes corrected instead): each rerun's whole command (validate, shard chunks, gather) beside the first run's; AGAINST=<a checkout before issue 25> also runs the old design side by side (about 40 min on 2 cores with AGAINST; docs/benchmarks.md)
 bench-rerun: venv
 	$(BIN)/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun.json
+	$(BIN)/python tests/benchmarks/bench_rerun.py --chain main --size 64 --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun_main.json
 
 ## bench-survey: survey prediction throughput, 1,500 hard-linked real cutouts at 64 px: the pipeline's path (chunk shards, then predict_survey: 4 rotations, MC dropout, streamed per shard) beside one process that decodes, resizes and calls model.predict, each a whole process, 3 alternating runs (about 6 min on 2 cores; docs/benchmarks.md)
 bench-survey: venv

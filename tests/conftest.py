@@ -36,20 +36,26 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_synthetic, tmp_path_factory) -> Path:
-    """Shards of the tiny synthetic catalog at 32 px, through validate -> resize -> gather -> write_shards."""
+    """Shards of the tiny synthetic catalog at 32 px in one folder, written by shard_writer.write_shards from files
+    already resized (its mode for images already at size: each catalog image resized once here by images.load_resized,
+    the unreadable ones left out), so their catalog has a resized_loc column to write them again from."""
     from zoobot_core import catalog, images, shard_writer, shards
     from zoobot_core.schemas import get_tree
 
     tree = get_tree("gz_decals_dr5")
     out = tmp_path_factory.mktemp("tiny_pipeline")
-    validated, quarantine = catalog.validate_catalog(
+    validated, _ = catalog.validate_catalog(
         tiny_synthetic / "catalog.csv", catalog.CatalogConfig(label_cols=tuple(tree.label_cols), chunk_size=25, max_quarantine_fraction=0.2)
     )
-    chunk_dirs = []
-    for chunk in sorted(validated["chunk"].unique()):
-        images.resize_chunk(validated, chunk, out / f"chunk_{chunk}", images.ResizeConfig(size=32))
-        chunk_dirs.append(out / f"chunk_{chunk}")
-    ready, _ = images.gather_resized(validated, quarantine, chunk_dirs, 0.2)
+    (out / "resized").mkdir()
+    resized = []
+    for id_str, path in zip(validated["id_str"], validated["file_loc"]):
+        try:
+            images.load_resized(path, images.ResizeConfig(size=32)).save(out / "resized" / f"{id_str}.png", compress_level=1)
+            resized.append(str(out / "resized" / f"{id_str}.png"))
+        except images.UNREADABLE_ERRORS:
+            resized.append(None)
+    ready = validated.assign(**{images.RESIZED: resized}).dropna(subset=[images.RESIZED]).reset_index(drop=True)
     shard_writer.write_shards(ready, out / "shards", shards.ShardSettings(size=32, label_cols=tuple(tree.label_cols), shard_size=16, train_fraction=0.6, val_fraction=0.2))
     return out / "shards"
 

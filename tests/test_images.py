@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from zoobot_core.images import RESIZED, ResizeConfig, gather_resized, load_rgb, resize_chunk, safe_filename
+from zoobot_core.images import ResizeConfig, load_rgb
 
 
 @pytest.mark.parametrize(
@@ -56,73 +56,6 @@ def test_jpeg_input_is_read(tmp_path):
     assert out.shape == (25, 25, 3) and out[12, 12, 0] > 180
 
 
-def test_safe_filename_never_collides_and_keeps_plain_ids():
-    assert safe_filename("J012055.92-003713.9") == "J012055.92-003713.9"
-    assert safe_filename("a/b") != safe_filename("a_b")
-    assert "/" not in safe_filename("../../etc/passwd")
-    assert not safe_filename(".hidden").startswith(".")
-
-
-def test_resize_chunk_quarantines_unreadable_images_and_gather_accounts_for_all(tmp_path):
-    good = tmp_path / "good.png"
-    Image.new("RGB", (50, 50), (1, 2, 3)).save(good)
-    (tmp_path / "text.png").write_text("not an image")
-    truncated = tmp_path / "trunc.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(truncated)
-    truncated.write_bytes(truncated.read_bytes()[:100])
-    validated = pd.DataFrame({
-        "row": [0, 1, 2], "id_str": ["g", "t", "x"], "file_loc": [str(good), str(tmp_path / "text.png"), str(truncated)],
-        "labelled": [True, True, False], "chunk": [0, 0, 0],
-    })
-    index = resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=24, file_format="jpg"))
-    assert index.set_index("id_str")["reason"].fillna("ok").to_dict() == {"g": "ok", "t": "unreadable_image", "x": "unreadable_image"}
-    with Image.open(index.loc[0, RESIZED]) as img:
-        assert img.format == "JPEG" and img.size == (24, 24)
-    earlier = pd.DataFrame([{"row": 3, "id_str": "m", "file_loc": "nowhere.png", "stage": "validate", "reason": "missing_file", "message": "gone"}])
-    ready, quarantine = gather_resized(validated, earlier, [tmp_path / "chunk_0"], max_quarantine_fraction=1.0)
-    assert list(ready["id_str"]) == ["g"]
-    assert quarantine[["row", "stage", "reason"]].values.tolist() == [[1, "resize", "unreadable_image"], [2, "resize", "unreadable_image"], [3, "validate", "missing_file"]]
-
-
-def test_a_failed_chunk_leaves_no_partial_output(tmp_path, monkeypatch):
-    import zoobot_core.images as images
-
-    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
-    validated = pd.DataFrame({"id_str": ["a", "b"], "file_loc": [str(tmp_path / "a.png")] * 2, "chunk": [0, 0]})
-    calls = []
-
-    def exploding_load(path, size, draft_tolerance=1.0, reducing_gap=2.0, fits=None):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # an interruption mid-chunk
-        return Image.new("RGB", (size, size))
-
-    monkeypatch.setattr(images, "load_rgb", exploding_load)
-    with pytest.raises(KeyboardInterrupt):
-        resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
-    assert not (tmp_path / "chunk_0").exists()
-    assert not list(tmp_path.glob(".chunk_0*"))
-
-
-def test_gathering_refuses_a_chunk_resized_from_another_version_of_the_catalog(tmp_path):
-    """Each chunk records the galaxies it resized; gathering checks them against the validated catalog, so a chunk
-    Snakemake did not rerun (rerun triggers narrowed to mtime, --touch, a file system showing a job old data)
-    stops the run, naming the chunk, instead of joining old images under new rows."""
-    for name in ("a", "b"):
-        Image.new("RGB", (30, 30)).save(tmp_path / f"{name}.png")
-    before = pd.DataFrame({"row": [0], "id_str": ["a"], "file_loc": [str(tmp_path / "a.png")], "labelled": [True], "chunk": [0]})
-    resize_chunk(before, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
-    ready, _ = gather_resized(before, before.iloc[:0], [tmp_path / "chunk_0"], 0.0)
-    assert ready["id_str"].tolist() == ["a"]
-    empty = before.iloc[:0][["row", "id_str", "file_loc"]]
-    for after in (before.assign(file_loc=str(tmp_path / "b.png")),  # the same galaxy, another image file
-                  pd.concat([before, before.assign(row=1, id_str="b", file_loc=str(tmp_path / "b.png"))])):  # a galaxy joined chunk 0
-        with pytest.raises(RuntimeError, match=r"chunk\(s\) 0 do not hold .* snakemake -R resize_finetune_images"):
-            gather_resized(after, empty, [tmp_path / "chunk_0"], 1.0)
-    with pytest.raises(RuntimeError, match=r"chunk\(s\) 1 do not hold"):  # a chunk the catalog has and no folder gives
-        gather_resized(pd.concat([before, before.assign(row=1, id_str="b", chunk=1)]), empty, [tmp_path / "chunk_0"], 1.0)
-
-
 def test_wrong_extension_is_decoded_by_content(tmp_path):
     Image.new("RGB", (40, 40), (0, 200, 0)).save(tmp_path / "really_png.jpg", format="PNG")
     Image.new("RGB", (40, 40), (0, 0, 200)).save(tmp_path / "really_jpeg.png", format="JPEG")
@@ -131,21 +64,15 @@ def test_wrong_extension_is_decoded_by_content(tmp_path):
 
 
 def test_corrupt_bytes_behind_a_valid_header_are_unreadable(tmp_path):
+    from zoobot_core.chunk_shards import write_chunk_shards
+    from zoobot_core.shards import ShardSettings
+
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).bytes(500))
-    validated = pd.DataFrame({"id_str": ["c"], "file_loc": [str(tmp_path / "corrupt.png")], "chunk": [0]})
-    index = resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=8))
-    assert index.loc[0, "reason"] == "unreadable_image"
-
-
-def test_worker_processes_give_the_same_chunk_as_one_process(tiny_synthetic, tmp_path):
-    catalog = pd.read_csv(tiny_synthetic / "catalog.csv")
-    validated = pd.DataFrame({"id_str": catalog["id_str"], "file_loc": [str(tiny_synthetic / p) for p in catalog["file_loc"]], "chunk": 0})
-    one = resize_chunk(validated, 0, tmp_path / "one", ResizeConfig(size=32), workers=1)
-    two = resize_chunk(validated, 0, tmp_path / "two", ResizeConfig(size=32), workers=2)
-    pd.testing.assert_frame_equal(one.drop(columns=RESIZED), two.drop(columns=RESIZED))
-    assert one["reason"].notna().sum() == 4  # the fixture's 4 broken files (no validation step here)
-    for name in sorted(p.name for p in (tmp_path / "one").glob("*.png")):
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    Image.new("RGB", (30, 30), (9, 8, 7)).save(tmp_path / "fine.png")
+    validated = pd.DataFrame({"id_str": ["c", "f"], "file_loc": [str(tmp_path / "corrupt.png"), str(tmp_path / "fine.png")], "chunk": [0, 0]})
+    write_chunk_shards(validated, 0, tmp_path / "chunk_0", ShardSettings(size=8), ResizeConfig(size=8))
+    unreadable = pd.read_parquet(tmp_path / "chunk_0/unreadable.parquet")
+    assert unreadable["id_str"].tolist() == ["c"] and unreadable.loc[0, "reason"] == "unreadable_image"
 
 
 def test_draft_decoding_stays_close_to_full_decoding(tmp_path):
@@ -173,15 +100,17 @@ def test_the_resize_benchmark_runs_with_every_input_format():
     assert {(fmt.strip(), px.strip()) for fmt, px in rows} >= {(f, p) for f in ("jpg", "png", "fits", "fits.gz") for p in ("128", "224")}
 
 
-def test_a_full_disk_stops_the_chunk_naming_the_file_and_quarantines_nothing(tmp_path, monkeypatch):
-    """A resized image written onto a full disk (/dev/full: the kernel fails every write with ENOSPC) stops the job,
-    naming the galaxy and its file, and leaves no chunk behind: quarantined, the galaxy would stay lost, because a
-    chunk reruns only when its galaxies change. Once the disk has room, a corrupt image is still quarantined."""
+def test_a_full_disk_stops_the_chunk_and_leaves_nothing_then_a_rerun_writes_it(tmp_path, monkeypatch):
+    """A chunk's shard written onto a full disk (/dev/full: the kernel fails every write with ENOSPC) stops the job
+    and leaves no chunk behind (nothing quarantined, no half-written shard): a chunk reruns only when its galaxies
+    change, so a quarantine here would lose the galaxies for good. Once the disk has room, the rerun writes the
+    chunk, and a corrupt image is still quarantined."""
     import builtins
     import errno
     import os
 
-    from zoobot_core.images import MachineError
+    from zoobot_core.chunk_shards import write_chunk_shards
+    from zoobot_core.shards import ShardSettings
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
@@ -189,26 +118,26 @@ def test_a_full_disk_stops_the_chunk_naming_the_file_and_quarantines_nothing(tmp
         Image.new("RGB", (30, 30), (9, 8, 7)).save(tmp_path / f"{name}.png")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     validated = pd.DataFrame({
-        "row": [0, 1, 2], "id_str": ["a", "b", "c"], "labelled": [True] * 3, "chunk": [0] * 3,
+        "row": [0, 1, 2], "id_str": ["a", "b", "c"], "labelled": [False] * 3, "chunk": [0] * 3,
         "file_loc": [str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "corrupt.png")],
     })
     out = tmp_path / "chunk_0"
     real_open = builtins.open
 
     def open_on_a_full_disk(file, mode="r", *args, **kwargs):
-        """The chunk's resized images go to /dev/full; everything else as usual."""
-        full = "w" in mode and str(file).startswith(str(tmp_path / ".chunk_0")) and str(file).endswith(".png")
+        """The chunk's shards go to /dev/full; everything else as usual."""
+        full = "w" in mode and str(file).startswith(str(tmp_path / ".chunk_0")) and str(file).endswith(".tfrecord")
         return real_open("/dev/full" if full else file, mode, *args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(builtins, "open", open_on_a_full_disk)
-        with pytest.raises(MachineError, match=r"galaxy a: .*a\.png.*No space left on device.*rerun") as caught:
-            resize_chunk(validated, 0, out, ResizeConfig(size=8))
-    assert isinstance(caught.value.__cause__, OSError) and caught.value.__cause__.errno == errno.ENOSPC
-    assert not out.exists() and not list(tmp_path.glob(".chunk_0*"))  # no half-written chunk, no index, no quarantine
-    index = resize_chunk(validated, 0, out, ResizeConfig(size=8))  # the disk has room again: the rerun recovers them
-    assert index.set_index("id_str")["reason"].fillna("ok").to_dict() == {"a": "ok", "b": "ok", "c": "unreadable_image"}
-    assert (out / "a.png").is_file() and (out / "b.png").is_file() and not (out / "c.png").exists()
+        with pytest.raises(OSError) as caught:
+            write_chunk_shards(validated, 0, out, ShardSettings(size=8), ResizeConfig(size=8))
+    assert caught.value.errno == errno.ENOSPC
+    assert not out.exists() and not list(tmp_path.glob(".chunk_0*"))  # no half-written chunk, no list of unreadable images
+    manifest = write_chunk_shards(validated, 0, out, ShardSettings(size=8), ResizeConfig(size=8))  # the disk has room again
+    assert sorted(manifest["id_str"]) == ["a", "b"]
+    assert pd.read_parquet(out / "unreadable.parquet").set_index("id_str")["reason"].to_dict() == {"c": "unreadable_image"}
 
 
 @pytest.mark.parametrize("code", ["ENOSPC", "EIO", "ESTALE", "EDQUOT", "EROFS", "ENOMEM", "EMFILE", "EACCES"])

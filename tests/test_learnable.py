@@ -23,9 +23,9 @@ def test_default_training_beats_the_constant_predictor(tmp_path):
     size = config["images"]["size"]
     make_synthetic_catalog(tmp_path / "syn", SyntheticConfig(n_galaxies=900, image_size=size, seed=11, n_broken=0, unlabelled_fraction=0.0))
     validated, quarantine = catalog.validate_catalog(tmp_path / "syn/catalog.csv", catalog.CatalogConfig(label_cols=tuple(tree.label_cols), chunk_size=1000))
-    images.resize_chunk(validated, 0, tmp_path / "chunk_0", images.ResizeConfig(size=size))
-    ready, _ = images.gather_resized(validated, quarantine, [tmp_path / "chunk_0"], 0.0)
-    shard_writer.write_shards(ready, tmp_path / "shards", shards.ShardSettings(size=size, label_cols=tuple(tree.label_cols), seed=11, train_fraction=0.8, val_fraction=0.1))
+    # the catalog's images resized straight into shards, as the workflow's shard jobs do
+    shard_writer.write_shards(validated, tmp_path / "shards", shards.ShardSettings(size=size, label_cols=tuple(tree.label_cols), seed=11, train_fraction=0.8,
+                              val_fraction=0.1), source_col="file_loc", resize=images.ResizeConfig(size=size))
     settings = {k: v for k, v in config["train"].items() if k not in ("gpus", "threads")} | {"epochs": 10, "patience": 10}
     train.train_from_shards(tmp_path / "shards", tmp_path / "model", tree, train.TrainConfig(seed=11, **settings), threads=config["train"]["threads"])
     predictions, *_ = predict.predict_shards(tmp_path / "model", tmp_path / "shards", "test", predict.PredictConfig(n_samples=3))

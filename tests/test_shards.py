@@ -318,7 +318,7 @@ def test_a_catalog_over_the_quarantine_limit_stops_before_any_image_is_read_or_a
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_an_unreadable_resized_file_stops_raw_shards_naming_it_and_leaves_nothing(tiny_shards, tmp_path, workers):
-    """Raw shards of files already checked (the finetuning chain's resized images): a file that has gone bad since is an
+    """Raw shards of files already resized and checked (write_shards without resize): a file that has gone bad since is an
     error naming it, raised from a worker process too, and no shard directory appears."""
     ready = read_catalog(tiny_shards)
     broken = tmp_path / "gone_bad.png"
@@ -352,7 +352,7 @@ def test_joining_parts_appends_those_that_hold_records_in_order(tmp_path, presen
 
 @pytest.mark.parametrize("code", ["EIO", "ESTALE", "ENOSPC"])
 def test_a_failing_file_system_stops_the_survey_shards_with_the_policy_resizing_uses(tiny_synthetic, tmp_path, monkeypatch, code):
-    """write_shards(resize=...) and images.resize_chunk share images.unreadable_reason: an I/O error reading a
+    """write_shards(resize=...) uses images.unreadable_reason, the one policy for every catalog: an I/O error reading a
     catalog image stops the job with MachineError naming the file, and no shards or unreadable list appear; a corrupt
     image in the same catalog is listed as unreadable_image once the file system works."""
     import errno

@@ -430,3 +430,16 @@ def test_a_second_run_from_scratch_gives_the_same_shards_and_numbers(tiny_run, s
     first, second = (json.loads((run / "provenance.json").read_text()) for run in (tiny_run, second_tiny_run))
     assert first["shards"]["digest"] == second["shards"]["digest"]
     assert {k: v for k, v in first["inputs"].items() if k != "catalog"} == {k: v for k, v in second["inputs"].items() if k != "catalog"}
+
+
+def test_the_rerun_benchmark_runs_on_the_main_chain_at_a_tiny_size(tmp_path):
+    """tests/benchmarks/bench_rerun.py --chain main (docs/benchmarks.md: editing the main catalog), 60 galaxies."""
+    sys.path.insert(0, str(REPO / "tests/benchmarks"))
+    import bench_rerun
+
+    report = bench_rerun.main(["--chain", "main", "--n", "60", "--chunk-size", "15", "--add", "1", "--repeats", "2", "--size", "32",
+                               "--workdir", str(tmp_path)])
+    ours = report["results"][60]["ours"]
+    assert ours["first_jobs"] == 4 and ours["add_jobs"] == [1, 1] and ours["labels_jobs"] == 1  # a corrected galaxy: its chunk
+    assert all(s > 0 for s in [ours["first_s"], *ours["add_s"], ours["labels_s"]])
+    assert "votes corrected" in report["table"].splitlines()[0]

@@ -18,6 +18,10 @@ from training galaxies only. Every method sees the same field of view: the netwo
 With `temperature_scaling`, classification probabilities are rescaled by one temperature (temperature.py):
 each fold's out-of-fold scores by one fitted on the other folds' only, the final model's by one fitted on all
 of them (or 1, where that did not lower the cross-validated log loss). Classes and thresholds stay the raw ones'.
+
+Modules: this one holds the procedure (cross-validation, the final model); unfreeze.py the Keras training loop of
+step 3; image_source.py where the images are read from (an array, or the workflow's shards a batch at a time);
+finetune_io.py the files (the workflow's catalog and shards in, the outputs written, the base's training ids).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from zoobot_core.baselines import Fitted, crop_px, fit_constant, fit_linear, splitter, streamed_baseline_features
-from zoobot_core.bases import ENCODER, ENCODER_SIZE, HEAD, PIPELINE, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
-from zoobot_core.finetuned import FINETUNE_CONFIG, ROTATIONS, feature_extractor, head_outputs, rotation_features, scores_from_outputs
+from zoobot_core.bases import ENCODER, ENCODER_SIZE, HEAD, STANDARDISE, BaseSpec, base_channels, build_network, efficientnet_of
+from zoobot_core.finetune_io import base_overlap, seen_by, write_outputs  # noqa: F401 (seen_by: the API)
+from zoobot_core.finetuned import ROTATIONS, feature_extractor, head_outputs, rotation_features, scores_from_outputs
 from zoobot_core.image_source import ImageSource, as_source, gather_rows
 from zoobot_core.runtime import leaves_process_state
 from zoobot_core.scores import balanced_threshold, classify, paired_difference, score_predictions, summary_table
@@ -375,8 +380,6 @@ def finetune(
     `base_overlap` says whether that was possible and how many labelled ids matched. `catalog` (the row
     accounting) goes into metrics.json.
     """
-    from zoobot_core.io import atomic_path, atomic_write_table, write_json
-
     out_dir = Path(out_dir)
     images = as_source(images)
     ids = np.asarray(ids).astype(str)
@@ -422,81 +425,10 @@ def finetune(
         "config": asdict(config),
         **({"catalog": catalog} if catalog is not None else {}),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
-    write_json(settings, out_dir / FINETUNE_CONFIG)
-    atomic_write_table(oof, out_dir / "cv_predictions.parquet")
-    atomic_write_table(summary_table(metrics, config.task), out_dir / "cv_metrics.csv")
-    atomic_write_table(history, out_dir / "history.csv")
-    write_json(summary, out_dir / "metrics.json")
+    write_outputs(out_dir, model, settings, oof, summary_table(metrics, config.task), history, summary)
     headline = "balanced_accuracy" if config.task != "regression" else "mae"
     log.info("Out-of-fold %s: %s", headline, ", ".join(f"{m} {metrics[m][headline]['pooled']:.3f}" for m in METHODS))
     for name in METHODS[1:]:
         diff = metrics[name]["finetuned_minus_this"][headline]
         log.info("Finetuned minus %s: %+.3f (paired bootstrap 95%%: %+.3f to %+.3f)", name, diff["difference"], *diff["ci95"])
     return summary
-
-
-def seen_by(base: BaseSpec) -> set[str] | None:
-    """Ids a pipeline base was trained or early-stopped on (trained_on.parquet beside it); None when unknown
-    (a Zoobot 2 encoder's Galaxy Zoo training galaxies are not published with it); none for ImageNet or random weights."""
-    from zoobot_core.runtime import TRAINED_ON
-
-    if base.kind == ENCODER:
-        return None
-    if base.kind != PIPELINE:
-        return set()
-    record = Path(base.path).parent / TRAINED_ON
-    if not record.is_file():
-        return None
-    table = pd.read_parquet(record)
-    if "id_str" not in table.columns:
-        raise ValueError(f"{record} has no id_str column (columns: {list(table.columns)}); it is not a trained_on.parquet train_model wrote: retrain the base or remove the file")
-    return set(table["id_str"].astype(str))
-
-
-def base_overlap(ids: np.ndarray, base: BaseSpec, seen_by_base: set[str] | frozenset | None = None) -> tuple[np.ndarray, dict]:
-    """Which labelled galaxies the base was trained on (never to be scored), and the record of how that was known:
-    {"checked": whether it could be known, "n_matched": labelled ids among the base's training ids (None when not
-    checked), "source": "seen_by_base", the trained_on.parquet read, or why none is needed}.
-
-    `seen_by_base` None: a pipeline base's trained_on.parquet; ImageNet or random weights saw no galaxy.
-    """
-    from zoobot_core.runtime import TRAINED_ON
-
-    ids = np.asarray(ids).astype(str)
-    if seen_by_base is not None:
-        seen, source = {str(i) for i in seen_by_base}, "seen_by_base"
-    elif base.kind == ENCODER:
-        log.warning("The encoder %s was pretrained on Galaxy Zoo galaxies whose ids are not published with it: labelled galaxies among them "
-                    "cannot be kept out of scoring (metrics.json: base_overlap checked false). Pass seen_by_base if you have its training ids", base.path)
-        return np.zeros(len(ids), bool), {"checked": False, "n_matched": None, "source": "encoder base: its training galaxies are not published with it"}
-    else:
-        seen = seen_by(base)
-        source = str(Path(base.path).parent / TRAINED_ON) if base.kind == PIPELINE else f"{base.kind} base: trained on no galaxies"
-    if seen is None:
-        log.warning("%s has no %s beside it: cannot tell whether the finetuning galaxies were among its training galaxies, so none is kept "
-                    "out of scoring (metrics.json: base_overlap checked false). Pass seen_by_base, or put the file back beside the model", base.path, TRAINED_ON)
-        return np.zeros(len(ids), bool), {"checked": False, "n_matched": None, "source": None}
-    excluded = np.isin(ids, sorted(seen))
-    log.info("%d of %d labelled galaxies are among the base's training galaxies (%s): never scored", excluded.sum(), len(ids), source)
-    return excluded, {"checked": True, "n_matched": int(excluded.sum()), "source": source}
-
-
-def finetune_files(
-    ready_path: Path | str, accounting_path: Path | str, shard_root: Path | str, base: BaseSpec, label_col: str, out_dir: Path | str,
-    config: FinetuneConfig, threads: int | None = None,
-) -> dict:
-    """The finetune_model rule: the labelled catalog's images (validated, quarantined and resized into the shards
-    under `shard_root` by the pipeline's own rules), read a batch at a time, then finetune(); the catalog's row
-    accounting goes into metrics.json."""
-    import json
-
-    from zoobot_core.image_source import ShardImages
-
-    ready = pd.read_parquet(ready_path).sort_values("id_str").reset_index(drop=True)
-    images = ShardImages(ready, shard_root)
-    accounting = json.loads(Path(accounting_path).read_text())
-    # seen_by_base None: finetune reads the base's trained_on.parquet (base_overlap), as the workflow always has
-    return finetune(images, ready["id_str"].to_numpy(), ready[label_col].to_numpy(), base, out_dir, config, label_col, None, threads, accounting)

@@ -1,12 +1,11 @@
-"""Decode, convert and resize galaxy images in chunks; unreadable images are quarantined, not lost."""
+"""Decode, convert and resize galaxy images as every catalog's shards take them (load_resized), the one policy for an image
+that cannot be used (unreadable_reason: quarantined, or the machine's fault and the job stops), and the ready catalog
+with its quarantine table and row accounting (gather_index, write_gathered)."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,19 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from zoobot_core.catalog import CHUNK, FILE, ID, LABELLED, QUARANTINE_COLUMNS, CatalogError, check_quarantine_fraction, chunk_digests
-from zoobot_core.fits_images import BadImage, FitsConfig, is_fits, load_fits_rgb
-from zoobot_core.io import atomic_dir, atomic_write_table, write_json
+from zoobot_core.catalog import FILE, ID, LABELLED, QUARANTINE_COLUMNS, CatalogError, check_quarantine_fraction
+from zoobot_core.fits_images import FitsConfig, is_fits, load_fits_rgb
+from zoobot_core.io import atomic_write_table, write_json
 
 log = logging.getLogger(__name__)
 
 RESIZED = "resized_loc"
-INDEX_NAME = "index.parquet"
-INDEX_COLUMNS = [ID, RESIZED, "reason", "message"]  # a chunk's index: per galaxy, its resized file or why not
-CHUNK_NAME = "chunk.json"  # in each chunk folder: its number and the digest of the galaxies it holds
-_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # what Pillow raises for a file that is not a readable image (quarantined as unreadable_image)
 UNREADABLE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, zlib.error)
 # the OSErrors that are the machine's fault (disk full, quota, I/O error, stale NFS handle, read-only file system, out of
@@ -68,14 +62,6 @@ class ResizeConfig:
     def __post_init__(self) -> None:
         if isinstance(self.fits, dict):  # from the config / a rule's params
             object.__setattr__(self, "fits", FitsConfig(**self.fits))
-
-
-def safe_filename(id_str: str) -> str:
-    """A filename for a galaxy id; ids with unsafe characters get a hash suffix so names never collide."""
-    cleaned = _SAFE.sub("_", id_str)
-    if cleaned == id_str and not id_str.startswith("."):
-        return id_str
-    return f"{cleaned.lstrip('.')}_{hashlib.sha1(id_str.encode()).hexdigest()[:10]}"
 
 
 def scale_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -144,76 +130,6 @@ def save_image(image: Image.Image, path: Path | str, config: ResizeConfig) -> No
         image.save(path, format="PNG", compress_level=config.png_compress_level)
 
 
-def _resize_one(task: tuple[str, str, str, ResizeConfig]) -> tuple[str | None, str | None]:
-    """Resize one image to `target`; (None, None) on success, else (reason, message); MachineError if the machine failed."""
-    id_str, file_loc, target, config = task
-    try:
-        save_image(load_resized(file_loc, config), target, config)
-        return None, None
-    except BadImage as err:
-        return err.reason, str(err)
-    except UNREADABLE_ERRORS as err:
-        return unreadable_reason(err, f"galaxy {id_str}: resizing {file_loc} to {target}")
-
-
-def resize_chunk(validated: pd.DataFrame, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> pd.DataFrame:
-    """Resize one chunk's images into out_dir (atomically, as a whole) with `workers` processes; write its index.
-
-    The index has one row per galaxy of the chunk: id_str, resized_loc (or None) and, for
-    failures, the quarantine reason and message.
-    """
-    out_dir = Path(out_dir)
-    rows = validated[validated[CHUNK] == chunk]
-    if rows.empty:
-        raise ValueError(f"Chunk {chunk} has no galaxies in the validated catalog; rerun validate_catalog")
-    names = [f"{safe_filename(i)}.{config.file_format}" for i in rows[ID]]
-    with atomic_dir(out_dir) as tmp:
-        tasks = [(i, f, str(tmp / n), config) for i, f, n in zip(rows[ID], rows[FILE], names)]
-        progress = {"total": len(tasks), "desc": f"resizing chunk {chunk}", "mininterval": 10}
-        if workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(workers) as pool:
-                outcomes = list(tqdm(pool.map(_resize_one, tasks, chunksize=max(1, len(tasks) // (8 * workers))), **progress))
-        else:
-            outcomes = [_resize_one(t) for t in tqdm(tasks, **progress)]
-        records = []
-        for (id_str, file_loc, _, _), name, (reason, message) in zip(tasks, names, outcomes):
-            if reason:
-                log.warning("Cannot read image of %s at %s: %s", id_str, file_loc, message)
-            records.append({ID: id_str, RESIZED: None if reason else str(out_dir / name), "reason": reason, "message": message})
-        index = pd.DataFrame(records, columns=INDEX_COLUMNS)
-        atomic_write_table(index, tmp / INDEX_NAME)
-        write_json({"chunk": int(chunk), "rows_digest": chunk_digests(rows)[int(chunk)]}, tmp / CHUNK_NAME)
-    n_bad = index[RESIZED].isna().sum()
-    log.info("Chunk %d: %d resized to %d px, %d unreadable", chunk, len(index) - n_bad, config.size, n_bad)
-    return index
-
-
-def gather_resized(
-    validated: pd.DataFrame, validation_quarantine: pd.DataFrame, chunk_dirs: list[Path | str], max_quarantine_fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Join the chunks' indexes onto the validated catalog; return (ready catalog, full quarantine table).
-
-    Every chunk must hold exactly the galaxies the validated catalog gives it (`catalog.chunk_digests`): a chunk
-    resized from another version of the catalog stops the gathering, naming it, rather than join old images.
-    """
-    expected = chunk_digests(validated)
-    found = {}
-    for chunk_dir in map(Path, chunk_dirs):
-        meta = json.loads((chunk_dir / CHUNK_NAME).read_text()) if (chunk_dir / CHUNK_NAME).is_file() else {}
-        found[meta.get("chunk", chunk_dir.name)] = meta.get("rows_digest")
-    stale = sorted(str(c) for c in set(found) | set(expected) if found.get(c) != expected.get(c))
-    if stale:
-        raise RuntimeError(
-            f"Resized chunk(s) {', '.join(stale)} do not hold the galaxies the validated catalog gives them (resized from "
-            "another version of it, or missing); rerun them: snakemake -R resize_finetune_images"
-        )
-    indexes = [pd.read_parquet(Path(d) / INDEX_NAME) for d in chunk_dirs]
-    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(columns=INDEX_COLUMNS)
-    return gather_index(validated, validation_quarantine, index, max_quarantine_fraction, "rerun resize_finetune_images")
-
-
 def gather_index(
     validated: pd.DataFrame, validation_quarantine: pd.DataFrame, index: pd.DataFrame, max_quarantine_fraction: float, fix: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -239,27 +155,6 @@ def gather_index(
     return ready, quarantine
 
 
-def resize_chunk_file(validated_path: Path | str, chunk: int, out_dir: Path | str, config: ResizeConfig, workers: int = 1) -> None:
-    """The resize_finetune_images rule: resize one chunk of the validated catalog."""
-    resize_chunk(pd.read_parquet(validated_path), chunk, out_dir, config, workers)
-
-
-def gather_files(
-    validated_path: Path | str,
-    validation_quarantine_path: Path | str,
-    chunk_dirs: list[str],
-    ready_path: Path | str,
-    quarantine_path: Path | str,
-    accounting_path: Path | str,
-    max_quarantine_fraction: float,
-) -> dict:
-    """The finetuning chain's gather rule: the ready catalog, the full quarantine table and the row accounting."""
-    validated = pd.read_parquet(validated_path)
-    validation_quarantine = pd.read_parquet(validation_quarantine_path)
-    ready, quarantine = gather_resized(validated, validation_quarantine, chunk_dirs, max_quarantine_fraction)
-    return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)
-
-
 def write_gathered(
     validated: pd.DataFrame,
     validation_quarantine: pd.DataFrame,
@@ -271,7 +166,6 @@ def write_gathered(
 ) -> dict:
     """Write the ready catalog, the full quarantine table and the row accounting (in = ready + quarantined)."""
     from zoobot_core.catalog import accounting
-    from zoobot_core.io import write_json
 
     counts = accounting(len(validated) + len(validation_quarantine), ready, quarantine)
     atomic_write_table(ready, ready_path)

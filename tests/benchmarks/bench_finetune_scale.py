@@ -4,10 +4,12 @@ Run: `make bench-finetune-scale` (or `.venv/bin/python tests/benchmarks/bench_fi
 [--survey-n 4000 --survey-n 16000] [--against DIR] [--out results/bench_finetune_scale.json]`); `--tiny` is the
 suite's size (60 labelled, a 60-galaxy survey, 2 folds, 2 inner folds: about 2 minutes on 2 cores).
 
-For each --n, a labelled catalog of n galaxies (label `ring`: row % 2, which the 104 cutouts' hard links make a property
-of the image, flipped for a random 20%, seeded: learnable but noisy, as volunteers' labels are; a label the images
-separate perfectly makes every logistic regression of the probes iterate to its limit, hours at 50,000) and a survey of --survey-n galaxies
-(default 4 x n), both bench_chain's catalogs (the 104 real cutouts of ../shared as hard links, each row its own id),
+For each --n, a labelled catalog of n distinct galaxies (distinct_catalog: each one of the 104 real cutouts of
+../shared cropped at a random offset, perhaps mirrored, with noise, saved as JPEG at quality 90; label `ring` the
+source cutout's row parity, flipped for a random 20%, seeded: learnable but noisy, as volunteers' labels are. Hard
+links of 104 images would make the probe's features rank 104, and its weakly regularised logistic regressions iterate
+for minutes each, a cost no real catalog has) and a survey of --survey-n galaxies (default 4 x n; bench_chain's
+catalog: the 104 cutouts as hard links, each row its own id: prediction does not care),
 are finetuned at --size px from a base this pipeline trained (--base train, the default: the main chain on 800
 synthetic galaxies at --size px for 4 epochs, once, by this checkout; a random-weight base's features are nearly
 constant, ~1e-7 apart, so every probe's logistic regression iterates to its limit, 10 minutes a fold at 2,000
@@ -228,11 +230,46 @@ def train_base(folder: Path, size: int, cores: int, galaxies: int = 800, epochs:
     return model
 
 
-def noisy_labels(n: int, flipped: float = 0.2, seed: int = 0):
-    """Row % 2 (with the 104 cutouts repeated in order, a property of each image), a random `flipped` of them flipped."""
+def _jittered(task: tuple[str, str, int]) -> None:
+    """One distinct galaxy: the source cropped to 400 px at a random offset, mirrored half the time, with noise; JPEG q90."""
+    import numpy as np
+    from PIL import Image
+
+    source, target, seed = task
+    rng = np.random.default_rng(seed)
+    with Image.open(source) as img:
+        rgb = np.asarray(img.convert("RGB"), np.float32)
+    top, left = rng.integers(0, rgb.shape[0] - 400 + 1, 2)
+    crop = rgb[top : top + 400, left : left + 400]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    noisy = np.clip(crop + rng.normal(0, 3, crop.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(target, quality=90)
+
+
+def distinct_catalog(workdir: Path, sample: Path, n: int, workers: int = 2) -> pd.DataFrame:
+    """An n-row catalog of distinct galaxy images made from the real cutouts (_jittered; kept in workdir, reused):
+    id_str, file_loc, and `source` (which cutout it came from)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    sources = sorted(sample.glob("*.png"))
+    folder = workdir / f"distinct_{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(f"d{i:06d}", str(folder / f"d{i:06d}.jpg"), i % len(sources)) for i in range(n)]
+    todo = [(str(sources[s]), path, i) for i, (_, path, s) in enumerate(rows) if not Path(path).exists()]
+    if todo:
+        log.info("Making %d distinct galaxy images in %s", len(todo), folder)
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_jittered, todo, chunksize=256))
+    return pd.DataFrame(rows, columns=["id_str", "file_loc", "source"])
+
+
+def noisy_labels(n: int, flipped: float = 0.2, seed: int = 0, sources=None):
+    """The source cutout's row parity (a property of the image; by default row % 2), a random `flipped` of them flipped."""
     import numpy as np
 
-    return (np.arange(n) % 2) ^ (np.random.default_rng(seed).random(n) < flipped).astype(int)
+    parity = (np.arange(n) if sources is None else np.asarray(sources)) % 2
+    return parity ^ (np.random.default_rng(seed).random(n) < flipped).astype(int)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -276,8 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "finetune_settings": settings, "results": {}}
     tables = []
     for n, survey_n in zip(sizes, surveys):
-        labelled = pd.read_csv(make_catalog(workdir, args.sample, n, "png", []))
-        labelled["ring"] = noisy_labels(len(labelled))
+        labelled = distinct_catalog(workdir, args.sample, n, args.cores)
+        labelled["ring"] = noisy_labels(len(labelled), sources=labelled.pop("source").to_numpy())
         (workdir / "survey").mkdir(exist_ok=True)
         survey = make_catalog(workdir / "survey", args.sample, survey_n, "png", [])
         for name, repo in sides.items():

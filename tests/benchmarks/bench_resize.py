@@ -24,7 +24,7 @@ from astropy.visualization import make_lupton_rgb
 from PIL import Image
 
 from zoobot_core.fits_images import FitsConfig
-from zoobot_core.images import ResizeConfig, load_rgb, resize_chunk, save_image
+from zoobot_core.images import ResizeConfig, load_rgb, save_image
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/gz_decals_rings_sample/images"
 
@@ -130,9 +130,13 @@ def main() -> None:
                     f"| {fmt} | {size} | {decode:.0f} | {base:.0f} | {ours_png:.0f} | {ours_jpg:.0f} | {ours_png / base:.2f}x | {ours_png / decode:.0%} "
                     f"| {quality:.1f} | {fast:.0f} | {fast / decode:.0%} | {fast_quality:.1f} |"
                 )
-        print("\nScaling with worker processes (resize_chunk, 424 -> 128 px PNG in and out, wall clock):\n")
+        print("\nScaling with worker processes (one catalog chunk straight into raw shards, chunk_shards.write_chunk_shards,")
+        print("424 px PNG -> 128 px, wall clock):\n")
         print("| workers | galaxies/s | speed-up |")
         print("|---|---|---|")
+        from zoobot_core.chunk_shards import write_chunk_shards
+        from zoobot_core.shards import ShardSettings
+
         fs = files["png"] * max(1, 200 // len(files["png"]))
         validated = pd.DataFrame({"id_str": [f"g{i}" for i in range(len(fs))], "file_loc": [str(f) for f in fs], "chunk": 0})
         first = None
@@ -140,12 +144,12 @@ def main() -> None:
             times = []
             for r in range(args.repeats):
                 start = time.perf_counter()
-                resize_chunk(validated, 0, Path(tmp) / f"out_{workers}_{r}", ResizeConfig(size=128), workers=workers)
+                write_chunk_shards(validated, 0, Path(tmp) / f"out_{workers}_{r}", ShardSettings(size=128, shard_size=64, image_encoding="raw"),
+                                   ResizeConfig(size=128), workers=workers, hash_images=False)
                 times.append(time.perf_counter() - start)
             speed = len(fs) / statistics.median(times)
             first = first or speed
             print(f"| {workers} | {speed:.0f} | {speed / first:.2f}x |")
-
 
 if __name__ == "__main__":
     import logging

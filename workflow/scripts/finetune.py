@@ -8,7 +8,8 @@ cap_onednn_isa(snakemake.config["onednn_max_isa"])
 from pathlib import Path
 
 from zoobot_core.bases import resolve_base
-from zoobot_core.finetune import FinetuneConfig, finetune_files
+from zoobot_core.finetune import FinetuneConfig
+from zoobot_core.finetune_io import finetune_files
 from zoobot_core.io import setup_logging
 
 setup_logging(snakemake.log[0])
