@@ -79,3 +79,39 @@ def test_the_image_baselines_see_only_the_centre_crop_the_network_sees():
     assert not np.allclose(image_baseline_features(other, 1.0)["radial_profile"], image_baseline_features(images, 1.0)["radial_profile"])
     with pytest.raises(ValueError, match="crop_fraction"):
         image_baseline_features(images, 0.0)
+
+
+def _grid_search(task: str, cv, x: np.ndarray, y: np.ndarray):
+    """The search as it was before issue 25's stopped walk: scikit-learn's GridSearchCV over the whole grid."""
+    from sklearn.model_selection import GridSearchCV
+
+    from zoobot_core.baselines import ALPHA_GRID, C_GRID, linear_model
+
+    if task == "regression":
+        return GridSearchCV(linear_model(task), {"ridge__alpha": ALPHA_GRID}, cv=cv, scoring="neg_mean_squared_error").fit(x, y)
+    return GridSearchCV(linear_model(task), {"logisticregression__C": C_GRID}, cv=cv, scoring="neg_log_loss").fit(x, y)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_the_stopped_search_chooses_what_the_whole_grid_search_chooses_and_scores_as_it_does(task):
+    """linear_search walks the grid from the strongest regularisation and stops two points past the best: on
+    features of rings with a fifth of the labels flipped (binary), three classes, and a regression, its scores are GridSearchCV's to the last bit, it
+    chooses the same value, and its refitted model predicts the same numbers; scoring the whole grid is GridSearchCV."""
+    from zoobot_core.baselines import linear_search, splitter
+
+    images, labels = _rings(120)
+    x = np.concatenate([radial_profile_features(images), pixel_features(images, 8)], axis=1)
+    flipped = labels ^ (np.random.default_rng(2).random(len(labels)) < 0.2)  # noisy labels: the best C is inside the grid
+    y = {"binary": flipped, "multiclass": np.arange(len(labels)) % 3, "regression": labels * 2.0 + np.random.default_rng(1).normal(0, 0.5, len(labels))}[task]
+    cv = splitter(y, task, 3, seed=4)
+    reference = _grid_search(task, cv, x, y)
+    values = reference.cv_results_["param_" + next(iter(reference.best_params_))]
+    whole = {float(v): float(s) for v, s in zip(values, reference.cv_results_["mean_test_score"])}
+    for patience in (2, 100):
+        search = linear_search(task, cv, x, y, patience=patience)
+        assert search.best_params_ == reference.best_params_
+        assert all(search.scores[v] == whole[v] for v in search.scores)  # each score computed is GridSearchCV's, bit for bit
+        predict = "predict" if task == "regression" else "predict_proba"
+        np.testing.assert_array_equal(getattr(search.best_estimator_, predict)(x), getattr(reference.best_estimator_, predict)(x))
+    assert len(linear_search(task, cv, x, y, patience=100).scores) == len(whole)
+    assert len(linear_search(task, cv, x, y).scores) < len(whole)  # the weakest regularisations, past the best, not fitted
