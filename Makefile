@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-survey bench-finetune-scale bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
+.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-probe bench-survey bench-finetune-scale bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -71,6 +71,10 @@ bench-chain: venv
 bench-rerun: venv
 	$(BIN)/python tests/benchmarks/bench_rerun.py --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun.json
 	$(BIN)/python tests/benchmarks/bench_rerun.py --chain main --size 64 --n 3000 --n 30000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_rerun_main.json
+
+## bench-probe: the linear probe's regularisation search, the whole grid beside the walk that stops past the best, on features of 2,000 and 12,000 distinct galaxies from a pipeline-trained base (about 20 min on 2 cores; docs/benchmarks.md)
+bench-probe: venv
+	$(BIN)/python tests/benchmarks/bench_probe_search.py --n 2000 --n 12000 --out results/bench_probe_search.json
 
 ## bench-survey: survey prediction throughput, 1,500 hard-linked real cutouts at 64 px: the pipeline's path (chunk shards, then predict_survey: 4 rotations, MC dropout, streamed per shard) beside one process that decodes, resizes and calls model.predict, each a whole process, 3 alternating runs (about 6 min on 2 cores; docs/benchmarks.md)
 bench-survey: venv

@@ -115,3 +115,18 @@ def test_the_stopped_search_chooses_what_the_whole_grid_search_chooses_and_score
         np.testing.assert_array_equal(getattr(search.best_estimator_, predict)(x), getattr(reference.best_estimator_, predict)(x))
     assert len(linear_search(task, cv, x, y, patience=100).scores) == len(whole)
     assert len(linear_search(task, cv, x, y).scores) < len(whole)  # the weakest regularisations, past the best, not fitted
+
+
+@pytest.mark.slow
+def test_the_probe_search_benchmark_runs_at_a_tiny_size(real_sample, tmp_path):
+    """tests/benchmarks/bench_probe_search.py (docs/benchmarks.md: the probe's search), 150 galaxies, random weights."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    import bench_probe_search
+
+    report = bench_probe_search.main(["--n", "150", "--base", "none", "--workdir", str(tmp_path)])
+    row = report["rows"][0]
+    assert row["same_choice"] and row["same_held_out_scores"] and row["stopped_points"] <= row["whole_points"] == 13
+    assert row["whole_s"] > 0 and row["stopped_s"] > 0 and "| 150 (x 1,280) |" in report["table"]

@@ -244,7 +244,9 @@ def _jittered(task: tuple[str, str, int]) -> None:
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     noisy = np.clip(crop + rng.normal(0, 3, crop.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(noisy).save(target, quality=90)
+    partial = f"{target}.part"
+    Image.fromarray(noisy).save(partial, format="JPEG", quality=90)
+    os.replace(partial, target)  # whole or absent: a stopped run leaves no truncated image to be reused
 
 
 def distinct_catalog(workdir: Path, sample: Path, n: int, workers: int = 2) -> pd.DataFrame:
