@@ -13,11 +13,24 @@ from conftest import REPO, run_snakemake
 from PIL import Image
 
 from zoobot_core.fits_images import BadImage, FitsConfig, is_fits, load_fits_rgb, read_fits_planes
-from zoobot_core.images import RESIZED, ResizeConfig, gather_resized, load_rgb, resize_chunk
+from zoobot_core.images import ResizeConfig, load_rgb
 from zoobot_core.schemas import get_tree
 
 SIZE = 48
 FLUX = {"g": 0.4, "r": 1.0, "z": 1.6}  # peak surface brightness per band (nanomaggy-like units)
+
+
+def _shard_chunk(rows: pd.DataFrame, folder, config: ResizeConfig) -> pd.DataFrame:
+    """`rows` (id_str, file_loc, chunk 0) written into one chunk's shards as the shard jobs write them: per galaxy,
+    its quarantine reason (None when its image is in the shards)."""
+    from zoobot_core.chunk_shards import write_chunk_shards
+    from zoobot_core.shards import ShardSettings
+
+    manifest = write_chunk_shards(rows, 0, folder, ShardSettings(size=config.size, image_encoding="raw"), config)
+    unreadable = pd.read_parquet(folder / "unreadable.parquet")
+    reasons = dict(zip(unreadable["id_str"], unreadable["reason"]))
+    assert set(manifest["id_str"]).isdisjoint(reasons) and set(manifest["id_str"]) | set(reasons) == set(rows["id_str"])
+    return pd.DataFrame({"id_str": rows["id_str"].to_numpy(), "reason": [reasons.get(i) for i in rows["id_str"]]})
 
 
 def _galaxy(peak: float, size: int = SIZE, centre: tuple[float, float] | None = None, sigma: float = 5.0) -> np.ndarray:
@@ -59,8 +72,8 @@ def test_a_three_plane_cube_needs_bands_set(tmp_path):
     with pytest.raises(BadImage, match=re.escape("set images.fits.bands")) as raised:
         read_fits_planes(path, FitsConfig())
     assert raised.value.reason == "fits_bands" and path in str(raised.value) and "[2, 1, 0]" in str(raised.value)
-    index = resize_chunk(pd.DataFrame({"id_str": ["g"], "file_loc": [path], "chunk": 0}), 0, tmp_path / "chunk", ResizeConfig(size=16))
-    assert index["reason"].tolist() == ["fits_bands"] and index[RESIZED].isna().all()  # quarantined with the reason, not shown reversed
+    index = _shard_chunk(pd.DataFrame({"id_str": ["g"], "file_loc": [path], "chunk": 0}), tmp_path / "chunk", ResizeConfig(size=16))
+    assert index["reason"].tolist() == ["fits_bands"]  # quarantined with the reason, not shown reversed
     assert read_fits_planes(_write(tmp_path / "one.fits", _galaxy(1.0)), FitsConfig()).shape == (1, SIZE, SIZE)
     np.testing.assert_array_equal(read_fits_planes(path, ZRG), _grz()[[2, 1, 0]])  # R = z, G = r, B = g
 
@@ -180,8 +193,8 @@ def test_corrupt_fits_is_unreadable_not_a_crash(tmp_path):
     (tmp_path / "cut.fits.gz").write_bytes(compressed[: len(compressed) // 2])
     (tmp_path / "bad.fits.gz").write_bytes(compressed[:10] + bytes(b ^ 0xFF for b in compressed[10:200]) + compressed[200:])
     validated = pd.DataFrame({"id_str": ["s", "c", "b"], "file_loc": [str(tmp_path / n) for n in ("short.fits.gz", "cut.fits.gz", "bad.fits.gz")], "chunk": 0})
-    index = resize_chunk(validated, 0, tmp_path / "chunk", ResizeConfig(size=16, fits={"bands": [2, 1, 0]}))
-    assert index["reason"].tolist() == ["unreadable_image"] * 3 and index[RESIZED].isna().all()
+    index = _shard_chunk(validated, tmp_path / "chunk", ResizeConfig(size=16, fits={"bands": [2, 1, 0]}))
+    assert index["reason"].tolist() == ["unreadable_image"] * 3
 
 
 def test_fits_config_mistakes_are_caught_when_the_config_is_read():
@@ -218,13 +231,20 @@ def _fits_catalog(folder):
 def test_resizing_a_fits_catalog_quarantines_each_bad_file_with_its_reason(tmp_path):
     catalog, expected = _fits_catalog(tmp_path / "cutouts")
     validated = catalog.assign(file_loc=[str(tmp_path / "cutouts" / f) for f in catalog["file_loc"]], row=range(len(catalog)), chunk=0, labelled=False)
-    index = resize_chunk(validated, 0, tmp_path / "chunk_0", ResizeConfig(size=32, fits={"bands": [2, 1, 0]}))
-    ready, quarantine = gather_resized(validated, pd.DataFrame(columns=["row", "id_str", "file_loc", "stage", "reason", "message"]), [tmp_path / "chunk_0"], 1.0)
-    assert sorted(ready["id_str"]) == [f"G{i}" for i in range(6)] and index[RESIZED].notna().sum() == 6
+    from zoobot_core.chunk_shards import gather_chunk_files
+    from zoobot_core.image_source import ShardImages
+
+    index = _shard_chunk(validated, tmp_path / "shards/chunk_0", ResizeConfig(size=32, fits={"bands": [2, 1, 0]}))
+    validated.to_parquet(tmp_path / "validated.parquet")
+    pd.DataFrame(columns=["row", "id_str", "file_loc", "stage", "reason", "message"]).astype({"row": "int64"}).to_parquet(tmp_path / "empty.parquet")
+    gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "empty.parquet", [str(tmp_path / "shards/chunk_0")], tmp_path / "ready.parquet",
+                       tmp_path / "quarantine.parquet", tmp_path / "accounting.json", 1.0)
+    ready, quarantine = pd.read_parquet(tmp_path / "ready.parquet"), pd.read_parquet(tmp_path / "quarantine.parquet")
+    assert sorted(ready["id_str"]) == [f"G{i}" for i in range(6)] and index["reason"].isna().sum() == 6
     assert dict(zip(quarantine["id_str"], quarantine["reason"])) == expected
     assert quarantine["message"].str.contains("cutouts/B_").all()
-    with Image.open(ready["resized_loc"].iloc[0]) as img:
-        assert img.size == (32, 32) and img.mode == "RGB"
+    rows, images = next(ShardImages(ready, tmp_path / "shards").batches(None, 8))
+    assert images.shape == (6, 32, 32, 3) and images.max() > 0  # the good ones, resized into the shards as RGB
 
 
 @pytest.mark.workflow
@@ -264,8 +284,8 @@ def test_a_file_system_error_reading_fits_stops_the_job_instead_of_quarantining(
 
     with monkeypatch.context() as patch:
         patch.setattr(fits, "open", failing_open)
-        with pytest.raises(MachineError, match=re.escape(f"galaxy g: resizing {path}")):
-            resize_chunk(rows, 0, tmp_path / "chunk", ResizeConfig(size=16, fits=ZRG))
+        with pytest.raises(MachineError, match=re.escape(f"reading {path} into a shard")):
+            _shard_chunk(rows, tmp_path / "chunk", ResizeConfig(size=16, fits=ZRG))
     assert not (tmp_path / "chunk").exists()
-    index = resize_chunk(rows, 0, tmp_path / "chunk", ResizeConfig(size=16, fits=ZRG))
-    assert index["reason"].isna().all() and index[RESIZED].notna().all()
+    index = _shard_chunk(rows, tmp_path / "chunk", ResizeConfig(size=16, fits=ZRG))
+    assert index["reason"].isna().all()
