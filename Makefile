@@ -63,7 +63,7 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_acquisition.py
 	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000
 
-## bench-chain: images to shards, the whole `snakemake --until gather_images` command against Zoobot's one-process loop, at 3,000 and 30,000 real cutouts (about 25 min on 2 cores; docs/benchmarks.md)
+## bench-chain: images to shards, the whole `snakemake shards` command (validation, the chunk jobs, combine and gather) against Zoobot's one-process loop, at 3,000 and 30,000 real cutouts (about 25 min on 2 cores; docs/benchmarks.md)
 bench-chain: venv
 	$(BIN)/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split --out results/bench_chain.json
 

@@ -79,7 +79,7 @@ def test_a_stale_chunk_is_refused_and_orphaned_chunks_are_removed(tiny_synthetic
     edited = validated[validated["id_str"] != validated.loc[validated["chunk"] == 1, "id_str"].iloc[0]]
     edited.to_parquet(tmp_path / "validated.parquet")
     args = (tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "r.parquet", tmp_path / "q.parquet", tmp_path / "a.json", 0.2)
-    with pytest.raises(RuntimeError, match=r"chunk\(s\) 1 do not hold .* snakemake -R write_finetune_shards"):
+    with pytest.raises(RuntimeError, match=r"chunk\(s\) 1 do not hold .*snakemake --force .*chunk_1 \(snakemake -R write_finetune_shards"):
         gather_chunk_files(tmp_path / "validated.parquet", *args)
     # the catalog now has 2 chunks: chunks 2 and 3 are orphans once chunks 0 and 1 are gathered
     halved, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(chunk_size=20, max_chunks=2, max_quarantine_fraction=1.0))
@@ -172,3 +172,26 @@ def test_finetuning_from_shards_scores_the_real_rings_exactly_as_from_images_in_
     whole, whole_metrics, _, _ = cross_validate(in_memory, ids, labels, base, settings)
     pd.testing.assert_frame_equal(streamed, whole)
     assert streamed_metrics == whole_metrics
+
+
+def test_readers_refuse_a_chunk_written_again_after_the_chunks_were_combined(tiny_synthetic, tmp_path):
+    """shard_paths reads the chunks the combined shards.json lists, each checked against the digest it records: a
+    chunk written again since (a chunk forced alone, then --touch) is refused, naming it and the command."""
+    from zoobot_core.shards import shard_paths
+
+    validated, dirs, _, _ = _chunked(tiny_synthetic, tmp_path)
+    root = tmp_path / "shards"
+    assert len(shard_paths(root, "unlabelled")) == sum(len(list((Path(d) / "unlabelled").glob("*.tfrecord"))) for d in dirs)
+    meta = json.loads((Path(dirs[1]) / "shards.json").read_text())
+    (Path(dirs[1]) / "shards.json").write_text(json.dumps({**meta, "rows_digest": "another version"}))
+    with pytest.raises(RuntimeError, match=r"chunk\(s\) chunk_1 .* no longer hold what its shards.json lists.*snakemake --force .*shards.json"):
+        shard_paths(root, "unlabelled")
+
+
+def test_a_stale_chunk_is_named_with_the_command_that_rewrites_it_alone(tiny_synthetic, tmp_path):
+    validated, dirs, _, _ = _chunked(tiny_synthetic, tmp_path)
+    edited = validated[validated["id_str"] != validated.loc[validated["chunk"] == 2, "id_str"].iloc[0]]
+    edited.to_parquet(tmp_path / "validated.parquet")
+    with pytest.raises(RuntimeError, match=rf"chunk\(s\) 2 do not hold .*snakemake --force {tmp_path / 'shards' / 'chunk_2'} \(snakemake -R"):
+        gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "r.parquet", tmp_path / "q.parquet",
+                           tmp_path / "a.json", 0.2)

@@ -260,3 +260,8 @@ def test_a_survey_prediction_killed_near_the_end_resumes_where_it_stopped(finetu
     pd.testing.assert_frame_equal(edited[edited["id_str"].isin(untouched)].reset_index(drop=True),
                                   whole[whole["id_str"].isin(untouched)].reset_index(drop=True))
     assert len(list(parts.glob("part_*.json"))) == len(finetuned.survey_shard_files(chunks))  # no part of a shard that is gone
+    # other prediction code (an upgrade of this library): every part is predicted again, not reused
+    monkeypatch.setattr(finetuned, "_code_digest", lambda: "other code")
+    predicted.clear()
+    finetuned.predict_survey_files(out, chunks, target, hdf5, batch_size=64, seed=7)
+    assert len(predicted) == len(finetuned.survey_shard_files(chunks))

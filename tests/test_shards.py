@@ -422,3 +422,31 @@ def test_provenance_hash_images_decides_whether_write_shards_hashes_the_source_i
         assert hashed == []  # not one image's bytes hashed
         assert "source_sha256" not in manifest and "source_sha256" not in pd.read_parquet(tmp_path / "shards" / MANIFEST)
         assert provenance["inputs"]["n_images"] is None and provenance["inputs"]["images_digest"] is None and len(images) == 0
+
+
+def test_provenance_hashes_the_images_of_chunks_written_without_their_checksums(tiny_synthetic, tmp_path):
+    """provenance.hash_images turned on after a run: only the chunks a later edit touched are written again, with the
+    checksums; provenance hashes the other chunks' images itself, so every image has its file's SHA-256."""
+    from zoobot_core.catalog import CatalogConfig, validate_catalog
+    from zoobot_core.chunk_shards import combine_chunk_files, write_chunk_shards_file
+    from zoobot_core.images import ResizeConfig
+    from zoobot_core.provenance import write_provenance
+
+    tree = get_tree("gz_decals_dr5")
+    validated, quarantine = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(label_cols=tuple(tree.label_cols), max_quarantine_fraction=0.2,
+                                                                                           chunk_size=25))
+    validated.to_parquet(tmp_path / "validated.parquet")
+    quarantine.to_parquet(tmp_path / "quarantine.parquet")
+    settings = ShardSettings(size=16, label_cols=tuple(tree.label_cols), shard_size=8, image_encoding="raw")
+    dirs = [str(tmp_path / "shards" / f"chunk_{c}") for c in sorted(validated["chunk"].unique())]
+    assert len(dirs) == 2
+    for chunk, folder in enumerate(dirs):  # chunk 0 with the checksums, chunk 1 (written earlier, hash_images off) without
+        write_chunk_shards_file(tmp_path / "validated.parquet", chunk, folder, settings, ResizeConfig(size=16), hash_images=chunk == 0)
+    combine_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine.parquet", dirs, 0.2, settings.label_cols)
+    manifest = pd.read_parquet(tmp_path / "shards" / MANIFEST)
+    assert manifest["source_sha256"].isna().any() and manifest["source_sha256"].notna().any()
+    write_provenance({"seed": 1}, tiny_synthetic / "catalog.csv", tmp_path / "validated.parquet", tmp_path / "shards", tmp_path / "provenance.json",
+                     tmp_path / "images.parquet", tmp_path, hash_images=True)
+    images = pd.read_parquet(tmp_path / "images.parquet")
+    assert len(images) == len(manifest) and images["sha256"].notna().all()
+    assert all(sha == _sha(Path(f)) for f, sha in zip(images["file_loc"], images["sha256"]))

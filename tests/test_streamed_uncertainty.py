@@ -89,15 +89,19 @@ def test_a_hash_collision_is_rechecked_not_reported(tmp_path, monkeypatch):
         list(iter_samples(_split_file(tmp_path), TREE.label_cols, 2, 4))
 
 
-def test_seen_ids_stay_found_across_merges(monkeypatch):
-    """The compact id memory: hashes found after any number of merges of the sorted array, none invented."""
-    monkeypatch.setattr(dirichlet, "_MERGE_EVERY", 8)
+def test_seen_ids_stay_found_across_merges():
+    """The compact id memory: hashes found after any number of merges of its sorted runs, none invented, and the
+    runs stay few (O(log n): a lookup is a binary search in each), however small the batches."""
     seen, rng = dirichlet._SeenIds(), np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, 500).astype(np.uint64)
     for chunk in np.array_split(hashes[:400], 57):
         assert not seen.met(chunk).any()
         seen.add(chunk)
     assert seen.met(hashes[:400]).all() and not seen.met(hashes[400:]).any()
+    many = dirichlet._SeenIds()
+    for chunk in np.array_split(rng.integers(0, 2**63, 100_000).astype(np.uint64), 3000):  # ~33 galaxies a read
+        many.add(chunk)
+    assert len(many._runs) <= 18 and sum(map(len, many._runs)) == 100_000  # log2(100,000) = 16.6
 
 
 def _catalogs(shards, ids: list[str], seed: int = 1) -> pd.DataFrame:

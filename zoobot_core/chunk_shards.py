@@ -101,11 +101,12 @@ def check_chunks(validated: pd.DataFrame, chunk_dirs: list[Path], label_cols: tu
     for chunk_dir in chunk_dirs:
         meta = read_metadata(chunk_dir) if (chunk_dir / METADATA).is_file() else {}
         found[meta.get("chunk", chunk_dir.name)] = meta.get("rows_digest")
-    stale = sorted(str(c) for c in set(found) | set(expected) if found.get(c) != expected.get(c))
+    stale = sorted(int(c) for c in set(found) | set(expected) if found.get(c) != expected.get(c))
     if stale:
+        targets = " ".join(str(chunk_dirs[0].parent / f"{CHUNK_PREFIX}{c}") for c in stale)
         raise RuntimeError(
-            f"Shard chunk(s) {', '.join(stale)} do not hold the galaxies the validated catalog gives them (written from "
-            f"another version of it, or missing); rewrite them: snakemake -R {rule}"
+            f"Shard chunk(s) {', '.join(map(str, stale))} do not hold the galaxies the validated catalog gives them (written from "
+            f"another version of it, or missing); rewrite them: snakemake --force {targets} (snakemake -R {rule} rewrites every chunk)"
         )
 
 
@@ -159,9 +160,13 @@ def combined_metadata(chunk_dirs: list[Path]) -> dict:
     """shards.json for all chunks together: the settings they share, the counts summed, and each chunk's digest
     under "chunks" (which shards.chunk_names reads); ValueError when chunks were written with other settings."""
     metas = {d.name: read_metadata(d) for d in chunk_dirs}
-    shared = {tuple((k, str(m.get(k))) for k in SHARED_KEYS) for m in metas.values()}
-    if len(shared) > 1:
-        raise ValueError(f"The chunks in {chunk_dirs[0].parent} were written with different settings ({sorted(shared)}): rewrite them all")
+    by_settings: dict[tuple, list[str]] = {}
+    for name, meta in metas.items():
+        by_settings.setdefault(tuple((k, meta.get(k)) for k in SHARED_KEYS if k != "label_cols"), []).append(name)
+    if len(by_settings) > 1 or len({tuple(m.get("label_cols", [])) for m in metas.values()}) > 1:
+        groups = "; ".join(f"{', '.join(names)}: {dict(settings)}" for settings, names in by_settings.items())
+        raise ValueError(f"The chunks in {chunk_dirs[0].parent} were written with different settings ({groups}): rewrite them all, "
+                         f"snakemake --force {' '.join(str(d) for d in chunk_dirs)}")
     first = next(iter(metas.values()))
     counts = {split: sum(m["counts"][split] for m in metas.values()) for split in (*SPLITS, UNLABELLED)}
     return {**{k: first[k] for k in SHARED_KEYS if k in first}, "counts": counts, "unreadable": sum(m["unreadable"] for m in metas.values()),

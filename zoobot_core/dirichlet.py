@@ -20,7 +20,6 @@ from zoobot_core.schemas import DecisionTree
 
 log = logging.getLogger(__name__)
 
-_MERGE_EVERY = 4096  # ids hashed since the last merge into the sorted array, at least
 
 
 def _run_starts(ids: np.ndarray) -> np.ndarray:
@@ -51,31 +50,29 @@ def _id_hashes(ids: np.ndarray) -> np.ndarray:
 
 
 class _SeenIds:
-    """64-bit hashes of the galaxy ids met so far, 8 bytes a galaxy and no strings: a sorted array, and the
-    latest hashes unsorted until there are enough of them to merge (so a merge costs O(1) a galaxy amortised)."""
+    """64-bit hashes of the galaxy ids met so far, 8 bytes a galaxy and no strings, as sorted runs whose lengths at
+    least double from the newest to the oldest (a binary counter: a run is merged into the one before it once it is
+    as long), so there are O(log n) runs, a lookup is a binary search in each, and each hash is merged O(log n)
+    times: O(n log^2 n) in all for n galaxies, however small the batches."""
 
     def __init__(self) -> None:
-        self._sorted = np.zeros(0, np.uint64)
-        self._recent: list[np.ndarray] = []
-        self._n_recent = 0
+        self._runs: list[np.ndarray] = []  # sorted; the oldest (longest) first
 
     def met(self, hashes: np.ndarray) -> np.ndarray:
         """Whether each hash was added before (its id met before, or a different id with the same hash)."""
         found = np.zeros(len(hashes), bool)
-        if len(self._sorted):
-            at = np.minimum(np.searchsorted(self._sorted, hashes), len(self._sorted) - 1)
-            found = self._sorted[at] == hashes
-        if self._recent:
-            found |= np.isin(hashes, np.concatenate(self._recent))
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            found |= run[at] == hashes
         return found
 
     def add(self, hashes: np.ndarray) -> None:
         """Remember these hashes."""
-        self._recent.append(hashes)
-        self._n_recent += len(hashes)
-        if self._n_recent >= max(_MERGE_EVERY, len(self._sorted) // 4):
-            self._sorted = np.sort(np.concatenate([self._sorted, *self._recent]))
-            self._recent, self._n_recent = [], 0
+        run = np.sort(np.asarray(hashes, np.uint64))
+        while self._runs and len(self._runs[-1]) <= 2 * len(run):
+            run = np.sort(np.concatenate([self._runs.pop(), run]))
+        if len(run):
+            self._runs.append(run)
 
 
 def _first_id_before(path, ids: set[str], n_rows: int) -> str | None:

@@ -187,12 +187,27 @@ def _shard_outputs(model, extractor, settings: dict, path: Path, size: int, enco
             np.concatenate(samples) if samples else np.zeros((0, n_samples, units), np.float32))
 
 
+# the modules whose code decides a survey part's numbers (features, head, decoding, temperature, classes)
+PREDICTION_CODE = ("finetuned", "preprocess", "datasets", "temperature", "scores", "bases", "model")
+
+
+def _code_digest() -> str:
+    """SHA-256 of the source of the modules that compute survey predictions (PREDICTION_CODE): a part predicted by
+    other code is predicted again (Snakemake's code trigger sees only the rule's script, not this library)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in PREDICTION_CODE:
+        digest.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()
+
+
 def _parts_key(model_dir: Path, batch_size: int, seed: int, n_samples: int) -> dict:
-    """What a survey's finished parts depend on besides their shard: the model's files and the sampling."""
+    """What a survey's finished parts depend on besides their shard: the model's files, the sampling and the code."""
     from zoobot_core.io import file_sha256
 
     return {"model": file_sha256(model_dir / "model.keras"), "settings": file_sha256(model_dir / FINETUNE_CONFIG),
-            "batch_size": batch_size, "seed": seed, "n_samples": n_samples}
+            "batch_size": batch_size, "seed": seed, "n_samples": n_samples, "code": _code_digest()}
 
 
 def shard_name(path: Path) -> str:

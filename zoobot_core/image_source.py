@@ -190,12 +190,13 @@ class HeldImages:
 @contextmanager
 def held(source, rows: np.ndarray, batch_size: int = 256) -> Iterator:
     """`rows` of `source` for repeated reading: an in-memory source as it is, a shard source's rows kept in a
-    temporary file (HeldImages; removed on exit) so that reading them again decodes nothing and skips the other
-    rows' shards."""
-    if isinstance(source, ArrayImages):
+    temporary file beside its shards folder (HeldImages; removed on exit) so that reading them again decodes nothing
+    and skips the other rows' shards."""
+    if isinstance(source, (ArrayImages, HeldImages)):
         yield source
         return
-    with tempfile.TemporaryDirectory(prefix="zoobot_held_") as folder:
+    # beside the shards (results/...: a disk), not in /tmp, which is memory (tmpfs) on many clusters and containers
+    with tempfile.TemporaryDirectory(prefix=".zoobot_held_", dir=source.root.parent) as folder:
         yield HeldImages(source, rows, Path(folder) / "images.u8", batch_size)
 
 

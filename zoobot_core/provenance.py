@@ -104,6 +104,10 @@ def write_provenance(
         files = pd.read_parquet(validated_path, columns=[ID, FILE])
         images = manifest[[ID, "source_sha256"]].rename(columns={"source_sha256": "sha256"}).merge(files, on=ID, how="left", validate="one_to_one")
         images = images[[ID, FILE, "sha256"]].sort_values(ID).reset_index(drop=True)
+        unhashed = images["sha256"].isna()  # chunks written while provenance.hash_images was off: hashed here
+        if unhashed.any():
+            log.info("Hashing %d source images whose shard chunks were written without their checksums", unhashed.sum())
+            images.loc[unhashed, "sha256"] = image_checksums(images[unhashed], workers).set_index(ID).loc[images.loc[unhashed, ID], "sha256"].to_numpy()
         atomic_write_table(images, images_out)
         provenance["inputs"].update(n_images=len(images), images_digest=digest([f"{i} {c}" for i, c in zip(images[ID], images["sha256"])]))
     elif hash_images:

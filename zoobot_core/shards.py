@@ -61,7 +61,13 @@ def chunk_names(shard_dir: Path | str) -> list[str]:
 
 
 def shard_paths(shard_dir: Path | str, split: str) -> list[str]:
-    """Shard files of one split: sorted, chunk after chunk for shards in chunks."""
+    """Shard files of one split: sorted, chunk after chunk for shards in chunks, each chunk checked to hold what the
+    combined shards.json says it holds (a chunk written again after they were combined: RuntimeError naming it)."""
     root = Path(shard_dir)
-    folders = [root / name for name in chunk_names(root)] if (root / METADATA).is_file() else []
-    return [str(p) for folder in folders or [root] for p in sorted((folder / split).glob("*.tfrecord"))]
+    listed = read_metadata(root).get("chunks") or {} if (root / METADATA).is_file() else {}
+    folders = [root / name for name in chunk_names(root)] if listed else [root]
+    changed = [f.name for f in folders if listed and read_metadata(f).get("rows_digest") != listed[f.name]]
+    if changed:
+        raise RuntimeError(f"Shard chunk(s) {', '.join(changed)} in {root} no longer hold what its shards.json lists (written again after the "
+                           f"chunks were combined): combine them again, snakemake --force {root / METADATA}")
+    return [str(p) for folder in folders for p in sorted((folder / split).glob("*.tfrecord"))]

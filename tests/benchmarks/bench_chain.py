@@ -1,6 +1,7 @@
 """Images to TFRecord shards, whole command against whole command: Zoobot's one-process loop vs
-`snakemake --until gather_images` (validation, the shard jobs and gathering: the shards as training reads them;
-Snakemake start-up, every job's start-up and imports included).
+`snakemake shards` (validation, the shard jobs, combining and gathering: the shards as training reads them;
+Snakemake start-up, every job's start-up and imports included; asked for by their files, which a checkout from
+before chunks has too).
 
 Run: `make bench-chain` (or `.venv/bin/python tests/benchmarks/bench_chain.py --n 3000 --n 30000 --cpu-split`).
 --cpu-split also times the write_shards job's work alone (in one fresh process) and splits its CPU per image
@@ -209,8 +210,8 @@ def shard_targets(repo: Path) -> list[str]:
 
 
 def run_ours(catalog: Path, size: int, workdir: Path, cores: int, extra: dict, repo: Path = REPO) -> tuple[float, dict[str, float]]:
-    """The whole `snakemake --until gather_images` command (shards ready for training), with `repo`'s workflow and
-    code, in a fresh directory; (seconds, per-rule job seconds)."""
+    """The whole command to the shards (`snakemake shards`: ready for training), with `repo`'s workflow and code, in a
+    fresh directory; (seconds, per-rule job seconds)."""
     run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="ours_"))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(workflow_config(catalog, size, extra)))
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(repo / "workflow/Snakefile"), "--cores", str(cores),

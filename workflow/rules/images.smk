@@ -51,3 +51,15 @@ rule gather_images:
         shard_files=False,
     script:
         "../scripts/gather_chunks.py"
+
+
+# `snakemake shards`: the catalog as shards ready for training (validation, every chunk, combined and gathered) and
+# nothing more. `--until <rule>` stops at validation now that it is a checkpoint (Snakemake 9).
+localrules:
+    shards,
+
+
+rule shards:
+    input:
+        f"results/{RUN}/catalog/ready.parquet",
+        f"results/{RUN}/shards/shards.json",
