@@ -143,9 +143,14 @@ def test_the_schema_takes_only_a_power_of_two_for_max_chunks():
 def test_a_catalog_with_no_usable_row_is_refused_naming_the_reasons(tmp_path):
     from zoobot_core.catalog import CatalogError
 
+    from zoobot_core.catalog import validate_catalog_file
+
     (tmp_path / "catalog.csv").write_text("id_str,file_loc\na,missing_a.png\nb,missing_b.png\n")
-    with pytest.raises(CatalogError, match=r"No row of .* is usable: all 2 are quarantined .*missing_file.*row 0 \(a\)"):
-        validate_catalog(tmp_path / "catalog.csv", CatalogConfig(max_quarantine_fraction=1.0))
+    validated, quarantine = validate_catalog(tmp_path / "catalog.csv", CatalogConfig(max_quarantine_fraction=1.0))  # the library: both tables
+    assert validated.empty and len(quarantine) == 2
+    with pytest.raises(CatalogError, match=r"No row of .* is usable: all 2 are quarantined .*missing_file.*row 0 \(a\)"):  # the rule: stops, saying why
+        validate_catalog_file(tmp_path / "catalog.csv", tmp_path / "v.parquet", tmp_path / "q.parquet", CatalogConfig(max_quarantine_fraction=1.0))
+    assert not (tmp_path / "v.parquet").exists()
 
 
 @pytest.mark.slow

@@ -240,10 +240,6 @@ def validate_catalog(
     for reason, n in quarantine["reason"].value_counts().items():
         log.warning("  quarantined %d row(s): %s", n, reason)
     check_quarantine_fraction(len(df), quarantine, config.max_quarantine_fraction, catalog_path)
-    if validated.empty:
-        examples = "; ".join(f"row {r['row']} ({r[ID]}): {r['reason']}" for r in quarantine.head(3).to_dict("records"))
-        raise CatalogError(f"No row of {catalog_path} is usable: all {len(df)} are quarantined ({quarantine['reason'].value_counts().to_dict()}; "
-                           f"{examples}). Fix the catalog: each reason is explained in the quarantine table and README.md")
     return validated, quarantine
 
 
@@ -331,7 +327,12 @@ def accounting(n_in: int, ready: pd.DataFrame, quarantine: pd.DataFrame) -> dict
 
 
 def validate_catalog_file(catalog_path: Path | str, validated_path: Path | str, quarantine_path: Path | str, config: CatalogConfig) -> None:
-    """The validate_catalog rule: validate a catalog file and write both tables."""
+    """The validate_catalog rules: validate a catalog file and write both tables; CatalogError, naming the reasons,
+    when no row is usable."""
     validated, quarantine = validate_catalog(catalog_path, config)
+    if validated.empty:  # nothing to shard or train on: say why here, not as an error of a later job
+        examples = "; ".join(f"row {r['row']} ({r[ID]}): {r['reason']}: {r['message']}" for r in quarantine.head(3).to_dict("records"))
+        raise CatalogError(f"No row of {catalog_path} is usable: all {len(quarantine)} are quarantined ({quarantine['reason'].value_counts().to_dict()}; "
+                           f"{examples}). Fix the catalog: each reason is explained in README.md")
     write_validation(validated, quarantine, validated_path, quarantine_path)
 
