@@ -3,6 +3,7 @@ gathered with their quarantine, stale chunks refused, orphans removed, and the i
 (image_source) exactly as the pipeline's resize makes them."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_a_stale_chunk_is_refused_and_orphaned_chunks_are_removed(tiny_synthetic
         shutil.rmtree(tmp_path / "shards" / f"chunk_{chunk}")
         (tmp_path / "shards" / f"chunk_{chunk}.new").rename(tmp_path / "shards" / f"chunk_{chunk}")
     gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs[:2], *args[2:])
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir() if p.is_dir()) == ["chunk_0", "chunk_1"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir() if p.is_dir() and not p.name.startswith(".")) == ["chunk_0", "chunk_1"]
     assert list(json.loads((tmp_path / "shards/shards.json").read_text())["chunks"]) == ["chunk_0", "chunk_1"]  # what readers take
     ready = pd.read_parquet(tmp_path / "r.parquet")
     assert len(ready) == len(halved) - 2 and (ready[RECORD] >= 0).all()
@@ -141,9 +142,7 @@ def test_the_schema_takes_only_a_power_of_two_for_max_chunks():
 
 
 def test_a_catalog_with_no_usable_row_is_refused_naming_the_reasons(tmp_path):
-    from zoobot_core.catalog import CatalogError
-
-    from zoobot_core.catalog import validate_catalog_file
+    from zoobot_core.catalog import CatalogError, validate_catalog_file
 
     (tmp_path / "catalog.csv").write_text("id_str,file_loc\na,missing_a.png\nb,missing_b.png\n")
     validated, quarantine = validate_catalog(tmp_path / "catalog.csv", CatalogConfig(max_quarantine_fraction=1.0))  # the library: both tables
@@ -200,3 +199,55 @@ def test_a_stale_chunk_is_named_with_the_command_that_rewrites_it_alone(tiny_syn
     with pytest.raises(RuntimeError, match=rf"chunk\(s\) 2 do not hold .*snakemake --force {tmp_path / 'shards' / 'chunk_2'} \(snakemake -R"):
         gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "quarantine_validation.parquet", dirs, tmp_path / "r.parquet", tmp_path / "q.parquet",
                            tmp_path / "a.json", 0.2)
+
+
+def test_writing_a_chunk_again_reuses_every_shard_the_edit_did_not_touch(tiny_synthetic, tmp_path, monkeypatch):
+    """Shards are hash buckets: a galaxy added to a chunk changes its own shard. Written again (its folder removed
+    first, as Snakemake does), the chunk links every other shard from the cache (no image read) and reads the added
+    galaxy's shard alone; the bytes equal a write from nothing. A source file touched since, or a shard with an
+    unreadable image, is read again; gathering prunes the cache to the shards the chunks hold."""
+    from zoobot_core import shard_writer
+    from zoobot_core.shard_cache import CACHE_DIR
+
+    validated, _ = validate_catalog(tiny_synthetic / "catalog.csv", CatalogConfig(chunk_size=1000, max_quarantine_fraction=1.0))
+    validated = validated.iloc[:50].assign(chunk=0)  # readable images (the broken ones come last)
+    (tmp_path / "images").mkdir()
+    copies = [shutil.copy(f, tmp_path / "images" / Path(f).name) for f in validated["file_loc"]]  # this test touches one
+    validated = validated.assign(file_loc=[str(c) for c in copies])
+    settings, resize = ShardSettings(size=SIZE, shard_size=6, image_encoding="raw"), ResizeConfig(size=SIZE)
+    root = tmp_path / "shards"
+    read: list[str] = []
+    real = shard_writer.load_resized
+    monkeypatch.setattr(shard_writer, "load_resized", lambda path, config: read.append(path) or real(path, config))
+
+    def write(table):
+        read.clear()
+        shutil.rmtree(root / "chunk_0", ignore_errors=True)
+        manifest = write_chunk_shards(table, 0, root / "chunk_0", settings, resize)
+        return manifest, {p.relative_to(root / "chunk_0"): p.read_bytes() for p in sorted((root / "chunk_0").rglob("*.tfrecord"))}
+
+    first, first_bytes = write(validated)
+    assert len(read) == 50 and len(first_bytes) >= 6  # every image read once; the split's ~50 galaxies in ~8 buckets
+    added = pd.concat([validated, validated.iloc[[3]].assign(id_str="ADDED")], ignore_index=True)
+    manifest, again = write(added)
+    shard_of_added = manifest.loc[manifest["id_str"] == "ADDED", "shard"].item()
+    assert sorted(read) == sorted(added.loc[added["id_str"].isin(manifest.loc[manifest["shard"] == shard_of_added, "id_str"]), "file_loc"])
+    assert {str(k) for k in again if again[k] != first_bytes.get(k)} == {shard_of_added}  # the other shards: the same bytes
+    fresh = tmp_path / "fresh"
+    write_chunk_shards(added, 0, fresh / "chunk_0", settings, resize)  # no cache there: everything read
+    assert again == {p.relative_to(fresh / "chunk_0"): p.read_bytes() for p in sorted((fresh / "chunk_0").rglob("*.tfrecord"))}
+    pd.testing.assert_frame_equal(manifest, pd.read_parquet(fresh / "chunk_0/manifest.parquet"))
+    # a source file rewritten in place (its size and time change): its shard is read again, no other
+    touched = added["file_loc"].iloc[10]
+    Path(touched).write_bytes(Path(touched).read_bytes())
+    os.utime(touched, ns=(1, 1))
+    manifest, _ = write(added)
+    shard_of_touched = manifest.loc[manifest["id_str"] == added["id_str"].iloc[10], "shard"].item()
+    assert set(read) == set(added.loc[added["id_str"].isin(manifest.loc[manifest["shard"] == shard_of_touched, "id_str"]), "file_loc"])
+    # gathering keeps the cache entries of the shards the chunk holds, no others
+    added.to_parquet(tmp_path / "validated.parquet")
+    pd.DataFrame(columns=["row", "id_str", "file_loc", "stage", "reason", "message"]).astype({"row": "int64"}).to_parquet(tmp_path / "q.parquet")
+    gather_chunk_files(tmp_path / "validated.parquet", tmp_path / "q.parquet", [str(root / "chunk_0")], tmp_path / "r.parquet", tmp_path / "qq.parquet",
+                       tmp_path / "a.json", 1.0)
+    keys = set(json.loads((root / "chunk_0/shards.json").read_text())["shard_keys"].values())
+    assert {p.stem for p in (root / CACHE_DIR).glob("*.json")} == keys and len(keys) == len(again)

@@ -85,8 +85,15 @@ def test_manifest_lists_every_galaxy_once_with_its_shard_checksum(tiny_shards):
     assert manifest["id_str"].is_unique
     assert manifest["split"].value_counts().to_dict() == {k: v for k, v in counts.items() if v}
     assert counts["unlabelled"] > 0 and counts["train"] > counts["val"] > 0
+    from zoobot_core.shard_plan import shard_count
+    from zoobot_core.splits import hash_fraction
+
+    seed = read_metadata(tiny_shards)["seed"]
     for shard, group in manifest.groupby("shard"):
-        assert len(group) <= 16
+        # a shard is a hash bucket of its split: [k/n, (k+1)/n) of hash_fraction(id, seed + 1), n = shard_count (about 16 a shard)
+        n = shard_count(counts[shard.split("/")[0]], 16)
+        bucket = int(shard.split("_")[-1].split(".")[0])
+        assert all(int(hash_fraction(i, seed + 1) * n) == bucket for i in group["id_str"])
         assert group["shard_sha256"].nunique() == 1
         assert group["shard_sha256"].iloc[0] == _sha(tiny_shards / shard)
         assert group["index_in_shard"].tolist() == list(range(len(group)))

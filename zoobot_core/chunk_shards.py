@@ -33,6 +33,7 @@ import pandas as pd
 from zoobot_core.catalog import CHUNK, FILE, ID, check_quarantine_fraction, chunk_digests
 from zoobot_core.images import ResizeConfig, gather_index, write_gathered
 from zoobot_core.io import atomic_write_table, write_json
+from zoobot_core.shard_cache import CACHE_DIR, ShardCache, prune
 from zoobot_core.shard_writer import write_shards
 from zoobot_core.shards import (
     CHUNK_PREFIX,
@@ -62,7 +63,9 @@ def write_chunk_shards(
     the manifest. With `settings.label_cols` (the main chain) labelled galaxies go to train / val / test by a hash of
     their id and the shards hold their labels; without (a finetuning catalog or a survey: labels stay in the
     catalog) every galaxy is in 'unlabelled'. Images that cannot be used are listed with their reason in
-    unreadable.parquet (gathering quarantines them); shards.json records the chunk and the digest of its galaxies."""
+    unreadable.parquet (gathering quarantines them); shards.json records the chunk and the digest of its galaxies.
+    Shards whose galaxies and files are unchanged since the chunk was last written are reused from the cache beside
+    the chunks (shard_cache): adding a galaxy rewrites its own shard, not its whole chunk."""
     rows = validated[validated[CHUNK] == chunk]
     if rows.empty:
         raise ValueError(f"Chunk {chunk} has no galaxies in the validated catalog; rerun its validation (snakemake -R <the validate rule>)")
@@ -70,9 +73,10 @@ def write_chunk_shards(
     split_col = None
     if not settings.label_cols:
         rows, split_col = rows.assign(_split=UNLABELLED), "_split"
+    cache = ShardCache(Path(out_dir).parent / CACHE_DIR, settings, resize, hash_images)  # shards unchanged since the last write: reused
     manifest = write_shards(
         rows, out_dir, settings, workers=workers, source_col=FILE, split_col=split_col, resize=resize, hash_images=hash_images,
-        metadata={"chunk": int(chunk), "rows_digest": digest},
+        metadata={"chunk": int(chunk), "rows_digest": digest}, cache=cache,
     )
     log.info("Chunk %d: %d of %d galaxies written to %s", chunk, len(manifest), len(rows), out_dir)
     return manifest
@@ -120,6 +124,12 @@ def chunk_index(chunk_dirs: list[Path]) -> pd.DataFrame:
     columns = [ID, SHARD_SPLIT, SHARD, RECORD, "reason", "message"]
     frames = [f[columns] for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def prune_cache(chunk_dirs: list[Path]) -> int:
+    """The shard cache beside the chunks pruned to the shards they hold (their shards.json's shard_keys)."""
+    keep = {key for d in chunk_dirs for key in (read_metadata(d).get("shard_keys") or {}).values()}
+    return prune(chunk_dirs[0].parent / CACHE_DIR, keep)
 
 
 def remove_orphans(chunk_dirs: list[Path]) -> list[Path]:
@@ -216,6 +226,7 @@ def combine_chunk_files(
                               max_quarantine_fraction, "the catalog")
     remove_orphans(dirs)
     remove_old_layout(dirs[0].parent)
+    prune_cache(dirs)
     return write_combined(dirs, dirs[0].parent)
 
 
@@ -246,5 +257,6 @@ def gather_chunk_files(
     if shard_files:
         remove_orphans(dirs)
         remove_old_layout(dirs[0].parent)
+        prune_cache(dirs)
         write_combined(dirs, dirs[0].parent)
     return write_gathered(validated, validation_quarantine, ready, quarantine, ready_path, quarantine_path, accounting_path)

@@ -1,10 +1,14 @@
-"""Which worker writes what: every shard's galaxies fixed before any image is read (shard_size of each split's
-hash order, in turn), and shards cut into parts where whole shards would leave workers idle (parts_per_shard).
-The writer (shard_writer) runs the parts and joins a cut shard's parts in order."""
+"""Which worker writes what. Every shard's galaxies are fixed before any image is read, by a hash of their ids: a
+split's galaxies fall into a power-of-two number of buckets (about shard_size galaxies each) by their place in
+[0, 1) (splits.hash_fraction with seed + 1, which also orders them), one shard per bucket, so adding or removing a
+galaxy changes its own shard alone (the shard writer's cache then reuses the others: shard_cache). Shards are cut
+into parts where whole shards would leave workers idle (parts_per_shard); the writer (shard_writer) runs the parts
+and joins a cut shard's parts in order."""
 
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +21,8 @@ from zoobot_core.shards import SPLITS, UNLABELLED, ShardSettings
 @dataclass(frozen=True)
 class Part:
     """One task for a worker: consecutive galaxies of one shard (all of them when the shard is one part). A shard's
-    members are fixed before any image is read (shard_size galaxies of its split's order), so an unreadable image
-    leaves its own shard one record short and moves no other galaxy."""
+    members are fixed before any image is read (its hash bucket: ShardGroup), so an unreadable image leaves its own
+    shard one record short and moves no other galaxy."""
 
     shard: str  # <split>/<split>_NNNNN.tfrecord
     part: int
@@ -92,21 +96,46 @@ def part_bounds(length: int, n: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
-def plan_parts(df: pd.DataFrame, settings: ShardSettings, source_col: str, workers: int) -> list[Part]:
-    """Every shard's galaxies (shard_size of each split's sorted rows, in turn), each shard cut into the parts
-    parts_per_shard gives it; in shard order."""
+@dataclass(frozen=True)
+class ShardGroup:
+    """One shard's galaxies, in record order: their ids, source files and labels."""
+
+    shard: str  # <split>/<split>_NNNNN.tfrecord, NNNNN its bucket
+    ids: list[str]
+    sources: list[str]
+    labels: np.ndarray  # (galaxies, label columns)
+    label_cols: tuple[str, ...]
+
+
+def shard_count(n: int, shard_size: int) -> int:
+    """How many shards (buckets) a split of n galaxies gets: the power of two nearest n / shard_size on a log scale,
+    at least 1, so shards hold 0.7-1.4 x shard_size galaxies on average and the count changes only when the split
+    crosses shard_size x 2^(k + 1/2) galaxies."""
+    return 1 if n <= shard_size else 2 ** round(math.log2(n / shard_size))
+
+
+def shard_groups(df: pd.DataFrame, settings: ShardSettings, source_col: str) -> list[ShardGroup]:
+    """Every shard's galaxies: each split's rows (sorted by `_order`, their hash_fraction with seed + 1) in
+    shard_count buckets of [0, 1), one shard per bucket that holds any galaxy; in shard order."""
     groups = []
     for split in (*SPLITS, UNLABELLED):
         rows = df[df["split"] == split]
         label_cols = tuple(settings.label_cols) if split != UNLABELLED else ()
         labels = rows[list(label_cols)].to_numpy(dtype=np.float64) if label_cols else np.empty((len(rows), 0))
-        ids, sources = rows[ID].astype(str).tolist(), rows[source_col].astype(str).tolist()
-        for index, start in enumerate(range(0, len(rows), settings.shard_size)):
-            stop = start + settings.shard_size
-            groups.append((f"{split}/{split}_{index:05d}.tfrecord", ids[start:stop], sources[start:stop], labels[start:stop], label_cols))
-    counts = parts_per_shard([len(ids) for _, ids, _, _, _ in groups], workers)
+        ids, sources = rows[ID].astype(str).to_numpy(), rows[source_col].astype(str).to_numpy()
+        n_buckets = shard_count(len(rows), settings.shard_size)
+        buckets = np.minimum((rows["_order"].to_numpy() * n_buckets).astype(np.int64), n_buckets - 1)
+        for bucket in np.unique(buckets):
+            members = buckets == bucket
+            groups.append(ShardGroup(f"{split}/{split}_{bucket:05d}.tfrecord", ids[members].tolist(), sources[members].tolist(), labels[members], label_cols))
+    return groups
+
+
+def plan_parts(groups: list[ShardGroup], workers: int) -> list[Part]:
+    """Each shard's galaxies cut into the parts parts_per_shard gives it, in shard order."""
+    counts = parts_per_shard([len(g.ids) for g in groups], workers)
     parts = []
-    for (shard, ids, sources, labels, label_cols), n in zip(groups, counts):
-        cuts = part_bounds(len(ids), n)
-        parts += [Part(shard, k, len(cuts), ids[a:b], sources[a:b], labels[a:b], label_cols) for k, (a, b) in enumerate(cuts)]
+    for g, n in zip(groups, counts):
+        cuts = part_bounds(len(g.ids), n)
+        parts += [Part(g.shard, k, len(cuts), g.ids[a:b], g.sources[a:b], g.labels[a:b], g.label_cols) for k, (a, b) in enumerate(cuts)]
     return parts

@@ -27,7 +27,8 @@ from zoobot_core.catalog import ID, LABELLED
 from zoobot_core.fits_images import BadImage
 from zoobot_core.images import RESIZED, UNREADABLE_ERRORS, ResizeConfig, load_resized, unreadable_reason
 from zoobot_core.io import atomic_dir, atomic_write_table, file_sha256, write_json
-from zoobot_core.shard_plan import Part, part_file, plan_parts
+from zoobot_core.shard_cache import ShardCache
+from zoobot_core.shard_plan import Part, part_file, plan_parts, shard_groups
 from zoobot_core.shards import MANIFEST, METADATA, SPLITS, UNLABELLED, UNREADABLE, ShardSettings
 from zoobot_core.splits import assign_splits, hash_fraction
 from zoobot_core.tfrecord import ExampleLayout, TFRecordWriter
@@ -164,6 +165,7 @@ def write_shards(
     check_unreadable: Callable[[pd.DataFrame], None] | None = None,
     hash_images: bool = True,
     metadata: dict | None = None,
+    cache: ShardCache | None = None,
 ) -> pd.DataFrame:
     """Write catalog galaxies into shard_dir/<split>/<split>_NNNNN.tfrecord; return the manifest.
 
@@ -184,6 +186,11 @@ def write_shards(
     is an error. With `resize` and `hash_images` (provenance.hash_images), the manifest's source_sha256 holds each
     source image's SHA-256; without, no image is hashed and the column is left out. The whole directory appears at
     once when writing succeeds. `metadata` (e.g. a catalog chunk's number and rows digest) joins shards.json.
+
+    Shards are hash buckets of each split (shard_plan.shard_groups: about shard_size galaxies each), so adding a
+    galaxy changes one shard; with `cache` (shard_cache.ShardCache), a shard whose galaxies and files are those of a
+    shard written before is linked from the cache instead of written, and every shard written whole is kept there
+    (shards.json lists each shard's key under shard_keys).
     """
     shard_dir = Path(shard_dir)
     if settings.image_encoding not in ("encoded", "raw"):
@@ -213,11 +220,18 @@ def write_shards(
     with atomic_dir(shard_dir) as tmp, _image_pool(workers if decoding else 1) as pool:
         for split in (*SPLITS, UNLABELLED):
             (tmp / split).mkdir()
-        parts = plan_parts(df, settings, source_col, max(workers, 1) if pool is not None else 1)
+        groups = shard_groups(df, settings, source_col)
+        reused = {g.shard: record for g in groups if cache is not None and (record := cache.fetch(g, tmp)) is not None}
+        todo = [g for g in groups if g.shard not in reused]
+        if reused:
+            log.info("Reused %d of %d shards (%d galaxies) whose galaxies and files are unchanged, from %s", len(reused), len(groups),
+                     sum(len(r["written"]) for r in reused.values()), cache.folder)
+        parts = plan_parts(todo, max(workers, 1) if pool is not None else 1)
         results: dict[tuple[str, int], PartResult] = {}
         unfinished = Counter(part.shard for part in parts)
-        checksums: dict[str, str | None] = {}
-        progress = tqdm(total=len(df), desc="writing shards", unit="galaxy", mininterval=10, disable=len(df) < 1000)
+        checksums: dict[str, str | None] = {shard: record["sha256"] for shard, record in reused.items()}
+        n_todo = sum(len(g.ids) for g in todo)
+        progress = tqdm(total=n_todo, desc="writing shards", unit="galaxy", mininterval=10, disable=n_todo < 1000)
         with closing(_run_parts(pool, partial(_write_part, tmp, loader), parts, max(workers, 1))) as finished:
             for part, result in finished:
                 results[part.shard, part.part] = result
@@ -229,11 +243,17 @@ def write_shards(
                 progress.update(len(part.ids))
         progress.close()
         failed = [row for part in parts for row in results[part.shard, part.part].failed]
+        written = {shard: [r for part in shard_parts for r in results[part.shard, part.part].written]
+                   for shard, shard_parts in itertools.groupby(parts, key=lambda part: part.shard)}
+        if cache is not None:  # shards with every galaxy written (an unreadable image is read again next time)
+            for g in todo:
+                if len(written.get(g.shard, [])) == len(g.ids):
+                    cache.store(g, tmp / g.shard, written[g.shard], checksums[g.shard])
         manifest_rows = []
-        for shard, shard_parts in itertools.groupby(parts, key=lambda part: part.shard):
-            records = [r for part in shard_parts for r in results[part.shard, part.part].written]
+        for g in groups:
+            records = [tuple(r) for r in reused[g.shard]["written"]] if g.shard in reused else written.get(g.shard, [])
             manifest_rows += [
-                {ID: i, "split": shard.split("/")[0], "shard": shard, "index_in_shard": k, "shard_sha256": checksums[shard], "source_sha256": source}
+                {ID: i, "split": g.shard.split("/")[0], "shard": g.shard, "index_in_shard": k, "shard_sha256": checksums.get(g.shard), "source_sha256": source}
                 for k, (i, source) in enumerate(records)
             ]
         manifest = pd.DataFrame(manifest_rows, columns=[ID, "split", "shard", "index_in_shard", "shard_sha256", "source_sha256"])
@@ -244,10 +264,10 @@ def write_shards(
         if check_unreadable is not None:
             check_unreadable(unreadable)
         atomic_write_table(unreadable, tmp / UNREADABLE)
-        written = df[~df[ID].isin(unreadable[ID])]
+        in_shards = df[~df[ID].isin(unreadable[ID])]
         for split in (*SPLITS, UNLABELLED):
-            keep = [c for c in written.columns if c not in ("_order",)]
-            atomic_write_table(written.loc[written["split"] == split, keep].reset_index(drop=True), tmp / f"{split}_catalog.parquet")
+            keep = [c for c in in_shards.columns if c not in ("_order",)]
+            atomic_write_table(in_shards.loc[in_shards["split"] == split, keep].reset_index(drop=True), tmp / f"{split}_catalog.parquet")
         metadata = {
             "size": settings.size,
             "channels": settings.channels,
@@ -257,8 +277,9 @@ def write_shards(
             "val_fraction": settings.val_fraction,
             "shard_size": settings.shard_size,
             "image_encoding": settings.image_encoding,
-            "counts": {s: int((written["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
+            "counts": {s: int((in_shards["split"] == s).sum()) for s in (*SPLITS, UNLABELLED)},
             "unreadable": len(unreadable),
+            **({"shard_keys": dict(sorted(cache.used.items()))} if cache is not None else {}),
             **(metadata or {}),
         }
         write_json(metadata, tmp / METADATA)
