@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, action="append", help="labelled galaxies (repeatable; default 2000 and 8000)")
     parser.add_argument("--survey-n", type=int, action="append", help="survey galaxies, one per --n in order (default 4 x n)")
     parser.add_argument("--size", type=int, default=32, help="finetune.image_size")
-    parser.add_argument("--chunk-size", type=int, default=500, help="images.chunk_size")
+    parser.add_argument("--chunk-size", type=int, default=None, help="images.chunk_size (default: the workflow's)")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--inner-folds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, repo in sides.items():
             run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}_{n}_"))
             labelled.to_csv(run_dir / "labelled.csv", index=False)
-            config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size},
+            config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size} if args.chunk_size else {},
                       "finetune": {"base_model": str(base), "catalog": str(run_dir / "labelled.csv"), "label_column": "ring", "image_size": args.size,
                                    "image_root": str(workdir), "max_quarantine_fraction": 0.0, "settings": settings,
                                    "survey": {"catalog": str(survey), "image_root": str(workdir)}}}

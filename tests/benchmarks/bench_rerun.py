@@ -110,11 +110,11 @@ def bench_size(n: int, sides: dict[str, Path], args: argparse.Namespace, workdir
         run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}_{n}_"))
         table.to_csv(run_dir / "catalog.csv", index=False)
         if args.chain == "finetune":
-            config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size},
+            config = {"run_name": "bench", "images": {"chunk_size": args.chunk_size} if args.chunk_size else {},
                       "finetune": {"base_model": "none", "catalog": str(run_dir / "catalog.csv"), "label_column": "ring", "image_size": args.size,
                                    "image_root": str(workdir), "max_quarantine_fraction": 0.0}}
         else:
-            config = {"run_name": "bench", "synthetic": {"enabled": False}, "images": {"chunk_size": args.chunk_size, "size": args.size},
+            config = {"run_name": "bench", "synthetic": {"enabled": False}, "images": {"size": args.size, **({"chunk_size": args.chunk_size} if args.chunk_size else {})},
                       "catalog": {"path": str(run_dir / "catalog.csv"), "image_root": str(workdir)}}
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
         dirs[name] = run_dir
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="additions (reruns) per side")
     parser.add_argument("--format", default="jpg", choices=["jpg", "png"])
     parser.add_argument("--size", type=int, default=224, help="finetune.image_size")
-    parser.add_argument("--chunk-size", type=int, default=500, help="images.chunk_size")
+    parser.add_argument("--chunk-size", type=int, default=None, help="images.chunk_size (default: the workflow's)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
     parser.add_argument("--workdir", type=Path, default=None)
