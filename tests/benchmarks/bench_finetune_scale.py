@@ -9,7 +9,8 @@ For each --n, a labelled catalog of n distinct galaxies (distinct_catalog: each 
 source cutout's row parity, flipped for a random 20%, seeded: learnable but noisy, as volunteers' labels are. Hard
 links of 104 images would make the probe's features rank 104, and its weakly regularised logistic regressions iterate
 for minutes each, a cost no real catalog has) and a survey of --survey-n galaxies (default 4 x n; bench_chain's
-catalog: the 104 cutouts as hard links, each row its own id: prediction does not care),
+catalog: the 104 cutouts as hard links, each row its own id: prediction does not care; PNG, or with --survey-format jpg
+quality-90 JPEG copies, as many surveys' cutouts are),
 are finetuned at --size px from a base this pipeline trained (--base train, the default: the main chain on 800
 synthetic galaxies at --size px for 4 epochs, once, by this checkout; a random-weight base's features are nearly
 constant, ~1e-7 apart, so every probe's logistic regression iterates to its limit, 10 minutes a fold at 2,000
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--unfreeze-blocks", type=int, default=0, help="finetune.settings.unfreeze_blocks (with unfreeze_epochs 2)")
     parser.add_argument("--base", default="train", help="'train' (a pipeline base trained here, once), 'none' (random weights) or a .keras path")
+    parser.add_argument("--survey-format", default="png", choices=["png", "jpg"],
+                        help="the survey's files: the real PNG cutouts as hard links, or quality-90 JPEG copies (JPEG decodes ~5x faster)")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="the suite's size: 60 labelled, 60 survey, 2 folds, 2 inner folds")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="folder of 424 px PNG cutouts (default: the real sample)")
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         labelled = distinct_catalog(workdir, args.sample, n, args.cores)
         labelled["ring"] = noisy_labels(len(labelled), sources=labelled.pop("source").to_numpy())
         (workdir / "survey").mkdir(exist_ok=True)
-        survey = make_catalog(workdir / "survey", args.sample, survey_n, "png", [])
+        survey = make_catalog(workdir / "survey", args.sample, survey_n, args.survey_format, [])
         for name, repo in sides.items():
             run_dir = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}_{n}_"))
             labelled.to_csv(run_dir / "labelled.csv", index=False)
