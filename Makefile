@@ -7,7 +7,7 @@ TF ?= cpu
 STAMP := $(VENV)/.installed-$(TF)
 CORES ?= all
 
-.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-probe bench-survey bench-finetune-scale bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
+.PHONY: venv run test test-random test-reversed bench bench-chain bench-rerun bench-probe bench-survey bench-finetune-scale bench-uncertainty bench-gpu bench-encoders timm-env test-timm scale finetune-bases active-learning recalibration-study cross-cpu lint format clean system-deps lock
 
 # LOCKED=1: the exact versions of requirements.lock (make lock), then the project without resolving again
 LOCKED ?=
@@ -83,6 +83,10 @@ bench-survey: venv
 ## bench-finetune-scale: `snakemake finetune` with 1,000 and 4,000 labelled galaxies and surveys 4x that (hard-linked real cutouts, 32 px, random weights): per rule jobs, wall and CPU seconds and peak memory beside its request; AGAINST=<a checkout before issue 25> runs the old design side by side (about 25 min on 2 cores with AGAINST; docs/benchmarks.md)
 bench-finetune-scale: venv
 	$(BIN)/python tests/benchmarks/bench_finetune_scale.py --n 1000 --n 4000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_finetune_scale.json
+
+## bench-uncertainty: peak memory of calibration, acquisition and the HDF5 file streamed by row group beside the whole samples table, at 10,000 and 40,000 galaxies x 1 and 8 views (each task a fresh process; about 25 min on 2 cores; docs/benchmarks.md)
+bench-uncertainty: venv
+	$(BIN)/python tests/benchmarks/bench_uncertainty_memory.py --n 10000 --n 40000 --views 1 --views 8 --out results/bench_uncertainty_memory.json
 
 ## timm-env: a side venv (.venv-timm) with torch and timm, for the encoders' full-size comparison with timm and their speed beside timm's (about 4 min, 5.5 GB; the project itself never needs torch)
 TIMM_VENV := .venv-timm
