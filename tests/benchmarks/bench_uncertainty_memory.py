@@ -8,7 +8,8 @@ For each size (galaxies x views), a prediction_samples Parquet file as predict w
 MC-dropout samples per view, the GZ DECaLS DR5 tree's 34 answers, row groups of 4,096 galaxies, concentrations like
 the model's: per question a Dirichlet mean scaled by a precision in 3-80, each sample scattered by exp(0.15 x normal),
 kept in the head's (1, 101)), and a test and train catalog of votes. Each task runs in its own fresh Python process;
-recorded: its peak resident memory (getrusage's ru_maxrss, exact, imports included) and wall seconds. Streamed and
+recorded: its peak resident memory (Linux's VmHWM, exact, imports included; not ru_maxrss, which
+carries the parent's resident size at the fork) and wall seconds. Streamed and
 whole outputs are compared (equal, or the script fails). Memory "flat" means the streamed peak does not grow with the
 galaxies or the views while the whole-table peak does.
 """
@@ -68,7 +69,10 @@ else:
     else:
         concentrations, ids = samples_to_array(pd.read_parquet(samples), tree.label_cols)
         write_predictions_hdf5(concentrations, ids, tree.label_cols, folder / f"{task}.h5")
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "s": time.perf_counter() - started}))
+seconds = time.perf_counter() - started
+with open("/proc/self/status") as f:  # VmHWM: this process's own peak (ru_maxrss carries the parent's size at the fork)
+    peak_mb = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps({"peak_mb": peak_mb, "s": seconds}))
 '''
 TASKS = ("calibration", "acquisition", "hdf5")
 

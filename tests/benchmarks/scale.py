@@ -39,8 +39,19 @@ log = logging.getLogger("scale")
 
 RUSAGE_HOOK = r'''
 """Installed by tests/benchmarks/scale.py for its runs only: a Snakemake script job writes its exact CPU time and
-peak memory (getrusage) to $ZOOBOT_RUSAGE_DIR as it exits."""
+peak memory (getrusage; the process's own peak from /proc/self/status) to $ZOOBOT_RUSAGE_DIR as it exits.
+Workers' peak (RUSAGE_CHILDREN) counts the pages a forked worker shares with the job's process too."""
 import atexit, json, os, resource, sys
+
+
+def _own_peak_mb(me) -> float:
+    """This process's own peak resident memory: Linux's VmHWM (reset at exec). ru_maxrss is not: Linux carries the
+    parent's resident size at the fork into it, so a small job started by a 250 MB Snakemake read 250 MB."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return me.ru_maxrss / 1024
 
 
 def _report():
@@ -51,7 +62,7 @@ def _report():
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     name = "/".join([job.rule, *(str(v) for k, v in job.wildcards.items() if k != "run")])
     record = {"job": name, "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-              "peak_mb": me.ru_maxrss / 1024, "worker_peak_mb": kids.ru_maxrss / 1024}
+              "peak_mb": _own_peak_mb(me), "worker_peak_mb": kids.ru_maxrss / 1024}
     with open(os.path.join(os.environ["ZOOBOT_RUSAGE_DIR"], f"{os.getpid()}.json"), "w") as f:
         json.dump(record, f)
 
