@@ -203,3 +203,38 @@ def test_streamed_scores_refuse_a_split_galaxy_or_uneven_sample_counts(tmp_path,
     table.iloc[[*range(15), 14, *range(15, 36)]].to_parquet(tmp_path / "uneven.parquet", row_group_size=5)  # g04 has 4 rows
     with pytest.raises(ValueError, match=r"uneven\.parquet: galaxy 'g04' has 4 sample rows, but the first galaxy \('g00'\) has 3"):
         acquisition.streamed_bald_scores(tmp_path / "uneven.parquet", TREE, AcquireConfig(mc_draws=4))
+
+
+def test_galaxies_with_many_samples_are_read_fewer_at_a_time_with_the_same_scores(tmp_path, monkeypatch):
+    """Memory flat in samples (dropout samples x views): a read holds at most STREAM_BATCHES x BATCH x 5 sample rows, in
+    whole BATCHes (so the draws, seeded per BATCH of the whole table, are the same), and the scores are the whole table's."""
+    import zoobot_core.acquisition as acquisition
+    from zoobot_core.dirichlet import samples_array
+
+    rng = np.random.default_rng(5)
+    ids = [f"g{i:03d}" for i in range(100)]
+    alpha = _samples_near(rng.uniform(1, 30, (100, len(TREE.label_cols))), 0.4, 12, rng)  # 12 samples a galaxy
+    table = pd.DataFrame(alpha.reshape(-1, alpha.shape[-1]), columns=TREE.label_cols)
+    table.insert(0, "id_str", np.repeat(ids, 12))
+    table.to_parquet(tmp_path / "samples.parquet", row_group_size=50)
+    config = AcquireConfig(mc_draws=8, exact_max_outcomes=10)
+    monkeypatch.setattr(acquisition, "BATCH", 16)
+    monkeypatch.setattr(acquisition, "STREAM_BATCHES", 4)  # 64 galaxies, or 320 rows: 26 galaxies, so one BATCH (16) a read
+    reads = []
+    original = acquisition.bald_scores
+    monkeypatch.setattr(acquisition, "bald_scores", lambda ids, *a, **k: reads.append(len(ids)) or original(ids, *a, **k))
+    streamed, n_samples = acquisition.streamed_bald_scores(tmp_path / "samples.parquet", TREE, config)
+    assert n_samples == 12 and reads == [16] * 6 + [4]
+    pd.testing.assert_frame_equal(streamed, original(*samples_array(table, TREE.label_cols), TREE, config))
+
+
+def test_monte_carlo_in_galaxy_blocks_gives_the_numbers_of_one_block(monkeypatch):
+    """_monte_carlo draws every vote first, then scores the galaxies in blocks of bounded size (memory flat in
+    samples): any block size gives exactly the same numbers."""
+    import zoobot_core.acquisition as acquisition
+
+    rng = np.random.default_rng(2)
+    alpha = rng.uniform(1, 40, (37, 9, 6))
+    whole = acquisition._monte_carlo(alpha, 40, 64, np.random.default_rng(7))
+    monkeypatch.setattr(acquisition, "_EXACT_ELEMENTS", 9 * 64 * 5)  # 5 galaxies a block
+    np.testing.assert_array_equal(acquisition._monte_carlo(alpha, 40, 64, np.random.default_rng(7)), whole)

@@ -238,3 +238,16 @@ def test_an_empty_test_split_writes_empty_outputs(tmp_path):
                                  out / "c.png", CalibrationConfig(), pit_path=out / "pit.csv", pit_figure_path=out / "pit.png")
     assert headline["n_test"] == 0 and headline["nll_per_galaxy"] is None
     assert pd.read_csv(out / "c.csv")["n_galaxies"].tolist() == [0, 0] and (out / "pit.png").exists()
+
+
+def test_iter_samples_max_rows_reads_fewer_galaxies_where_they_have_more_samples(tmp_path):
+    """max_rows bounds a read's rows (whole galaxies, a multiple of `multiple`, at least `multiple`): memory flat in
+    the samples per galaxy; the galaxies and values are the whole file's, in order."""
+    table = _table(_ids(30), [6] * 30)
+    table.to_parquet(tmp_path / "s.parquet", row_group_size=7)
+    whole_ids, whole = samples_array(table, list(TREE.label_cols))
+    for max_rows, multiple, per_read in ((40, 2, 6), (40, 4, 4), (5, 3, 3), (10_000, 1, 8)):
+        got = list(iter_samples(tmp_path / "s.parquet", list(TREE.label_cols), 8, rows_per_read=9, max_rows=max_rows, multiple=multiple))
+        assert [len(i) for i, _ in got[:-1]] == [per_read] * (len(got) - 1)
+        assert sum((i for i, _ in got), []) == list(whole_ids)
+        np.testing.assert_array_equal(np.concatenate([a for _, a in got]), whole)

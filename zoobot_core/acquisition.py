@@ -132,14 +132,19 @@ def _monte_carlo(alpha: np.ndarray, n: int, draws: int, rng: np.random.Generator
     per_sample = max(1, -(-draws // s))
     gammas = rng.standard_gamma(np.broadcast_to(alpha[:, :, None, :], (g, s, per_sample, k)))
     probabilities = gammas / gammas.sum(axis=-1, keepdims=True)
-    votes = rng.multinomial(n, probabilities).reshape(g, 1, s * per_sample, k)  # (G, 1, D, K)
-    terms = _count_terms(alpha, n)  # (G, S, K, n + 1)
-    log_w = np.zeros((g, s, s * per_sample))
-    for j in range(k):
-        log_w += np.take_along_axis(terms[:, :, j, :], votes[..., j], axis=2)
-    total = alpha.sum(axis=-1)
-    log_w += (gammaln(total) - gammaln(n + total))[..., None]
-    return _information_terms(log_w)[0].mean(axis=1)
+    votes = rng.multinomial(n, probabilities).reshape(g, 1, s * per_sample, k)  # (G, 1, D, K): every draw first, so slicing changes nothing
+    out = np.empty(g)
+    step = max(1, _EXACT_ELEMENTS // (s * max(s * per_sample, k * (n + 1))))  # (galaxies x samples x draws) per block: flat in samples
+    for start in range(0, g, step):
+        a, v = alpha[start : start + step], votes[start : start + step]
+        terms = _count_terms(a, n)  # (g, S, K, n + 1)
+        log_w = np.zeros((len(a), s, s * per_sample))
+        for j in range(k):
+            log_w += np.take_along_axis(terms[:, :, j, :], v[..., j], axis=2)
+        total = a.sum(axis=-1)
+        log_w += (gammaln(total) - gammaln(n + total))[..., None]
+        out[start : start + step] = _information_terms(log_w)[0].mean(axis=1)
+    return out
 
 
 def mutual_information(alpha: np.ndarray, n: int, exact_max_outcomes: int = 1000, draws: int = 128, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -205,17 +210,18 @@ def bald_scores(ids: list[str], alpha: np.ndarray, tree: DecisionTree, config: A
     return table
 
 
-STREAM_BATCHES = 8  # BATCH-galaxy batches read from the samples file at a time by streamed_bald_scores
+STREAM_BATCHES = 8  # BATCH-galaxy batches read from the samples file at a time by streamed_bald_scores (fewer, at least one, where
+# galaxies have more than 5 samples: at most STREAM_BATCHES x BATCH x 5 rows a read, so memory is flat in samples too)
 
 
 def streamed_bald_scores(samples_path: Path | str, tree: DecisionTree, config: AcquireConfig) -> tuple[pd.DataFrame, int]:
     """bald_scores of a whole prediction_samples file, read STREAM_BATCHES x BATCH galaxies at a time (the same
-    numbers: the draws are seeded per BATCH of the whole table); memory holds one such read plus the per-galaxy
-    table. Returns (scores, samples per galaxy)."""
+    numbers: the draws are seeded per BATCH of the whole table); memory holds one such read (at most STREAM_BATCHES x
+    BATCH x 5 sample rows, or one BATCH) plus the per-galaxy table. Returns (scores, samples per galaxy)."""
     from zoobot_core.dirichlet import iter_samples
 
     tables, batches, n_samples = [], 0, 0
-    for ids, alpha in iter_samples(samples_path, tree.label_cols, STREAM_BATCHES * BATCH):
+    for ids, alpha in iter_samples(samples_path, tree.label_cols, STREAM_BATCHES * BATCH, max_rows=STREAM_BATCHES * BATCH * 5, multiple=BATCH):
         tables.append(bald_scores(ids, alpha, tree, config, first_batch=batches))
         batches += -(-len(ids) // BATCH)
         n_samples = alpha.shape[1]

@@ -69,7 +69,7 @@ def read_representations(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarra
     the features read batch by batch into one float32 matrix: memory is the matrix, not copies of tables."""
     import pyarrow.parquet as pq
 
-    files = [pq.ParquetFile(p) for p in paths]
+    files = [pq.ParquetFile(p, pre_buffer=False) for p in paths]  # pre-buffering keeps every row group read so far
     cols = representation_columns(paths[0], files[0].schema_arrow) if files else []
     for path, file in zip(paths[1:], files[1:]):
         if representation_columns(path, file.schema_arrow) != cols:

@@ -79,7 +79,7 @@ def _first_id_before(path, ids: set[str], n_rows: int) -> str | None:
     """One of `ids` that occurs in the first `n_rows` rows of the samples file, or None: the exact re-check behind a hash match."""
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(path) as file:
+    with pq.ParquetFile(path, pre_buffer=False) as file:
         read = 0
         for batch in file.iter_batches(batch_size=65536, columns=["id_str"]):
             column = pd.Series(batch.column(0).to_pylist()[: n_rows - read], dtype=object).astype(str)
@@ -133,10 +133,14 @@ class _SamplesCheck:
         return [str(i) for i in ids], rows[label_cols].to_numpy(np.float64).reshape(len(ids), self.n_samples, len(label_cols))
 
 
-def iter_samples(path: Path | str, label_cols: list[str], galaxies: int = 4096, rows_per_read: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+def iter_samples(
+    path: Path | str, label_cols: list[str], galaxies: int = 4096, rows_per_read: int = 65536, max_rows: int | None = None, multiple: int = 1,
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """samples_array of a prediction_samples Parquet file, `galaxies` whole galaxies at a time (the last batch may
     hold fewer), read by record batches: memory holds one batch of galaxies whatever the file's size. A galaxy's
-    samples are never split between batches.
+    samples are never split between batches. With `max_rows`, a batch holds at most that many rows where the
+    galaxies have that many samples (fewer galaxies, a multiple of `multiple`, at least `multiple`): memory flat in
+    the number of samples (dropout samples x views) too.
 
     The whole file is checked as it is read: a ValueError names the file and galaxy where a galaxy's number of
     samples differs from the first galaxy's, or where its rows are not together (its id appears again later)."""
@@ -145,13 +149,16 @@ def iter_samples(path: Path | str, label_cols: list[str], galaxies: int = 4096, 
     columns = ["id_str", *label_cols]
     check = _SamplesCheck(path)
     pending: pd.DataFrame | None = None  # rows not yielded yet: fewer than `galaxies` whole galaxies, then one maybe cut by the read
-    with pq.ParquetFile(path) as file:
+    with pq.ParquetFile(path, pre_buffer=False) as file:  # pre-buffering keeps every row group read so far: memory grew with the file
         missing = [c for c in columns if c not in file.schema_arrow.names]
         if missing:
             raise ValueError(f"{path} lacks columns {missing[:5]}; it must come from the predict rule of the same model")
         for batch in file.iter_batches(batch_size=rows_per_read, columns=columns):
             table = batch.to_pandas() if pending is None else pd.concat([pending, batch.to_pandas()], ignore_index=True)
             starts = _run_starts(table["id_str"].to_numpy())
+            if max_rows is not None and len(starts) > 1:  # the first galaxy's samples are known: galaxies per batch within max_rows
+                galaxies = min(galaxies, max(multiple, max_rows // int(starts[1] - starts[0]) // multiple * multiple))
+                max_rows = None
             whole = max(len(starts) - 1, 0) // galaxies * galaxies  # the last galaxy begun may go on in the next read
             for first in range(0, whole, galaxies):
                 yield check.array(table, starts[first : first + galaxies + 1], label_cols)
