@@ -80,7 +80,7 @@ bench-probe: venv
 bench-survey: venv
 	$(BIN)/python tests/benchmarks/bench_survey_predict.py --n 1500 --repeats 3 --out results/bench_survey_predict.json
 
-## bench-finetune-scale: `snakemake finetune` with 1,000 and 4,000 labelled galaxies and surveys 4x that (hard-linked real cutouts, 32 px, random weights): per rule jobs, wall and CPU seconds and peak memory beside its request; AGAINST=<a checkout before issue 25> runs the old design side by side (about 25 min on 2 cores with AGAINST; docs/benchmarks.md)
+## bench-finetune-scale: `snakemake finetune` with 1,000 and 4,000 distinct labelled galaxies (the real cutouts jittered) and surveys 4x that (hard links), 32 px, from a base this pipeline trains first: per rule jobs, wall and CPU seconds and peak memory beside its request; AGAINST=<a checkout before issue 25> runs the old design side by side (about 25 min on 2 cores with AGAINST; docs/benchmarks.md)
 bench-finetune-scale: venv
 	$(BIN)/python tests/benchmarks/bench_finetune_scale.py --n 1000 --n 4000 $(if $(AGAINST),--against $(AGAINST)) --out results/bench_finetune_scale.json
 
