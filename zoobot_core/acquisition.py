@@ -211,17 +211,17 @@ def bald_scores(ids: list[str], alpha: np.ndarray, tree: DecisionTree, config: A
 
 
 STREAM_BATCHES = 8  # BATCH-galaxy batches read from the samples file at a time by streamed_bald_scores (fewer, at least one, where
-# galaxies have more than 5 samples: at most STREAM_BATCHES x BATCH x 5 rows a read, so memory is flat in samples too)
+# galaxies have more than dirichlet.READ_SAMPLES samples: at most STREAM_BATCHES x BATCH x READ_SAMPLES rows a read, so memory is flat in samples too)
 
 
 def streamed_bald_scores(samples_path: Path | str, tree: DecisionTree, config: AcquireConfig) -> tuple[pd.DataFrame, int]:
     """bald_scores of a whole prediction_samples file, read STREAM_BATCHES x BATCH galaxies at a time (the same
     numbers: the draws are seeded per BATCH of the whole table); memory holds one such read (at most STREAM_BATCHES x
-    BATCH x 5 sample rows, or one BATCH) plus the per-galaxy table. Returns (scores, samples per galaxy)."""
-    from zoobot_core.dirichlet import iter_samples
+    BATCH x READ_SAMPLES sample rows, or one BATCH) plus the per-galaxy table. Returns (scores, samples per galaxy)."""
+    from zoobot_core.dirichlet import READ_SAMPLES, iter_samples
 
     tables, batches, n_samples = [], 0, 0
-    for ids, alpha in iter_samples(samples_path, tree.label_cols, STREAM_BATCHES * BATCH, max_rows=STREAM_BATCHES * BATCH * 5, multiple=BATCH):
+    for ids, alpha in iter_samples(samples_path, tree.label_cols, STREAM_BATCHES * BATCH, max_rows=STREAM_BATCHES * BATCH * READ_SAMPLES, multiple=BATCH):
         tables.append(bald_scores(ids, alpha, tree, config, first_batch=batches))
         batches += -(-len(ids) // BATCH)
         n_samples = alpha.shape[1]

@@ -133,6 +133,10 @@ class _SamplesCheck:
         return [str(i) for i in ids], rows[label_cols].to_numpy(np.float64).reshape(len(ids), self.n_samples, len(label_cols))
 
 
+READ_SAMPLES = 5  # the samples per galaxy a streamed read is sized for: with more (views x dropout), readers pass
+# max_rows = galaxies x READ_SAMPLES to iter_samples and get fewer galaxies a read, so memory stays flat in samples
+
+
 def iter_samples(
     path: Path | str, label_cols: list[str], galaxies: int = 4096, rows_per_read: int = 65536, max_rows: int | None = None, multiple: int = 1,
 ) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -86,7 +86,7 @@ def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_p
     import h5py
     import pyarrow.parquet as pq
 
-    from zoobot_core.dirichlet import iter_samples
+    from zoobot_core.dirichlet import READ_SAMPLES, iter_samples
     from zoobot_core.recalibration import applied_recalibration
 
     recorded, recalibration = applied_recalibration(samples_path)
@@ -96,7 +96,7 @@ def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_p
         missing = [c for c in ("id_str", "sample", *label_cols) if c not in file.schema_arrow.names]
     if missing:
         raise ValueError(f"Samples table lacks columns {missing[:5]}; it must come from the predict rule of the same model")
-    reads = iter_samples(samples_path, label_cols, galaxies_per_read, max_rows=galaxies_per_read * 5)  # fewer galaxies where they have more samples
+    reads = iter_samples(samples_path, label_cols, galaxies_per_read, max_rows=galaxies_per_read * READ_SAMPLES)  # fewer galaxies where they have more samples
     first = next(reads, None)
     if first is None:  # no galaxy: today's empty layout
         write_predictions_hdf5(np.zeros((0, len(label_cols), 0), np.float32), [], label_cols, hdf5_path, attrs)
