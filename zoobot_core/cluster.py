@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from zoobot_core.images import ImageViewer, ResizeConfig, view_file
+from zoobot_core.io import streamed_parquet
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,9 +68,7 @@ def representation_columns(path: str | Path, schema: pa.Schema) -> list[str]:
 def read_representations(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, split names, features) of the predict rule's representation files (one per split, named <split>.parquet),
     the features read batch by batch into one float32 matrix: memory is the matrix, not copies of tables."""
-    import pyarrow.parquet as pq
-
-    files = [pq.ParquetFile(p, pre_buffer=False) for p in paths]  # pre-buffering keeps every row group read so far
+    files = [streamed_parquet(p) for p in paths]
     cols = representation_columns(paths[0], files[0].schema_arrow) if files else []
     for path, file in zip(paths[1:], files[1:]):
         if representation_columns(path, file.schema_arrow) != cols:

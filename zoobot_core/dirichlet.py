@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from zoobot_core.io import streamed_parquet
 from zoobot_core.schemas import DecisionTree
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ class _SeenIds:
 
 def _first_id_before(path, ids: set[str], n_rows: int) -> str | None:
     """One of `ids` that occurs in the first `n_rows` rows of the samples file, or None: the exact re-check behind a hash match."""
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path, pre_buffer=False) as file:
+    with streamed_parquet(path) as file:
         read = 0
         for batch in file.iter_batches(batch_size=65536, columns=["id_str"]):
             column = pd.Series(batch.column(0).to_pylist()[: n_rows - read], dtype=object).astype(str)
@@ -148,12 +147,10 @@ def iter_samples(
 
     The whole file is checked as it is read: a ValueError names the file and galaxy where a galaxy's number of
     samples differs from the first galaxy's, or where its rows are not together (its id appears again later)."""
-    import pyarrow.parquet as pq
-
     columns = ["id_str", *label_cols]
     check = _SamplesCheck(path)
     pending: pd.DataFrame | None = None  # rows not yielded yet: fewer than `galaxies` whole galaxies, then one maybe cut by the read
-    with pq.ParquetFile(path, pre_buffer=False) as file:  # pre-buffering keeps every row group read so far: memory grew with the file
+    with streamed_parquet(path) as file:
         missing = [c for c in columns if c not in file.schema_arrow.names]
         if missing:
             raise ValueError(f"{path} lacks columns {missing[:5]}; it must come from the predict rule of the same model")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoobot_core.io import atomic_path
+from zoobot_core.io import atomic_path, streamed_parquet
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,13 @@ def samples_file_to_hdf5(samples_path: Path | str, label_cols: list[str], hdf5_p
     import json
 
     import h5py
-    import pyarrow.parquet as pq
 
     from zoobot_core.dirichlet import READ_SAMPLES, iter_samples
     from zoobot_core.recalibration import applied_recalibration
 
     recorded, recalibration = applied_recalibration(samples_path)
     attrs = {**(attrs or {}), **({"recalibration": json.dumps(recalibration)} if recorded else {})}
-    with pq.ParquetFile(samples_path) as file:
+    with streamed_parquet(samples_path) as file:
         n_rows = file.metadata.num_rows
         missing = [c for c in ("id_str", "sample", *label_cols) if c not in file.schema_arrow.names]
     if missing:

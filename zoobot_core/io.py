@@ -202,6 +202,15 @@ def read_table(path: Path | str, text_columns: tuple[str, ...] = (), keep_bytes:
     raise ValueError(f"Catalog {path} must be .csv or .parquet (got suffix {path.suffix!r}); convert it or rename it")
 
 
+def streamed_parquet(path: Path | str):
+    """A pyarrow ParquetFile to read batch by batch in bounded memory. pyarrow pre-buffers by default, and a reader
+    that goes through the file batch by batch then keeps every row group read so far (memory grew with the file:
+    266 -> 388 MB over 160,000 galaxies' samples); every streamed reader opens its file here."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def setup_logging(log_file: Path | str | None = None, level: int = logging.INFO) -> None:
     """Send log records to `log_file` (a rule's log) and stderr, with timestamps."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
